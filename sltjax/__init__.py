@@ -1,0 +1,1 @@
+"""sltjax: sign language translation and retrieval in JAX/Flax NNX."""

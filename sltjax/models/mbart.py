@@ -1,0 +1,198 @@
+"""The mBART-shaped encoder-decoder (pre-LN transformer) in Flax NNX.
+
+Mirrors Hugging Face's MBartForConditionalGeneration so that mBART-large-cc25 converts into it
+parameter for parameter, and the same class, smaller, trains from scratch:
+learned positions with an offset of 2, `layernorm_embedding`, optional sqrt(d) embedding scaling,
+pre-LN layers with a final LayerNorm, exact GELU, tied input/output embeddings plus a
+non-trainable `final_logits_bias`. The decoder runs on full sequences (teacher forcing) or one step
+at a time from a functional KV cache (beam search).
+"""
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sltjax.models.layers.attention import MultiHeadAttention
+from sltjax.models.layers.dense import Buffer, dense, embedding, layer_norm
+
+POSITION_OFFSET = 2  # mBART's learned positions start at index 2 (fairseq legacy).
+
+
+@dataclasses.dataclass(frozen=True)
+class MBartConfig:
+  """Architecture hyperparameters; the defaults are mBART-large-cc25's (vocab_size aside)."""
+  vocab_size: int
+  d_model: int = 1024
+  encoder_layers: int = 12
+  decoder_layers: int = 12
+  encoder_attention_heads: int = 16
+  decoder_attention_heads: int = 16
+  encoder_ffn_dim: int = 4096
+  decoder_ffn_dim: int = 4096
+  max_position_embeddings: int = 1024
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  activation_dropout: float = 0.0
+  scale_embedding: bool = True
+  pad_token_id: int = 1
+  dtype: str = 'float32'  # compute dtype
+  param_dtype: str = 'float32'
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> 'MBartConfig':
+    """Builds from a dict (config.model or an HF config.json), ignoring keys it does not use."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _ffn_block(fc1, fc2, activation_dropout, x, rngs):
+  return fc2(activation_dropout(jax.nn.gelu(fc1(x), approximate=False),
+                                deterministic=rngs is None, rngs=rngs))
+
+
+class EncoderLayer(nnx.Module):
+
+  def __init__(self, cfg: MBartConfig, *, rngs: nnx.Rngs):
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.self_attn = MultiHeadAttention(cfg.d_model, cfg.encoder_attention_heads,
+                                        cfg.attention_dropout, **kw)
+    self.self_attn_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.fc1 = dense(cfg.d_model, cfg.encoder_ffn_dim, ('embed', 'mlp'), **kw)
+    self.fc2 = dense(cfg.encoder_ffn_dim, cfg.d_model, ('mlp', 'embed'), **kw)
+    self.final_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.dropout = nnx.Dropout(cfg.dropout)
+    self.activation_dropout = nnx.Dropout(cfg.activation_dropout)
+
+  def __call__(self, x, mask, rngs):  # x: [batch, src_len, d_model]; mask: [batch, 1, 1, src_len]
+    h = self.self_attn_layer_norm(x)
+    h = self.self_attn(h, *self.self_attn.project_kv(h), mask, rngs=rngs)
+    x = x + self.dropout(h, deterministic=rngs is None, rngs=rngs)
+    h = _ffn_block(self.fc1, self.fc2, self.activation_dropout, self.final_layer_norm(x), rngs)
+    return x + self.dropout(h, deterministic=rngs is None, rngs=rngs)
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: MBartConfig, *, rngs: nnx.Rngs):
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.self_attn = MultiHeadAttention(cfg.d_model, cfg.decoder_attention_heads,
+                                        cfg.attention_dropout, **kw)
+    self.self_attn_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.encoder_attn = MultiHeadAttention(cfg.d_model, cfg.decoder_attention_heads,
+                                           cfg.attention_dropout, **kw)
+    self.encoder_attn_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.fc1 = dense(cfg.d_model, cfg.decoder_ffn_dim, ('embed', 'mlp'), **kw)
+    self.fc2 = dense(cfg.decoder_ffn_dim, cfg.d_model, ('mlp', 'embed'), **kw)
+    self.final_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.dropout = nnx.Dropout(cfg.dropout)
+    self.activation_dropout = nnx.Dropout(cfg.activation_dropout)
+
+  def __call__(self, x, self_mask, cross_kv, cross_mask, rngs, cache=None, cache_index=None):
+    """One decoder layer.
+
+    x: [batch, tgt_len, d_model]; self_mask: [1, 1, tgt_len, kv_len]; cross_kv: encoder keys and
+    values [batch, src_len, heads, head_dim]; cross_mask: [batch, 1, 1, src_len].
+    With `cache` ({'k', 'v'}: [batch, max_len, heads, head_dim]) the new keys/values are written at
+    `cache_index` and attention runs over the whole cache. Returns (x, updated cache or None).
+    """
+    drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)
+    h = self.self_attn_layer_norm(x)
+    k, v = self.self_attn.project_kv(h)
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), cache_index, 1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), cache_index, 1)
+      cache = {'k': k, 'v': v}
+    x = x + drop(self.self_attn(h, k, v, self_mask, rngs=rngs))
+    h = self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask, rngs=rngs)
+    x = x + drop(h)
+    h = _ffn_block(self.fc1, self.fc2, self.activation_dropout, self.final_layer_norm(x), rngs)
+    return x + drop(h), cache
+
+
+class MBart(nnx.Module):
+  """Encoder-decoder with tied embeddings. Logits are float32 [batch, tgt_len, vocab]."""
+
+  def __init__(self, cfg: MBartConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    num_positions = cfg.max_position_embeddings + POSITION_OFFSET
+    self.shared = embedding(cfg.vocab_size, cfg.d_model, ('vocab', 'embed'), **kw)
+    self.encoder_embed_positions = embedding(num_positions, cfg.d_model, ('positions', 'embed'), **kw)
+    self.encoder_layernorm_embedding = layer_norm(cfg.d_model, **kw)
+    self.encoder_layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.encoder_layers)])
+    self.encoder_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.decoder_embed_positions = embedding(num_positions, cfg.d_model, ('positions', 'embed'), **kw)
+    self.decoder_layernorm_embedding = layer_norm(cfg.d_model, **kw)
+    self.decoder_layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.decoder_layers)])
+    self.decoder_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.final_logits_bias = Buffer(jnp.zeros((cfg.vocab_size,), cfg.param_dtype),
+                                    out_sharding=('vocab',))
+    self.dropout = nnx.Dropout(cfg.dropout)
+    self.embed_scale = cfg.d_model ** 0.5 if cfg.scale_embedding else 1.0
+
+  def embed_tokens(self, ids):  # [batch, len] -> [batch, len, d_model], scaled as mBART does
+    return self.shared(ids) * self.embed_scale
+
+  def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, rngs=None):
+    """Encoder states [batch, src_len, d_model] from token ids or from `inputs_embeds`.
+
+    `inputs_embeds` [batch, src_len, d_model] is used as given (no scaling), exactly like HF's.
+    attention_mask: [batch, src_len], 1 for real positions.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError('encode() takes exactly one of input_ids and inputs_embeds.')
+    x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    positions = jnp.arange(x.shape[1]) + POSITION_OFFSET
+    x = self.encoder_layernorm_embedding(x + self.encoder_embed_positions(positions)[None])
+    x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
+    mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1, src_len]
+    for layer in self.encoder_layers:
+      x = layer(x, mask, rngs)
+    return self.encoder_layer_norm(x)
+
+  def cross_attention_kv(self, encoder_out):
+    """Per decoder layer, the encoder keys and values (computed once per source for decoding)."""
+    return [layer.encoder_attn.project_kv(encoder_out) for layer in self.decoder_layers]
+
+  def init_cache(self, batch_size: int, max_length: int):
+    """Zeroed self-attention KV cache: per layer {'k', 'v'}: [batch, max_length, heads, head_dim]."""
+    cfg = self.config
+    shape = (batch_size, max_length, cfg.decoder_attention_heads,
+             cfg.d_model // cfg.decoder_attention_heads)
+    return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
+            for _ in self.decoder_layers]
+
+  def decode(self, decoder_input_ids, encoder_mask, cross_kv, *, cache=None, cache_index=0,
+             rngs=None):
+    """Decoder logits [batch, tgt_len, vocab] (float32) and the updated cache.
+
+    decoder_input_ids: [batch, tgt_len]; encoder_mask: [batch, src_len]; cross_kv from
+    `cross_attention_kv`. Without a cache the decoder is causal over `decoder_input_ids`; with one,
+    the tokens sit at positions cache_index.. and attend to everything cached so far.
+    """
+    tgt_len = decoder_input_ids.shape[1]
+    query_positions = cache_index + jnp.arange(tgt_len)  # [tgt_len]
+    key_positions = query_positions if cache is None else jnp.arange(cache[0]['k'].shape[1])
+    self_mask = (key_positions[None, :] <= query_positions[:, None])[None, None]
+    x = self.embed_tokens(decoder_input_ids)
+    x = x + self.decoder_embed_positions(query_positions + POSITION_OFFSET)[None]
+    x = self.dropout(self.decoder_layernorm_embedding(x), deterministic=rngs is None, rngs=rngs)
+    cross_mask = encoder_mask[:, None, None, :].astype(bool)
+    new_cache = []
+    for i, layer in enumerate(self.decoder_layers):
+      x, layer_cache = layer(x, self_mask, cross_kv[i], cross_mask, rngs,
+                             cache=None if cache is None else cache[i], cache_index=cache_index)
+      new_cache.append(layer_cache)
+    x = self.decoder_layer_norm(x)
+    logits = self.shared.attend(x).astype(jnp.float32) + self.final_logits_bias[...]
+    return logits, (None if cache is None else new_cache)
+
+  def __call__(self, input_ids, attention_mask, decoder_input_ids, *, inputs_embeds=None,
+               rngs=None):
+    """Teacher-forced logits [batch, tgt_len, vocab], like HF's forward(...).logits."""
+    encoder_out = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds, rngs=rngs)
+    logits, _ = self.decode(decoder_input_ids, attention_mask, self.cross_attention_kv(encoder_out),
+                            rngs=rngs)
+    return logits
