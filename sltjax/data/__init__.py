@@ -1,0 +1,1 @@
+"""Input data: tokenizers, grain pipelines, and (with the TFDS builders) video datasets."""

@@ -1,0 +1,136 @@
+"""Parallel text data ({split}.{source_suffix} / {split}.{target_suffix}) as grain pipelines.
+
+Gloss2Text reads `train.gloss` + `train.de`; each line pair is one example. Examples are tokenized
+once, then batched by the global-batch plan of sltjax/data/batching.py and padded to length buckets.
+"""
+import dataclasses
+import os
+
+import grain
+import numpy as np
+
+from sltjax.data import batching
+from sltjax.data.tokenizers import Tokenizer
+
+
+def split_paths(config, split: str) -> tuple[str, str]:
+  return (os.path.join(config.path, f'{split}.{config.source_suffix}'),
+          os.path.join(config.path, f'{split}.{config.target_suffix}'))
+
+
+def available_splits(config) -> list[str]:
+  """Splits with both a source and a target file under config.path."""
+  if not os.path.isdir(config.path):
+    return []
+  names = {f.rsplit('.', 1)[0] for f in os.listdir(config.path)}
+  return sorted(s for s in names if all(os.path.isfile(p) for p in split_paths(config, s)))
+
+
+def read_parallel(config, split: str) -> tuple[list[str], list[str]]:
+  """Source and target lines of `split`, checked to be parallel and non-empty."""
+  paths = split_paths(config, split)
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(
+        f'Split {split!r}: missing {missing}. Splits present under data.path={config.path!r}: '
+        f'{available_splits(config) or "none"}.')
+  sides = []
+  for path in paths:
+    with open(path, encoding='utf-8') as f:
+      sides.append(f.read().splitlines())
+  (src_path, tgt_path), (sources, targets) = paths, sides
+  if len(sources) != len(targets):
+    raise ValueError(f'{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}: '
+                     'the files must be line-parallel.')
+  for i, (s, t) in enumerate(zip(sources, targets)):
+    if not s.strip() or not t.strip():
+      empty = src_path if not s.strip() else tgt_path
+      raise ValueError(f'{empty}, line {i + 1}: empty line; every example needs a source and a '
+                       'target (remove the pair from both files).')
+  if config.lowercase_source:
+    sources = [s.lower() for s in sources]
+  return sources, targets
+
+
+@dataclasses.dataclass
+class TokenizedCorpus:
+  """Token ids per example: source `X </s> src_lang`, target `X </s>` (language code added later)."""
+  sources: list[np.ndarray]
+  targets: list[np.ndarray]
+  references: list[str]  # the raw target lines, for scoring
+
+  def __len__(self):
+    return len(self.sources)
+
+
+def tokenize_corpus(sources, targets, tokenizer: Tokenizer, src_lang: str) -> TokenizedCorpus:
+  src_suffix = [tokenizer.eos_id, tokenizer.lang_id(src_lang)]
+  return TokenizedCorpus(
+      sources=[np.array(tokenizer.encode(s) + src_suffix, np.int32) for s in sources],
+      targets=[np.array(tokenizer.encode(t) + [tokenizer.eos_id], np.int32) for t in targets],
+      references=targets)
+
+
+class BatchLoader(grain.transforms.Map):
+  """Global batch of indices -> this process's padded batch of arrays.
+
+  Output (rows = local batch): input_ids, attention_mask [rows, src_len]; decoder_input_ids,
+  labels, label_weights [rows, tgt_len]; index [rows] (-1 for filler rows). The padded lengths are
+  the buckets of the longest example of the *global* batch, so every process agrees on shapes.
+  Over-long examples are truncated, keeping their final </s> (and language code).
+  """
+
+  def __init__(self, corpus: TokenizedCorpus, tokenizer: Tokenizer, tgt_lang: str,
+               buckets: tuple[int, ...], process_index: int, process_count: int):
+    # The process position is captured here: grain worker processes do not know it.
+    self.process_index, self.process_count = process_index, process_count
+    self.corpus = corpus
+    self.pad_id = tokenizer.pad_id
+    self.tgt_lang_id = tokenizer.lang_id(tgt_lang)
+    self.buckets = tuple(sorted(buckets))
+
+  def _fit(self, ids: np.ndarray, length: int, keep_last: int) -> np.ndarray:
+    return ids if len(ids) <= length else np.concatenate([ids[:length - keep_last],
+                                                           ids[-keep_last:]])
+
+  def map(self, global_indices: np.ndarray) -> dict[str, np.ndarray]:
+    real = global_indices[global_indices != batching.PAD_INDEX]
+    src_len = batching.bucket_length(max(len(self.corpus.sources[i]) for i in real), self.buckets)
+    # labels `X </s> lang` are one longer than the stored `X </s>`.
+    tgt_len = batching.bucket_length(max(len(self.corpus.targets[i]) for i in real) + 1,
+                                     self.buckets)
+    rows = batching.local_rows(global_indices, self.process_index, self.process_count)
+    sources, labels = [], []
+    for i in rows:
+      if i == batching.PAD_INDEX:
+        sources.append(np.zeros(0, np.int32))
+        labels.append(np.zeros(0, np.int32))
+        continue
+      sources.append(self._fit(self.corpus.sources[i], src_len, keep_last=2))
+      target = np.append(self.corpus.targets[i], self.tgt_lang_id)
+      labels.append(self._fit(target, tgt_len, keep_last=2))
+    input_ids = batching.pad_rows(sources, src_len, self.pad_id)
+    label_ids = batching.pad_rows(labels, tgt_len, self.pad_id)
+    lengths = np.array([len(l) for l in labels])
+    # Teacher forcing input: mBART's shift_tokens_right, i.e. `lang X </s>`.
+    decoder_input_ids = np.roll(label_ids, 1, axis=1)
+    decoder_input_ids[np.arange(len(rows)), 0] = self.tgt_lang_id
+    decoder_input_ids[np.arange(tgt_len)[None, :] >= lengths[:, None]] = self.pad_id
+    # The final language-code label is never predicted (MMTLB), nor is padding.
+    weights = (np.arange(tgt_len)[None, :] < (lengths - 1)[:, None]).astype(np.float32)
+    return {
+        'input_ids': input_ids,
+        'attention_mask': (input_ids != self.pad_id).astype(np.int32),
+        'decoder_input_ids': decoder_input_ids,
+        'labels': label_ids,
+        'label_weights': weights,
+        'index': rows.astype(np.int32),
+    }
+
+
+def make_dataset(plan: grain.MapDataset, loader: BatchLoader, num_workers: int) -> grain.IterDataset:
+  """A checkpointable iterator-dataset of local batches, optionally with worker processes."""
+  dataset = plan.map(loader).to_iter_dataset()
+  if num_workers > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return dataset

@@ -1,0 +1,160 @@
+"""Text tokenizers with mBART's id conventions.
+
+Both tokenizers share fairseq's special ids (<s>=0, <pad>=1, </s>=2, <unk>=3) and end their
+vocabulary with language-code tokens, so the same sequence formats apply everywhere:
+source `X </s> src_lang`, target labels `X </s> tgt_lang` (the language-code label is ignored in
+the loss), decoder input `tgt_lang X </s>` (decoding starts from the language code).
+"""
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import sentencepiece as spm
+
+BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = ('<s>', '<pad>', '</s>', '<unk>')
+
+# mBART-large-cc25's language codes, in the order their ids follow the SentencePiece pieces.
+MBART_CC25_LANGUAGE_CODES = (
+    'ar_AR', 'cs_CZ', 'de_DE', 'en_XX', 'es_XX', 'et_EE', 'fi_FI', 'fr_XX', 'gu_IN', 'hi_IN',
+    'it_IT', 'ja_XX', 'kk_KZ', 'ko_KR', 'lt_LT', 'lv_LV', 'my_MM', 'ne_NP', 'nl_XX', 'ro_RO',
+    'ru_RU', 'si_LK', 'tr_TR', 'vi_VN', 'zh_CN')
+
+
+class Tokenizer:
+  """Base: subclasses provide `_piece_ids`, `_piece_text`, `vocab_size` and `lang_code_to_id`."""
+  bos_id, pad_id, eos_id, unk_id = BOS_ID, PAD_ID, EOS_ID, UNK_ID
+  vocab_size: int
+  lang_code_to_id: dict[str, int]
+
+  def lang_id(self, code: str) -> int:
+    if code not in self.lang_code_to_id:
+      raise ValueError(f'Unknown language code {code!r}; this tokenizer has '
+                       f'{sorted(self.lang_code_to_id)}.')
+    return self.lang_code_to_id[code]
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without specials."""
+    return self._piece_ids(text)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids` up to the first </s>, skipping specials and language codes."""
+    pieces = []
+    for i in ids:
+      i = int(i)
+      if i == self.eos_id:
+        break
+      if i < len(SPECIAL_TOKENS) and i != self.unk_id or i in self._lang_ids:
+        continue
+      pieces.append(i)
+    return self._piece_text(pieces)
+
+  @property
+  def _lang_ids(self) -> frozenset[int]:
+    return frozenset(self.lang_code_to_id.values())
+
+
+class MBartTokenizer(Tokenizer):
+  """A SentencePiece model with fairseq's +1 offset, then the 25 cc25 language codes, then <mask>.
+
+  Gives the same ids as `transformers.MBartTokenizer.from_pretrained(directory)`.
+  """
+  FAIRSEQ_OFFSET = 1
+
+  def __init__(self, directory: str):
+    model_file = os.path.join(directory, 'sentencepiece.bpe.model')
+    if not os.path.isfile(model_file):
+      raise FileNotFoundError(f'{model_file} not found: an mBART tokenizer directory holds '
+                              'sentencepiece.bpe.model (as saved by transformers).')
+    self.directory = directory
+    self.sp = spm.SentencePieceProcessor(model_file=model_file)
+    num_pieces = self.sp.get_piece_size()
+    self.lang_code_to_id = {code: num_pieces + self.FAIRSEQ_OFFSET + i
+                            for i, code in enumerate(MBART_CC25_LANGUAGE_CODES)}
+    self.mask_id = num_pieces + self.FAIRSEQ_OFFSET + len(MBART_CC25_LANGUAGE_CODES)
+    self.vocab_size = self.mask_id + 1
+
+  def _piece_ids(self, text: str) -> list[int]:
+    # SentencePiece's <unk> is 0; every other piece id shifts by the fairseq offset.
+    return [UNK_ID if i == self.sp.unk_id() else i + self.FAIRSEQ_OFFSET
+            for i in self.sp.encode(text)]
+
+  def _piece_text(self, ids: Sequence[int]) -> str:
+    sp_ids = [self.sp.unk_id() if i == UNK_ID else i - self.FAIRSEQ_OFFSET
+              for i in ids if i != self.mask_id]
+    return self.sp.decode(sp_ids)
+
+
+class WordTokenizer(Tokenizer):
+  """Whitespace-split words; ids: the 4 specials, the words, then the language codes."""
+
+  def __init__(self, words: Sequence[str], language_codes: Sequence[str]):
+    self.words = list(words)
+    self.word_to_id = {w: i + len(SPECIAL_TOKENS) for i, w in enumerate(self.words)}
+    first_lang = len(SPECIAL_TOKENS) + len(self.words)
+    self.lang_code_to_id = {code: first_lang + i for i, code in enumerate(language_codes)}
+    self.vocab_size = first_lang + len(language_codes)
+
+  @classmethod
+  def build(cls, texts: Iterable[str], language_codes: Sequence[str], min_count: int = 1):
+    """Vocabulary of every word seen at least `min_count` times, most frequent first."""
+    counts = Counter(word for text in texts for word in text.split())
+    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    return cls(words, language_codes)
+
+  def save(self, path: str) -> None:
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump({'words': self.words, 'language_codes': list(self.lang_code_to_id)}, f,
+                ensure_ascii=False)
+
+  @classmethod
+  def load(cls, path: str) -> 'WordTokenizer':
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+    return cls(saved['words'], saved['language_codes'])
+
+  def _piece_ids(self, text: str) -> list[int]:
+    return [self.word_to_id.get(w, UNK_ID) for w in text.split()]
+
+  def _piece_text(self, ids: Sequence[int]) -> str:
+    first_word = len(SPECIAL_TOKENS)
+    return ' '.join('<unk>' if i == UNK_ID else self.words[i - first_word] for i in ids)
+
+
+def train_sentencepiece(texts: Iterable[str], directory: str, vocab_size: int) -> None:
+  """Trains a BPE SentencePiece model on `texts` into directory/sentencepiece.bpe.model."""
+  os.makedirs(directory, exist_ok=True)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(list(texts)), model_prefix=os.path.join(directory, 'sentencepiece.bpe'),
+      vocab_size=vocab_size, model_type='bpe', character_coverage=1.0,
+      unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+
+
+def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokenizer:
+  """The tokenizer named by `config` (config.tokenizer), created once and kept under `directory`.
+
+  kind='mbart': a pretrained mBART SentencePiece directory at config.path.
+  kind='word': a word vocabulary built from `train_texts` (saved as vocab.json).
+  kind='sentencepiece': a BPE model of config.vocab_size trained on `train_texts`.
+  An existing vocabulary under `directory` is reused, so resumed and eval runs see the same ids.
+  """
+  languages = sorted({config.src_lang, config.tgt_lang})
+  if config.kind == 'mbart':
+    if not config.path:
+      raise ValueError('config.tokenizer.path must point at an mBART tokenizer directory '
+                       '(holding sentencepiece.bpe.model) when tokenizer.kind="mbart".')
+    return MBartTokenizer(config.path)
+  if config.kind == 'word':
+    vocab_file = os.path.join(directory, 'vocab.json')
+    if not os.path.exists(vocab_file):
+      os.makedirs(directory, exist_ok=True)
+      WordTokenizer.build(train_texts, languages, config.min_count).save(vocab_file + f'.tmp{os.getpid()}')
+      os.replace(vocab_file + f'.tmp{os.getpid()}', vocab_file)
+    return WordTokenizer.load(vocab_file)
+  if config.kind == 'sentencepiece':
+    if not os.path.exists(os.path.join(directory, 'sentencepiece.bpe.model')):
+      train_sentencepiece(train_texts, directory, config.vocab_size)
+    return MBartTokenizer(directory)
+  raise ValueError(f'config.tokenizer.kind={config.kind!r}; expected "mbart", "word" or '
+                   '"sentencepiece".')
