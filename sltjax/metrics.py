@@ -1,0 +1,62 @@
+"""Translation metrics under the SLT literature's protocol and the standard signatures.
+
+- `bleu1`..`bleu4`: sacrebleu corpus BLEU with tokenize='none' on the already tokenized,
+  lowercased text (signjoey / MMTLB convention); cumulative n-gram orders 1..4.
+- `bleu4_13a`: sacrebleu's default signature (13a tokenizer), comparable with MT papers.
+- `chrf`: sacrebleu chrF (character 6-grams, beta 2).
+- `rougeL_signjoey`: sentence ROUGE-L F with beta=1.2 (signjoey/COCO), averaged, x100.
+- `rougeL_f`: rouge-score's ROUGE-L F1 (beta=1, whitespace tokens), averaged, x100.
+"""
+from collections.abc import Sequence
+
+import numpy as np
+import sacrebleu
+from rouge_score import rouge_scorer, tokenizers
+
+
+def _bleu(hypotheses, references, max_order: int, tokenize: str) -> float:
+  bleu = sacrebleu.metrics.BLEU(tokenize=tokenize, max_ngram_order=max_order)
+  return bleu.corpus_score(hypotheses, [references]).score
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+  previous = [0] * (len(b) + 1)
+  for x in a:
+    current = [0]
+    for j, y in enumerate(b):
+      current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+    previous = current
+  return previous[-1]
+
+
+def rouge_l_signjoey(hypothesis: str, reference: str, beta: float = 1.2) -> float:
+  """Sentence ROUGE-L F-measure with recall weighted by beta (signjoey's rouge.py formula)."""
+  hyp, ref = hypothesis.split(), reference.split()
+  lcs = _lcs_length(hyp, ref)
+  if lcs == 0:
+    return 0.0
+  precision, recall = lcs / len(hyp), lcs / len(ref)
+  return (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
+
+
+def translation_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """All metrics above for parallel lists of hypothesis and reference sentences."""
+  if len(hypotheses) != len(references):
+    raise ValueError(f'{len(hypotheses)} hypotheses for {len(references)} references.')
+  hypotheses, references = list(hypotheses), list(references)
+  scores = {f'bleu{n}': _bleu(hypotheses, references, n, 'none') for n in range(1, 5)}
+  scores['bleu4_13a'] = sacrebleu.corpus_bleu(hypotheses, [references]).score
+  scores['chrf'] = sacrebleu.corpus_chrf(hypotheses, [references]).score
+  scores['rougeL_signjoey'] = 100 * float(np.mean(
+      [rouge_l_signjoey(h, r) for h, r in zip(hypotheses, references)]))
+  # Whitespace tokens, so non-ASCII words (umlauts, Chinese) are kept as rouge-score would drop them.
+  scorer = rouge_scorer.RougeScorer(['rougeL'], tokenizer=_WhitespaceTokenizer())
+  scores['rougeL_f'] = 100 * float(np.mean(
+      [scorer.score(r, h)['rougeL'].fmeasure for h, r in zip(hypotheses, references)]))
+  return scores
+
+
+class _WhitespaceTokenizer(tokenizers.Tokenizer):
+
+  def tokenize(self, text):
+    return text.split()

@@ -1,0 +1,84 @@
+"""The optax optimizer built from config.optimizer and config.schedule.
+
+Per-module learning rates and frozen modules: `config.optimizer.param_groups` maps a regular
+expression over parameter paths ('encoder_layers/0/fc1/kernel') to a learning-rate multiplier;
+multiplier 0 freezes the matching parameters (no update, no optimizer state). The first matching
+pattern wins; unmatched parameters use multiplier 1.
+"""
+import re
+
+import jax
+import optax
+from flax import nnx
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """config.schedule: kind 'constant' | 'cosine' (linear warm-up, then cosine to end_factor*lr)."""
+  sched = config.schedule
+  peak = config.optimizer.learning_rate
+  if sched.kind == 'constant':
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, sched.warmup_steps), optax.constant_schedule(peak)],
+        [sched.warmup_steps]) if sched.warmup_steps else optax.constant_schedule(peak)
+  if sched.kind == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=sched.warmup_steps,
+        decay_steps=max(config.total_steps, sched.warmup_steps + 1),
+        end_value=peak * sched.end_factor)
+  raise ValueError(f'config.schedule.kind={sched.kind!r}; expected "constant" or "cosine".')
+
+
+def _base_optimizer(opt, learning_rate) -> optax.GradientTransformation:
+  if opt.name == 'adam':  # coupled L2 weight decay, as torch.optim.Adam(weight_decay=...)
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay) if opt.weight_decay else
+                       optax.identity(),
+                       optax.adam(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps))
+  if opt.name == 'adamw':
+    return optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                       weight_decay=opt.weight_decay)
+  if opt.name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay) if opt.weight_decay else
+                       optax.identity(),
+                       optax.sgd(learning_rate, momentum=opt.momentum or None))
+  raise ValueError(f'config.optimizer.name={opt.name!r}; expected "adam", "adamw" or "sgd".')
+
+
+def param_path(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def group_labels(params, param_groups: dict[str, float]):
+  """Per parameter, the label 'lr_x<multiplier>' of the first matching pattern ('lr_x1' if none)."""
+  patterns = [(re.compile(p), m) for p, m in param_groups.items()]
+
+  def label(path, _):
+    name = param_path(path)
+    multiplier = next((m for pattern, m in patterns if pattern.search(name)), 1.0)
+    return f'lr_x{float(multiplier)}'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config, params: nnx.State) -> tuple[optax.GradientTransformation,
+                                                       optax.Schedule]:
+  """The full gradient transformation (clipping, groups, optimizer) and the base lr schedule."""
+  opt = config.optimizer
+  schedule = learning_rate_schedule(config)
+  groups = dict(opt.param_groups)
+  labels = group_labels(params, groups)
+  used = sorted(set(jax.tree.leaves(labels)))
+  unmatched = [p for p in groups
+               if not any(re.search(p, param_path(path)) for path, _ in
+                          jax.tree_util.tree_flatten_with_path(params)[0])]
+  if unmatched:
+    raise ValueError(f'config.optimizer.param_groups patterns {unmatched} match no parameter; '
+                     'parameter paths look like "encoder_layers/0/fc1/kernel".')
+  transforms = {}
+  for label in used:
+    multiplier = float(label.removeprefix('lr_x'))
+    transforms[label] = (optax.set_to_zero() if multiplier == 0 else
+                         _base_optimizer(opt, lambda step, m=multiplier: schedule(step) * m))
+  tx = optax.multi_transform(transforms, labels)
+  if opt.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx, schedule
