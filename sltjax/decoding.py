@@ -1,0 +1,198 @@
+"""Beam search compiled by XLA (`lax.while_loop` over a fixed-shape BeamState) and `generate`.
+
+The search follows Hugging Face transformers' vectorised beam search step for step, so converted
+models decode token-for-token like `model.generate(num_beams=K)`:
+  * each step keeps the top 2K continuations of all K beams; the best K that did not just end
+    stay live; those among the top K that ended with EOS (or hit the length limit) compete, with
+    length-normalised scores, for the K finished slots;
+  * `early_stopping=False` stops a sentence once its best live beam, normalised at the current
+    length, cannot beat its worst finished one (HF's heuristic); True stops once K are finished;
+  * normalisation: 'hf' divides the summed log-probability by len**length_penalty, 'gnmt' by
+    ((5 + len) / 6)**length_penalty (Wu et al. 2016), len counting generated tokens with EOS.
+Greedy decoding is beam size 1.
+"""
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+NEG_INF = -1.0e9  # HF's "very large negative" score for impossible/unfinished beams
+
+
+@flax.struct.dataclass
+class BeamState:
+  cur_len: jax.Array          # [] tokens in every sequence so far (start token included)
+  live_seqs: jax.Array        # [batch, beams, max_len]
+  live_scores: jax.Array      # [batch, beams] summed log-probabilities
+  finished_seqs: jax.Array    # [batch, beams, max_len]
+  finished_scores: jax.Array  # [batch, beams] length-normalised; NEG_INF for empty slots
+  finished_flags: jax.Array   # [batch, beams] bool
+  improvable: jax.Array       # [batch] bool: can live beams still beat the finished ones?
+  cache: Any                  # model cache, leading axis batch*beams
+
+
+def length_normalizer(length, alpha: float, style: str):
+  if style == 'hf':
+    return length ** alpha
+  if style == 'gnmt':
+    return ((5.0 + length) / 6.0) ** alpha
+  raise ValueError(f'length_penalty_style={style!r}; expected "hf" or "gnmt".')
+
+
+def _gather_beams(x, beam_indices):
+  """x [batch, n, ...] -> [batch, k, ...] picking beam_indices [batch, k] along axis 1."""
+  idx = beam_indices.reshape(beam_indices.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+def _flat(x):  # [batch, beams, ...] -> [batch * beams, ...]
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
+                max_new_tokens: int, eos_id: int, pad_id: int, length_penalty: float = 1.0,
+                length_penalty_style: str = 'hf', early_stopping: bool = False,
+                forced_eos_id: int | None = None):
+  """Best sequences [batch, beams, 1 + max_new_tokens] (start token first, pad after EOS), scores.
+
+  tokens_to_logits(tokens [batch*beams], cache, position) -> (logits [batch*beams, vocab], cache)
+  consumes the last token of every live beam at `position` (0 = the start token).
+  `cache` has a leading axis of batch*beams. `forced_eos_id` forces EOS as the last possible token
+  (HF's forced_eos_token_id). Sequences are sorted best first.
+  """
+  batch = start_ids.shape[0]
+  max_len = 1 + max_new_tokens
+  norm = partial(length_normalizer, alpha=length_penalty, style=length_penalty_style)
+  seqs = jnp.full((batch, beam_size, max_len), pad_id, jnp.int32)
+  seqs = seqs.at[:, :, 0].set(start_ids[:, None].astype(jnp.int32))
+  # Only beam 0 is live at first, so the first step does not pick K copies of one token.
+  live_scores = jnp.where(jnp.arange(beam_size) == 0, 0.0, NEG_INF)[None].repeat(batch, 0)
+  state = BeamState(
+      cur_len=jnp.array(1, jnp.int32), live_seqs=seqs, live_scores=live_scores,
+      finished_seqs=seqs, finished_scores=jnp.full((batch, beam_size), NEG_INF),
+      finished_flags=jnp.zeros((batch, beam_size), bool),
+      improvable=jnp.ones((batch,), bool), cache=cache)
+  num_candidates = 2 * beam_size
+
+  def step(state: BeamState) -> tuple[BeamState, jax.Array]:
+    tokens = _flat(state.live_seqs)[:, state.cur_len - 1]  # [batch*beams]
+    logits, cache = tokens_to_logits(tokens, state.cache, state.cur_len - 1)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch*beams, vocab]
+    vocab = log_probs.shape[-1]
+    at_last = state.cur_len + 1 >= max_len
+    if forced_eos_id is not None:
+      forced = jnp.where(jnp.arange(vocab) == forced_eos_id, 0.0, -jnp.inf)
+      log_probs = jnp.where(at_last, forced[None], log_probs)
+    scores = log_probs.reshape(batch, beam_size, vocab) + state.live_scores[:, :, None]
+    top_scores, top_idx = jax.lax.top_k(scores.reshape(batch, -1), num_candidates)  # [batch, 2K]
+    top_beams, top_tokens = top_idx // vocab, top_idx % vocab
+    top_seqs = _gather_beams(state.live_seqs, top_beams)  # [batch, 2K, max_len]
+    top_seqs = jax.lax.dynamic_update_slice_in_dim(
+        top_seqs, top_tokens[:, :, None].astype(jnp.int32), state.cur_len, axis=2)
+    ended = (top_tokens == eos_id) | at_last  # [batch, 2K]
+
+    # Live beams for the next step: the best K candidates that did not end.
+    live_candidates = top_scores + ended * NEG_INF
+    _, keep = jax.lax.top_k(live_candidates, beam_size)  # [batch, K]
+    live_seqs = _gather_beams(top_seqs, keep)
+    live_scores = _gather_beams(live_candidates, keep)
+    beam_origin = _gather_beams(top_beams, keep)  # [batch, K] parent beam of each new live beam
+
+    # Finished beams: candidates of rank < K that ended, if this sentence can still improve.
+    in_top_k = jnp.arange(num_candidates) < beam_size
+    just_finished = ended & in_top_k[None] & state.improvable[:, None]
+    if early_stopping:
+      just_finished &= ~jnp.all(state.finished_flags, axis=1, keepdims=True)
+    finished_candidates = jnp.where(just_finished, top_scores / norm(state.cur_len), NEG_INF)
+    merged_scores = jnp.concatenate([state.finished_scores, finished_candidates], axis=1)
+    _, best = jax.lax.top_k(merged_scores, beam_size)
+    finished_seqs = _gather_beams(jnp.concatenate([state.finished_seqs, top_seqs], axis=1), best)
+    finished_scores = _gather_beams(merged_scores, best)
+    finished_flags = _gather_beams(
+        jnp.concatenate([state.finished_flags, just_finished], axis=1), best)
+
+    def reorder(x):  # cache leaves [batch*beams, ...] follow their parent beams
+      return _flat(_gather_beams(x.reshape((batch, beam_size) + x.shape[1:]), beam_origin))
+
+    cur_len = state.cur_len + 1
+    best_live = live_scores[:, 0] / norm(cur_len - 1)
+    worst_finished = jnp.where(finished_flags, jnp.min(finished_scores, axis=1, keepdims=True),
+                               NEG_INF)
+    improvable = state.improvable & jnp.any(best_live[:, None] > worst_finished, axis=1)
+    new_state = BeamState(cur_len=cur_len, live_seqs=live_seqs, live_scores=live_scores,
+                          finished_seqs=finished_seqs, finished_scores=finished_scores,
+                          finished_flags=finished_flags, improvable=improvable,
+                          cache=jax.tree.map(reorder, cache))
+    return new_state, at_last
+
+  def body(carry):
+    state, _ = carry
+    return step(state)
+
+  def should_continue(carry):
+    state, reached_max = carry
+    open_beams = ~jnp.all(state.finished_flags) if early_stopping else True
+    return jnp.any(state.improvable) & open_beams & ~reached_max
+
+  state, _ = jax.lax.while_loop(should_continue, body, (state, jnp.array(False)))
+  return state.finished_seqs, state.finished_scores
+
+
+def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=None,
+                           decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
+                           num_beams: int, max_new_tokens: int, length_penalty: float,
+                           length_penalty_style: str, early_stopping: bool,
+                           forced_eos_token_id: int | None):
+  """Encodes once, then beam-searches the decoder with a KV cache. Returns [batch, beams, len]."""
+  encoder_out = model.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds)
+  batch = encoder_out.shape[0]
+  repeat = lambda x: jnp.repeat(x, num_beams, axis=0)  # [batch, ...] -> [batch*beams, ...]
+  cross_kv = jax.tree.map(repeat, model.cross_attention_kv(encoder_out))
+  encoder_mask = repeat(attention_mask)
+
+  def tokens_to_logits(tokens, cache, position):
+    logits, cache = model.decode(tokens[:, None], encoder_mask, cross_kv, cache=cache,
+                                 cache_index=position)
+    return logits[:, 0], cache
+
+  start_ids = jnp.full((batch,), decoder_start_token_id, jnp.int32)
+  sequences, _ = beam_search(
+      tokens_to_logits, start_ids, model.init_cache(batch * num_beams, 1 + max_new_tokens),
+      beam_size=num_beams, max_new_tokens=max_new_tokens, eos_id=eos_token_id, pad_id=pad_token_id,
+      length_penalty=length_penalty, length_penalty_style=length_penalty_style,
+      early_stopping=early_stopping, forced_eos_id=forced_eos_token_id)
+  return sequences
+
+
+_jitted_search = nnx.jit(encoder_decoder_search, static_argnames=(
+    'decoder_start_token_id', 'eos_token_id', 'pad_token_id', 'num_beams', 'max_new_tokens',
+    'length_penalty', 'length_penalty_style', 'early_stopping', 'forced_eos_token_id'))
+
+
+def generate(model, input_ids, attention_mask=None, *, num_beams: int = 4,
+             max_new_tokens: int = 64, length_penalty: float = 1.0,
+             length_penalty_style: str = 'hf', early_stopping: bool = False,
+             decoder_start_token_id: int, eos_token_id: int = 2, pad_token_id: int = 1,
+             forced_eos_token_id: int | None = None, inputs_embeds=None) -> np.ndarray:
+  """Like transformers' `generate`: the best sequence per input [batch, len], start token first.
+
+  Trailing all-padding columns are cropped, as HF does. input_ids [batch, src_len] (or
+  inputs_embeds [batch, src_len, d_model] with attention_mask).
+  """
+  if attention_mask is None:
+    attention_mask = (jnp.asarray(input_ids) != pad_token_id).astype(jnp.int32)
+  sequences = _jitted_search(
+      model, None if input_ids is None else jnp.asarray(input_ids), jnp.asarray(attention_mask),
+      inputs_embeds=inputs_embeds, decoder_start_token_id=decoder_start_token_id,
+      eos_token_id=eos_token_id, pad_token_id=pad_token_id, num_beams=num_beams,
+      max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+      length_penalty_style=length_penalty_style, early_stopping=early_stopping,
+      forced_eos_token_id=forced_eos_token_id)
+  best = np.asarray(sequences[:, 0])
+  used = np.flatnonzero((best != pad_token_id).any(axis=0))
+  return best[:, :used[-1] + 1]

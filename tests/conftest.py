@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny learnable parallel corpus, tiny configs, the XLA compilation cache."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+COMPILATION_CACHE = os.environ.get('SLTJAX_TEST_COMPILATION_CACHE',
+                                   str(REPO / '.jax_cache'))
+
+jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+
+
+def write_toy_corpus(directory: pathlib.Path, sizes=(('train', 256), ('dev', 24)), seed=0):
+  """A gloss -> text task with reordering and function words, learnable in a few hundred steps.
+
+  Glosses are 2-6 signs; the sentence says them in reverse order as lowercase words, with 'und'
+  before the last one and a final '.'.
+  """
+  signs = ['REGEN', 'SONNE', 'WIND', 'NORD', 'SUED', 'MORGEN', 'HEUTE', 'KALT', 'WARM', 'NEBEL']
+  rng = np.random.default_rng(seed)
+  directory.mkdir(parents=True, exist_ok=True)
+  for split, n in sizes:
+    glosses, texts = [], []
+    for _ in range(n):
+      seq = list(rng.choice(signs, size=rng.integers(2, 7)))
+      words = [w.lower() for w in reversed(seq)]
+      glosses.append(' '.join(seq))
+      texts.append(' '.join(words[:-1] + ['und', words[-1], '.']))
+    (directory / f'{split}.gloss').write_text('\n'.join(glosses) + '\n', encoding='utf-8')
+    (directory / f'{split}.de').write_text('\n'.join(texts) + '\n', encoding='utf-8')
+  return directory
+
+
+@pytest.fixture(scope='session')
+def toy_corpus(tmp_path_factory):
+  return write_toy_corpus(tmp_path_factory.mktemp('toy_corpus'))
+
+
+def tiny_config(data_path, **overrides):
+  """configs/gloss2text.py shrunk to seconds; overrides use dotted keys ('eval.num_beams')."""
+  from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
+  config = get_config('runlocal')
+  config.data.path = str(data_path)
+  config.data.length_buckets = (16, 32)
+  config.total_steps = 40
+  config.batch_size = 16
+  config.log_every_steps = 10
+  config.eval_every_steps = 20
+  config.checkpoint_every_steps = 20
+  config.model.d_model = 32
+  config.model.encoder_attention_heads = 4
+  config.model.decoder_attention_heads = 4
+  config.model.encoder_ffn_dim = 64
+  config.model.decoder_ffn_dim = 64
+  config.model.max_position_embeddings = 64
+  config.schedule.warmup_steps = 5
+  config.eval.batch_size = 16
+  config.eval.max_new_tokens = 12
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def config_flags(config) -> list[str]:
+  """--config.* flags that turn configs/gloss2text.py:runlocal into `config`."""
+  from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
+  base = get_config('runlocal').to_dict()
+  out = []
+
+  def walk(prefix, want, have):
+    for key, value in want.items():
+      if isinstance(value, dict):
+        walk(f'{prefix}{key}.', value, have[key])
+      elif value != have[key]:
+        text = ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
+        out.append(f'--config.{prefix}{key}={"(" + text + ")" if isinstance(value, tuple) else text}')
+
+  walk('', config.to_dict(), base)
+  return out
+
+
+def run_main(config, workdir, *extra, env=None, background=False, devices=1):
+  """Runs `python -m sltjax.main` on `config` in a subprocess; returns the CompletedProcess/Popen."""
+  cmd = [sys.executable, '-m', 'sltjax.main', '--config=configs/gloss2text.py:runlocal',
+         f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}',
+         *config_flags(config), *extra]
+  full_env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+              'JAX_PLATFORMS': 'cpu', **(env or {})}
+  if background:
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def read_metrics(workdir, drop=('steps_per_sec', 'tokens_per_sec')):
+  """metrics.jsonl without the timing fields (which legitimately differ between runs)."""
+  import json  # pylint: disable=import-outside-toplevel
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in lines]
