@@ -49,9 +49,24 @@ def make_mesh(mesh_config: Mapping[str, int]) -> jax.sharding.Mesh:
 
 
 def named_shardings(abstract_state, mesh: jax.sharding.Mesh):
-  """NamedShardings for an (abstract) nnx.State whose Variables carry logical axis names."""
+  """NamedShardings for an (abstract) nnx.State whose Variables carry logical axis names.
+
+  A dimension the mesh axes do not divide (say a 2,454-token vocabulary over 4 tensor shards) is
+  replicated instead, since XLA requires even tiling.
+  """
   with nnx.logical_axis_rules(LOGICAL_AXIS_RULES):
-    return nnx.get_named_sharding(abstract_state, mesh)
+    shardings = nnx.get_named_sharding(abstract_state, mesh)
+  return jax.tree.map(lambda s, x: _evenly_divisible(s, x.shape), shardings, abstract_state)
+
+
+def _evenly_divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  fitted = []
+  for dim, axes in zip(shape, spec):
+    names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+    ways = int(np.prod([sharding.mesh.shape[a] for a in names]))
+    fitted.append(axes if dim % ways == 0 else None)
+  return NamedSharding(sharding.mesh, PartitionSpec(*fitted))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -22,7 +22,7 @@ flags.FLAGS.mark_as_parsed()  # grain reads absl flags
 def write_toy_corpus(directory: pathlib.Path, sizes=(('train', 256), ('dev', 24)), seed=0):
   """A gloss -> text task with reordering and function words, learnable in a few hundred steps.
 
-  Glosses are 2-6 signs; the sentence says them in reverse order as lowercase words, with 'und'
+  Glosses are 2-6 signs; the sentence says them as lowercase words, with 'und'
   before the last one and a final '.'.
   """
   signs = ['REGEN', 'SONNE', 'WIND', 'NORD', 'SUED', 'MORGEN', 'HEUTE', 'KALT', 'WARM', 'NEBEL']
@@ -32,7 +32,7 @@ def write_toy_corpus(directory: pathlib.Path, sizes=(('train', 256), ('dev', 24)
     glosses, texts = [], []
     for _ in range(n):
       seq = list(rng.choice(signs, size=rng.integers(2, 7)))
-      words = [w.lower() for w in reversed(seq)]
+      words = [w.lower() for w in seq]
       glosses.append(' '.join(seq))
       texts.append(' '.join(words[:-1] + ['und', words[-1], '.']))
     (directory / f'{split}.gloss').write_text('\n'.join(glosses) + '\n', encoding='utf-8')
@@ -56,11 +56,12 @@ def tiny_config(data_path, **overrides):
   config.log_every_steps = 10
   config.eval_every_steps = 20
   config.checkpoint_every_steps = 20
-  config.model.d_model = 32
+  config.model.d_model = 64
   config.model.encoder_attention_heads = 4
   config.model.decoder_attention_heads = 4
-  config.model.encoder_ffn_dim = 64
-  config.model.decoder_ffn_dim = 64
+  config.model.encoder_ffn_dim = 128
+  config.model.decoder_ffn_dim = 128
+  config.optimizer.learning_rate = 5e-3
   config.model.max_position_embeddings = 64
   config.schedule.warmup_steps = 5
   config.eval.batch_size = 16

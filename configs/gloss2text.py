@@ -1,0 +1,102 @@
+r"""Gloss2Text on PHOENIX-2014T: glosses -> German, an mBART-shaped transformer from scratch.
+
+  python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t
+  python -m sltjax.main --config=configs/gloss2text.py:runlocal --workdir=workdirs/g2t_local
+  python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t \
+      --mode=eval --config.eval.split=dev
+
+data.path holds {split}.gloss and {split}.de, one sentence per line (../shared/data/phoenix2014t
+in this project's development setup; any folder laid out the same way works).
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or 'default'
+  if variant not in ('default', 'runlocal'):
+    raise ValueError(f'Unknown variant {variant!r} of configs/gloss2text.py; use "" or "runlocal".')
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 3000
+  c.batch_size = 64  # global, over all devices and processes
+  c.log_every_steps = 50
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.label_smoothing = 0.1
+  c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = '../shared/data/phoenix2014t'
+  c.data.source_suffix = 'gloss'
+  c.data.target_suffix = 'de'
+  c.data.train_split = 'train'
+  c.data.lowercase_source = False
+  c.data.length_buckets = (16, 24, 32, 48, 64, 96, 128)  # padded lengths (few XLA programs)
+  c.data.num_workers = 0  # grain worker processes (0: load in the main process)
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.kind = 'word'  # 'word' | 'sentencepiece' (trained on train) | 'mbart' (pretrained)
+  c.tokenizer.path = ''  # the mBART tokenizer directory, for kind='mbart'
+  c.tokenizer.vocab_size = 4000  # for kind='sentencepiece'
+  c.tokenizer.min_count = 1  # for kind='word'
+  c.tokenizer.src_lang = 'de_DE'
+  c.tokenizer.tgt_lang = 'de_DE'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.d_model = 256
+  c.model.encoder_layers = 2
+  c.model.decoder_layers = 2
+  c.model.encoder_attention_heads = 4
+  c.model.decoder_attention_heads = 4
+  c.model.encoder_ffn_dim = 1024
+  c.model.decoder_ffn_dim = 1024
+  c.model.max_position_embeddings = 256
+  c.model.dropout = 0.3
+  c.model.attention_dropout = 0.1
+  c.model.activation_dropout = 0.1
+  c.model.scale_embedding = True
+  c.model.dtype = 'float32'
+  c.model.param_dtype = 'float32'
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'  # 'adam' (coupled L2) | 'adamw' | 'sgd'
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.998
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.momentum = 0.0  # sgd only
+  c.optimizer.grad_clip_norm = 1.0  # 0 disables
+  c.optimizer.param_groups = {}  # {path regex: lr multiplier}; 0 freezes (see sltjax/optim.py)
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.kind = 'cosine'  # 'cosine' | 'constant'
+  c.schedule.warmup_steps = 300
+  c.schedule.end_factor = 0.0  # final lr = end_factor * learning_rate
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = 'dev'
+  c.eval.batch_size = 128
+  c.eval.num_beams = 5
+  c.eval.max_new_tokens = 64
+  c.eval.length_penalty = 1.0
+  c.eval.length_penalty_style = 'hf'  # 'hf': score / len**lp; 'gnmt': score / ((5+len)/6)**lp
+  c.eval.early_stopping = False
+  c.eval.best_metric = 'bleu4'
+
+  if variant == 'runlocal':  # about two minutes on a 2-core CPU
+    c.total_steps = 300
+    c.batch_size = 32
+    c.log_every_steps = 25
+    c.eval_every_steps = 150
+    c.checkpoint_every_steps = 150
+    c.model.d_model = 64
+    c.model.encoder_layers = 1
+    c.model.decoder_layers = 1
+    c.model.encoder_ffn_dim = 128
+    c.model.decoder_ffn_dim = 128
+    c.model.dropout = 0.1
+    c.schedule.warmup_steps = 50
+    c.eval.num_beams = 2
+  return c

@@ -1,0 +1,67 @@
+"""orbax checkpoints: the latest N training states (for resume) and the best model (for eval).
+
+workdir/checkpoints/<step>/{state, data, meta}: parameters, non-trainable variables and optimizer
+  state; the grain iterator position; JSON bookkeeping (best dev score so far, ...).
+workdir/best/<step>/{params, meta}: the model that scored best on the dev metric, and its scores.
+Saves are atomic (orbax writes a temporary directory, then renames), so a process killed during a
+save leaves the previous checkpoint intact and the partial one is removed at the next start.
+"""
+import os
+
+import grain
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: str, item_names: tuple[str, ...], keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory, item_names=item_names,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False))
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, keep: int):
+    self.latest = _manager(os.path.join(workdir, 'checkpoints'), ('state', 'data', 'meta'), keep)
+    self.best = _manager(os.path.join(workdir, 'best'), ('params', 'meta'), 1)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state, data_iterator, meta: dict) -> None:
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, abstract_state, data_iterator):
+    """(state, meta) of the latest checkpoint, placed as `abstract_state`; the iterator is reset
+    in place to its saved position."""
+    step = self.latest.latest_step()
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator), meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def discard_best_after(self, step: int) -> None:
+    """Removes best checkpoints newer than `step`: left by a run that crashed before its next
+    regular checkpoint, they are recreated identically as the resumed run gets there again."""
+    for stale in [s for s in self.best.all_steps() if s > step]:
+      self.best.delete(stale)
+
+  def save_best(self, step: int, params, meta: dict) -> None:
+    self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_best(self, abstract_params):
+    step = self.best.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'No best checkpoint under {self.best.directory}: train first '
+                              '(--mode=train) with evaluation enabled.')
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+    return restored.params, restored.meta
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()

@@ -1,0 +1,34 @@
+"""Checks a training config before any work starts, with messages that say what to fix."""
+REQUIRED_KEYS = ('seed', 'total_steps', 'batch_size', 'log_every_steps', 'eval_every_steps',
+                 'checkpoint_every_steps', 'data.path', 'mesh')
+POSITIVE_INTS = ('total_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps')
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def validate(config) -> None:
+  """Raises ValueError naming every missing key or invalid value of `config`."""
+  problems = []
+  for key in REQUIRED_KEYS:
+    try:
+      _get(config, key)
+    except (KeyError, AttributeError):
+      problems.append(f'missing required key "{key}"')
+  for key in POSITIVE_INTS:
+    try:
+      value = _get(config, key)
+    except (KeyError, AttributeError):
+      continue
+    if not isinstance(value, int) or value <= 0:
+      problems.append(f'{key}={value!r} must be a positive integer')
+  if 'eval_every_steps' in config and (config.eval_every_steps or 0) < 0:
+    problems.append(f'eval_every_steps={config.eval_every_steps} must be >= 0 (0: never)')
+  if 'data' in config and 'path' in config.data and not config.data.path:
+    problems.append('data.path is empty: point it at the dataset directory')
+  if problems:
+    raise ValueError('Invalid config: ' + '; '.join(problems) + '.')

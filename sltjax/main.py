@@ -1,0 +1,70 @@
+r"""sltjax entry point.
+
+  python -m sltjax.main --config=configs/gloss2text.py[:VARIANT] --workdir=DIR \
+      [--config.a.b=value ...] [--mode=train|eval]
+
+Multi-host (one process per host, or N processes on one machine):
+  ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+On Cloud TPU VMs, --multihost alone lets JAX discover the pod slice.
+"""
+import json
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sltjax import config_validation
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, predictions.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train (resumes if workdir has checkpoints) or eval (best checkpoint).')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (TPU pods, '
+                               'SLURM, or the coordinator flags below).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of cooperating processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', os.path.expanduser('~/.cache/sltjax/xla'),
+    'Persistent XLA compilation cache directory ("" disables).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def initialize_distributed() -> None:
+  if not (_MULTIHOST.value or _COORDINATOR.value):
+    return
+  # Cross-process collectives between CPU devices (no effect on GPU/TPU). Must be set before
+  # anything touches the backend, as must initialize().
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO
+  config = _CONFIG.value
+  config_validation.validate(config)
+  if _COMPILATION_CACHE.value:
+    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
+  initialize_distributed()
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  from sltjax import train  # pylint: disable=import-outside-toplevel  (after distributed init)
+  if _MODE.value == 'train':
+    results = train.train_and_evaluate(config, workdir)
+  else:
+    results = train.evaluate_checkpoint(config, workdir)
+  if jax.process_index() == 0:
+    print(json.dumps({'mode': _MODE.value, **results}, sort_keys=True))
+
+
+if __name__ == '__main__':
+  app.run(main)

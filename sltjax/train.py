@@ -1,0 +1,300 @@
+"""train_and_evaluate(config, workdir): the sltjax training loop, in sections.
+
+mesh -> input pipelines -> model and optimizer (created sharded) -> jitted update and decode steps
+-> restore or start -> loop (log, evaluate + keep best, checkpoint) -> final report.
+`evaluate_checkpoint` scores the best checkpoint on any split (--mode=eval).
+"""
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from sltjax import sharding
+from sltjax.checkpointing import Checkpointer
+from sltjax.data import batching, text
+from sltjax.data.tokenizers import Tokenizer, load_tokenizer
+from sltjax.decoding import encoder_decoder_search
+from sltjax.losses import label_smoothed_cross_entropy
+from sltjax.metric_writers import MetricWriter
+from sltjax.metrics import translation_metrics
+from sltjax.models.mbart import MBart, MBartConfig
+from sltjax.optim import make_optimizer
+
+
+def _log(message: str) -> None:
+  """Console message from process 0 (absl INFO is left to libraries, shown with --verbosity=0)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced NaN/Inf; the last good checkpoint is kept untouched."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything train and eval modes share, built once from the config."""
+  config: object
+  mesh: jax.sharding.Mesh
+  tokenizer: Tokenizer
+  model_config: MBartConfig
+  graphdef: nnx.GraphDef
+  abstract_params: nnx.State
+  abstract_rest: nnx.State  # non-trainable variables (buffers; batch statistics later)
+  param_shardings: nnx.State
+  rest_shardings: nnx.State
+  checkpointer: Checkpointer
+
+
+def _global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """Assembles the processes' local rows into global arrays sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), v)
+          for k, v in local_batch.items()}
+
+
+def _check_batch_size(name: str, batch_size: int, mesh) -> None:
+  for divisor, what in ((jax.process_count(), 'JAX processes'),
+                        (sharding.data_parallel_size(mesh), 'data-parallel devices')):
+    if batch_size % divisor:
+      raise ValueError(f'{name}={batch_size} must be divisible by the number of {what} '
+                       f'({divisor}).')
+
+
+def build_experiment(config, workdir: str) -> Experiment:
+  """Mesh, tokenizer and the abstract (shape-only, sharding-annotated) model."""
+  # ---------------------------------------------------------------- Mesh
+  mesh = sharding.make_mesh(config.mesh)
+  _log(f'Mesh {dict(mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} '
+       'processes.')
+  # ---------------------------------------------------------------- Tokenizer
+  sources, targets = text.read_parallel(config.data, config.data.train_split)
+  tokenizer = load_tokenizer(config.tokenizer, os.path.join(workdir, 'tokenizer'),
+                             train_texts=sources + targets)
+  # ---------------------------------------------------------------- Abstract model
+  model_config = MBartConfig.from_dict({**config.model.to_dict(),
+                                        'vocab_size': tokenizer.vocab_size,
+                                        'pad_token_id': tokenizer.pad_id})
+  abstract_model = nnx.eval_shape(lambda: MBart(model_config, rngs=nnx.Rngs(config.seed)))
+  graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+  return Experiment(
+      config=config, mesh=mesh, tokenizer=tokenizer, model_config=model_config, graphdef=graphdef,
+      abstract_params=abstract_params, abstract_rest=abstract_rest,
+      param_shardings=sharding.named_shardings(abstract_params, mesh),
+      rest_shardings=sharding.named_shardings(abstract_rest, mesh),
+      checkpointer=Checkpointer(workdir, config.keep_checkpoints))
+
+
+def create_model_variables(exp: Experiment):
+  """(params, rest) initialised from config.seed, each array created directly on its shards."""
+  def init():
+    return nnx.split(MBart(exp.model_config, rngs=nnx.Rngs(exp.config.seed)), nnx.Param, ...)[1:]
+  return jax.jit(init, out_shardings=(exp.param_shardings, exp.rest_shardings))()
+
+
+def make_decode_fn(exp: Experiment) -> Callable:
+  """Jitted beam search: (params, rest, batch) -> best sequences [batch, 1 + max_new_tokens]."""
+  ev, tok = exp.config.eval, exp.tokenizer
+  batch_sharding = sharding.batch_sharding(exp.mesh)
+
+  def decode(params, rest, batch):
+    model = nnx.merge(exp.graphdef, params, rest)
+    sequences = encoder_decoder_search(
+        model, batch['input_ids'], batch['attention_mask'],
+        decoder_start_token_id=tok.lang_id(exp.config.tokenizer.tgt_lang),
+        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=ev.num_beams,
+        max_new_tokens=ev.max_new_tokens, length_penalty=ev.length_penalty,
+        length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping,
+        forced_eos_token_id=None)
+    return sequences[:, 0]
+
+  return jax.jit(decode, in_shardings=(exp.param_shardings, exp.rest_shardings, batch_sharding),
+                 out_shardings=batch_sharding)
+
+
+def evaluate_split(exp: Experiment, decode_fn, params, rest, split: str):
+  """Decodes every example of `split`; returns (metrics, hypotheses in dataset order)."""
+  cfg = exp.config
+  _check_batch_size('eval.batch_size', cfg.eval.batch_size, exp.mesh)
+  sources, targets = text.read_parallel(cfg.data, split)
+  corpus = text.tokenize_corpus(sources, targets, exp.tokenizer, cfg.tokenizer.src_lang)
+  loader = text.BatchLoader(corpus, exp.tokenizer, cfg.tokenizer.tgt_lang, cfg.data.length_buckets,
+                            jax.process_index(), jax.process_count())
+  plan = batching.eval_plan(len(corpus), cfg.eval.batch_size)
+  hypotheses = [''] * len(corpus)
+  for local_batch in text.make_dataset(plan, loader, num_workers=0):
+    batch = _global_batch(local_batch, exp.mesh)
+    sequences = multihost_utils.process_allgather(decode_fn(params, rest, batch), tiled=True)
+    indices = multihost_utils.process_allgather(batch['index'], tiled=True)
+    for index, sequence in zip(indices, sequences):
+      if index != batching.PAD_INDEX:
+        hypotheses[index] = exp.tokenizer.decode(sequence[1:])
+  return translation_metrics(hypotheses, corpus.references), hypotheses
+
+
+def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
+                    state_shardings) -> Callable:
+  """Jitted update: (state, batch) -> (state, metrics); the state's buffers are donated."""
+  cfg = exp.config
+  dropout_root = jax.random.key(cfg.seed + 1)
+
+  def train_step(state, batch):
+    dropout_key = jax.random.fold_in(dropout_root, state['step'])
+
+    def loss_fn(params):
+      model = nnx.merge(exp.graphdef, params, state['rest'])
+      logits = model(batch['input_ids'], batch['attention_mask'], batch['decoder_input_ids'],
+                     rngs=nnx.Rngs(dropout=dropout_key))
+      loss_sum, tokens = label_smoothed_cross_entropy(logits, batch['labels'],
+                                                      batch['label_weights'], cfg.label_smoothing)
+      return loss_sum / jnp.maximum(tokens, 1.0), tokens
+
+    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    new_state = dict(state, params=params, opt_state=opt_state, step=state['step'] + 1)
+    metrics = {'loss': loss, 'tokens': tokens, 'grad_norm': optax.global_norm(grads),
+               'learning_rate': schedule(state['step']),
+               # A finite loss can still come with a non-finite update: check both.
+               'finite': jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(params))}
+    return new_state, metrics
+
+  return jax.jit(train_step,
+                 in_shardings=(state_shardings, sharding.batch_sharding(exp.mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(exp.mesh)),
+                 donate_argnums=0)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Trains config's model on data.train_split, evaluating on eval.split; returns the best scores.
+
+  Rerunning the same command resumes from the latest checkpoint in `workdir` (parameters,
+  optimizer, data iterator), reaching the same results as an uninterrupted run.
+  """
+  exp = build_experiment(config, workdir)
+  mesh = exp.mesh
+  _check_batch_size('batch_size', config.batch_size, mesh)
+  # ---------------------------------------------------------------- Input
+  sources, targets = text.read_parallel(config.data, config.data.train_split)
+  train_corpus = text.tokenize_corpus(sources, targets, exp.tokenizer, config.tokenizer.src_lang)
+  loader = text.BatchLoader(train_corpus, exp.tokenizer, config.tokenizer.tgt_lang,
+                            config.data.length_buckets, jax.process_index(), jax.process_count())
+  train_iter = iter(text.make_dataset(
+      batching.train_plan(len(train_corpus), config.batch_size, config.seed), loader,
+      config.data.num_workers))
+  # ---------------------------------------------------------------- Model and optimizer
+  tx, schedule = make_optimizer(config, exp.abstract_params)
+  abstract_opt_state = jax.eval_shape(tx.init, exp.abstract_params)
+  state_shardings = {
+      'params': exp.param_shardings, 'rest': exp.rest_shardings,
+      'opt_state': sharding.named_shardings(abstract_opt_state, mesh),
+      'step': sharding.replicated(mesh)}
+  # ---------------------------------------------------------------- Update and decode steps
+  train_step = make_train_step(exp, tx, schedule, state_shardings)
+  decode_fn = make_decode_fn(exp)
+  # ---------------------------------------------------------------- Restore or start
+  meta = {'best_score': -math.inf, 'best_step': None}
+  if exp.checkpointer.latest_step() is not None:
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        {'params': exp.abstract_params, 'rest': exp.abstract_rest,
+         'opt_state': abstract_opt_state, 'step': jax.ShapeDtypeStruct((), jnp.int32)},
+        state_shardings)
+    state, meta = exp.checkpointer.restore(abstract_state, train_iter)
+    _log(f'Resumed from step {int(state["step"])} ({exp.checkpointer.latest.directory}).')
+  else:
+    params, rest = create_model_variables(exp)
+    opt_state = jax.jit(tx.init, out_shardings=state_shardings['opt_state'])(params)
+    state = {'params': params, 'rest': rest, 'opt_state': opt_state,
+             'step': jax.device_put(jnp.array(0, jnp.int32), sharding.replicated(mesh))}
+  start_step = int(state['step'])
+  exp.checkpointer.discard_best_after(start_step)
+  writer = MetricWriter(workdir, resume_step=start_step)
+  if start_step == 0:
+    num_params = sum(x.size for x in jax.tree.leaves(exp.abstract_params))
+    _log(f'Model: {num_params / 1e6:.2f}M parameters, vocabulary {exp.tokenizer.vocab_size}.')
+  # ---------------------------------------------------------------- Loop
+  def run_eval(step):
+    metrics, hypotheses = evaluate_split(exp, decode_fn, state['params'], state['rest'],
+                                         config.eval.split)
+    writer.write(step, config.eval.split, metrics)
+    writer.write_predictions(f'{config.eval.split}_step{step}', hypotheses)
+    score = metrics[config.eval.best_metric]
+    if score > meta['best_score']:
+      meta.update(best_score=score, best_step=step, best_metrics=metrics)
+      exp.checkpointer.save_best(step, {'params': state['params'], 'rest': state['rest']},
+                                 {'step': step, 'split': config.eval.split, **metrics})
+    return metrics
+
+  progress = tqdm.tqdm(total=config.total_steps, initial=start_step, unit='step', dynamic_ncols=True,
+                       disable=jax.process_index() != 0, smoothing=0.1)
+  window = []  # per-step metrics (device arrays) since the last log
+  window_start = time.perf_counter()
+  for step in range(start_step + 1, config.total_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, step_metrics = train_step(state, _global_batch(next(train_iter), mesh))
+    window.append(step_metrics)
+    progress.update(1)
+    is_last = step == config.total_steps
+    will_eval = bool(config.eval_every_steps) and (step % config.eval_every_steps == 0 or is_last)
+    will_save = step % config.checkpoint_every_steps == 0 or is_last
+    if step % config.log_every_steps == 0 or is_last or will_eval or will_save:
+      stacked = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *window))
+      if not np.all(stacked['finite']):
+        first_bad = int(np.argmin(stacked['finite']))
+        raise NonFiniteLossError(
+            f'Training diverged at step {step - len(window) + 1 + first_bad}: loss '
+            f'{stacked["loss"][first_bad]}, or non-finite parameters after the update. Stopped; '
+            f'the last good checkpoint (step {exp.checkpointer.latest_step()}) is kept. '
+            'Lower optimizer.learning_rate or set optimizer.grad_clip_norm.')
+      elapsed = time.perf_counter() - window_start
+      summary = {'loss': float(np.mean(stacked['loss'])),
+                 'grad_norm': float(np.mean(stacked['grad_norm'])),
+                 'learning_rate': float(stacked['learning_rate'][-1]),
+                 'steps_per_sec': len(window) / elapsed,
+                 'tokens_per_sec': float(np.sum(stacked['tokens'])) / elapsed}
+      if step % config.log_every_steps == 0 or is_last:
+        writer.write(step, 'train', summary)
+        progress.set_postfix(loss=f'{summary["loss"]:.3f}')
+      window, window_start = [], time.perf_counter()
+    if will_eval:
+      metrics = run_eval(step)
+      _log(f'step {step}: {config.eval.split} ' + ' '.join(
+          f'{k}={v:.2f}' for k, v in metrics.items()))
+    if will_save:
+      exp.checkpointer.save(step, state, train_iter, meta)
+  progress.close()
+  # ---------------------------------------------------------------- Final report
+  best = meta.get('best_metrics') or {}
+  if best:
+    writer.write(meta['best_step'], f'{config.eval.split}_best', best)
+  writer.close()
+  exp.checkpointer.close()
+  return best
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+  """Scores the best checkpoint of `workdir` on config.eval.split; writes metrics + predictions."""
+  exp = build_experiment(config, workdir)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          {'params': exp.abstract_params, 'rest': exp.abstract_rest},
+                          {'params': exp.param_shardings, 'rest': exp.rest_shardings})
+  restored, meta = exp.checkpointer.restore_best(abstract)
+  metrics, hypotheses = evaluate_split(exp, make_decode_fn(exp), restored['params'],
+                                       restored['rest'], config.eval.split)
+  writer = MetricWriter(workdir, resume_step=10**12)  # evaluation appends; keeps training logs
+  writer.write(meta['step'], f'eval_{config.eval.split}', metrics)
+  path = writer.write_predictions(f'{config.eval.split}_best_step{meta["step"]}', hypotheses)
+  writer.close()
+  exp.checkpointer.close()
+  _log(f'Best checkpoint (step {meta["step"]}) on {config.eval.split}: {metrics}; '
+       f'predictions in {path}')
+  return metrics

@@ -1,0 +1,115 @@
+"""The command line: config errors before any work, config.json, kill -9 and resume, multi-device
+and multi-process runs equal to the single-device run."""
+import json
+import os
+import signal
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_metrics, run_main, tiny_config
+
+
+def test_unknown_config_key_fails_before_work(toy_corpus, tmp_path):
+  result = run_main(tiny_config(toy_corpus), tmp_path / 'w', '--config.optimizer.learnig_rate=1')
+  assert result.returncode != 0
+  assert 'learnig_rate' in result.stderr and 'learning_rate' in result.stderr  # names a suggestion
+  assert not (tmp_path / 'w').exists()
+
+
+def test_invalid_values_fail_with_every_problem_listed(toy_corpus, tmp_path):
+  result = run_main(tiny_config(toy_corpus), tmp_path / 'w', '--config.total_steps=0',
+                    '--config.batch_size=-2')
+  assert result.returncode != 0
+  assert ('Invalid config: total_steps=0 must be a positive integer; batch_size=-2 must be a '
+          'positive integer.') in result.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def wait_for(predicate, process, timeout=300):
+  start = time.time()
+  while not predicate():
+    if process.poll() is not None:
+      raise AssertionError('run finished before the kill point:\n' + process.stdout.read())
+    if time.time() - start > timeout:
+      raise AssertionError('kill point never reached')
+    time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_resume_is_bitwise_identical(toy_corpus, tmp_path):
+  config = tiny_config(toy_corpus, total_steps=40, checkpoint_every_steps=10, eval_every_steps=20)
+  reference = tmp_path / 'reference'
+  result = run_main(config, reference)
+  assert result.returncode == 0, result.stderr
+  config_json = json.loads((reference / 'config.json').read_text())
+  assert config_json['total_steps'] == 40 and config_json['data']['path'] == str(toy_corpus)
+
+  workdir = tmp_path / 'interrupted'
+  checkpoints = workdir / 'checkpoints'
+  # 1. killed in the middle of writing the step-20 checkpoint
+  process = run_main(config, workdir, background=True)
+  wait_for(lambda: checkpoints.exists() and any(
+      p.name.startswith('20') and 'tmp' in p.name for p in checkpoints.iterdir()), process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  # 2. killed between checkpoints (after step 30 was saved, while training on)
+  process = run_main(config, workdir, background=True)
+  wait_for(lambda: (checkpoints / '30').exists(), process)
+  time.sleep(0.3)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  # 3. run to the end
+  result = run_main(config, workdir)
+  assert result.returncode == 0, result.stderr
+  assert 'Resumed from step 30' in result.stderr + result.stdout
+  assert read_metrics(workdir) == read_metrics(reference)
+  for name in ('dev_step20.txt', 'dev_step40.txt'):
+    assert (workdir / 'predictions' / name).read_text() == (
+        reference / 'predictions' / name).read_text()
+
+
+def train_losses(workdir):
+  return np.array([m['loss'] for m in read_metrics(workdir) if m['split'] == 'train'])
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_single_device_loss(toy_corpus, tmp_path):
+  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=0, checkpoint_every_steps=20)
+  assert run_main(config, tmp_path / 'one').returncode == 0
+  result = run_main(config, tmp_path / 'eight', '--config.mesh.data=2', '--config.mesh.fsdp=2',
+                    '--config.mesh.tensor=2', devices=8)
+  assert result.returncode == 0, result.stderr
+  assert "Mesh {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 devices" in result.stdout + result.stderr
+  np.testing.assert_allclose(train_losses(tmp_path / 'eight'), train_losses(tmp_path / 'one'),
+                             rtol=2e-5)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(toy_corpus, tmp_path):
+  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=20, checkpoint_every_steps=20)
+  single = run_main(config, tmp_path / 'single', devices=2)
+  assert single.returncode == 0, single.stderr
+  port = free_port()
+  workers = [run_main(config, tmp_path / 'multi', f'--coordinator_address=localhost:{port}',
+                      '--num_processes=2', f'--process_id={i}', background=True)
+             for i in range(2)]
+  outputs = [w.communicate(timeout=600)[0] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs
+  assert 'over 2 devices in 2 processes' in outputs[0]
+  np.testing.assert_allclose(train_losses(tmp_path / 'multi'), train_losses(tmp_path / 'single'),
+                             rtol=2e-5)
+  multi = [m for m in read_metrics(tmp_path / 'multi') if m['split'] == 'dev']
+  ref = [m for m in read_metrics(tmp_path / 'single') if m['split'] == 'dev']
+  assert len(multi) == len(ref) == 1  # metrics written once, by process 0
+  assert multi[0]['bleu4'] == pytest.approx(ref[0]['bleu4'], abs=1e-6)
+  assert (tmp_path / 'multi' / 'predictions' / 'dev_step20.txt').read_text() == (
+      tmp_path / 'single' / 'predictions' / 'dev_step20.txt').read_text()

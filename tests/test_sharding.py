@@ -1,0 +1,38 @@
+"""Mesh construction and logical-axis shardings (on however many devices this process has)."""
+import jax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from sltjax import sharding
+from sltjax.models.mbart import MBart, MBartConfig
+
+
+def test_mesh_fills_the_free_axis():
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+  assert dict(mesh.shape) == {'data': jax.device_count(), 'fsdp': 1, 'tensor': 1}
+
+
+@pytest.mark.parametrize('mesh_config,message', [
+    ({'data': -1, 'model': 1}, "unknown axes \\['model'\\]"),
+    ({'data': -1, 'fsdp': -1}, 'at most one axis may be -1'),
+    ({'data': 3 * jax.device_count()}, 'devices but'),
+])
+def test_mesh_errors(mesh_config, message):
+  with pytest.raises(ValueError, match=message):
+    sharding.make_mesh(mesh_config)
+
+
+def test_logical_axes_map_to_mesh_axes_and_replicate_uneven_dims():
+  cfg = MBartConfig(vocab_size=27, d_model=16, encoder_layers=1, decoder_layers=1,
+                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                    decoder_ffn_dim=32, max_position_embeddings=8)
+  abstract = nnx.eval_shape(lambda: MBart(cfg, rngs=nnx.Rngs(0)))
+  _, params, _ = nnx.split(abstract, nnx.Param, ...)
+  specs = {k: v.spec for k, v in
+           nnx.to_flat_state(sharding.named_shardings(params, sharding.make_mesh({'data': -1})))}
+  assert specs[('encoder_layers', 0, 'fc1', 'kernel')] == P('fsdp', 'tensor')
+  assert specs[('encoder_layers', 0, 'self_attn', 'out_proj', 'kernel')] == P('tensor', 'fsdp')
+  assert specs[('encoder_layer_norm', 'scale')] == P(None)
+  # 27 is odd: with >1 tensor shard the vocabulary axis is replicated; with 1 it is "sharded" 1 way
+  assert specs[('shared', 'embedding')] == P('tensor', 'fsdp')

@@ -1,0 +1,106 @@
+"""The trainer in-process on the toy corpus: learning, outputs, eval mode, NaN stop, optimizer."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from sltjax import train
+from sltjax.models.mbart import MBart, MBartConfig
+from sltjax.optim import make_optimizer
+from tests.conftest import read_metrics, tiny_config
+
+
+@pytest.fixture(scope='module')
+def trained(toy_corpus, tmp_path_factory):
+  """A 200-step run with evaluations at steps 100 and 200."""
+  workdir = tmp_path_factory.mktemp('trained')
+  config = tiny_config(toy_corpus, total_steps=200, eval_every_steps=100,
+                       checkpoint_every_steps=100, log_every_steps=20)
+  best = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, best
+
+
+def test_loss_goes_down_and_learns_the_task(trained):
+  _, workdir, best = trained
+  losses = [m['loss'] for m in read_metrics(workdir) if m['split'] == 'train']
+  assert len(losses) == 10
+  assert losses[-1] < 0.7 * losses[0], losses  # label smoothing 0.1 puts the floor near 1.3
+  assert best['bleu1'] > 40 and best['bleu4'] > 5, best  # an untrained model scores ~0
+
+
+def test_outputs_in_the_workdir(trained):
+  config, workdir, best = trained
+  entries = read_metrics(workdir)
+  assert [(m['step'], m['split']) for m in entries if m['split'] != 'train'] == [
+      (100, 'dev'), (200, 'dev'), (best_step(entries), 'dev_best')]
+  dev = [m for m in entries if m['split'] == 'dev']
+  assert {'bleu1', 'bleu4', 'bleu4_13a', 'chrf', 'rougeL_signjoey', 'rougeL_f'} <= set(dev[0])
+  for step in (100, 200):
+    lines = (workdir / 'predictions' / f'dev_step{step}.txt').read_text().splitlines()
+    assert len(lines) == 24
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert (workdir / 'tokenizer' / 'vocab.json').exists()
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['100', '200']
+  assert [p.name for p in (workdir / 'best').iterdir()] == [str(best_step(entries))]
+
+
+def best_step(entries):
+  dev = [m for m in entries if m['split'] == 'dev']
+  return max(dev, key=lambda m: (m['bleu4'], -m['step']))['step']
+
+
+def test_eval_mode_rescores_the_best_checkpoint(trained, toy_corpus):
+  config, workdir, best = trained
+  metrics = train.evaluate_checkpoint(config, str(workdir))
+  assert metrics == pytest.approx(best)
+  step = best_step(read_metrics(workdir))
+  assert (workdir / 'predictions' / f'dev_best_step{step}.txt').read_text() == (
+      workdir / 'predictions' / f'dev_step{step}.txt').read_text()
+  # any split present under data.path, here the training split
+  config.eval.split = 'train'
+  assert train.evaluate_checkpoint(config, str(workdir))['bleu1'] > 0
+  config.eval.split = 'test'
+  with pytest.raises(FileNotFoundError, match=r"Split 'test': missing .*Splits present .*\['dev', 'train'\]"):
+    train.evaluate_checkpoint(config, str(workdir))
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_corpus, tmp_path):
+  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=0, checkpoint_every_steps=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  config.total_steps = 40
+  config.optimizer.learning_rate = math.nan
+  with pytest.raises(train.NonFiniteLossError,
+                     match='diverged at step 21.*last good checkpoint \\(step 20\\) is kept'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['10', '20']
+  exp = train.build_experiment(config, str(tmp_path))
+  restored = exp.checkpointer.latest.restore(
+      20, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  leaves = jax.tree.leaves(restored.state['params'])
+  assert leaves and all(np.isfinite(x).all() for x in leaves)
+
+
+def test_param_groups_scale_and_freeze():
+  model = MBart(MBartConfig(vocab_size=20, d_model=8, encoder_layers=1, decoder_layers=1,
+                            encoder_attention_heads=2, decoder_attention_heads=2,
+                            encoder_ffn_dim=16, decoder_ffn_dim=16, max_position_embeddings=8),
+                rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  config = tiny_config('.', **{'optimizer.name': 'sgd', 'optimizer.grad_clip_norm': 0.0,
+                               'schedule.kind': 'constant', 'schedule.warmup_steps': 0,
+                               'optimizer.learning_rate': 0.1})
+  config.optimizer.param_groups = {'^shared/': 0.0, 'decoder_layers/0/fc1/': 10.0}
+  tx, _ = make_optimizer(config, params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  flat = dict(nnx.to_flat_state(updates))
+  assert np.all(flat[('shared', 'embedding')][...] == 0)
+  np.testing.assert_allclose(flat[('decoder_layers', 0, 'fc1', 'kernel')][...], -1.0, rtol=1e-6)
+  np.testing.assert_allclose(flat[('encoder_layers', 0, 'fc1', 'kernel')][...], -0.1, rtol=1e-6)
+  config.optimizer.param_groups = {'decoder/typo': 0.0}
+  with pytest.raises(ValueError, match=r"patterns \['decoder/typo'\] match no parameter"):
+    make_optimizer(config, params)
