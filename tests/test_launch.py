@@ -1,0 +1,42 @@
+"""Launch scripts print the exact commands they would run (shell-quoted; parsed back here)."""
+import shlex
+import subprocess
+
+from tests.conftest import REPO
+
+
+def dry_run(script, *args):
+  return subprocess.run(['bash', str(REPO / 'launch' / script), '--dry-run', *args],
+                        capture_output=True, text=True, check=True).stdout
+
+
+def test_tpu_vm_commands():
+  common = ['--name=slt', '--zone=us-central2-b']
+  assert dry_run('tpu_vm.sh', *common, '--accelerator=v4-32', 'create').split() == [
+      'gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'slt', '--zone=us-central2-b',
+      '--accelerator-type=v4-32', '--version=v2-alpha-tpuv5-lite']
+  run = dry_run('tpu_vm.sh', *common, 'run', '--', '--config=configs/gloss2text.py',
+                '--workdir=gs://b/w')
+  *ssh, remote = shlex.split(run)
+  assert ssh == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'slt', '--zone=us-central2-b',
+                 '--worker=all']
+  assert remote.startswith('--command=cd ~/sltjax && nohup .venv/bin/python -m sltjax.main '
+                           '--multihost --config=configs/gloss2text.py --workdir=gs://b/w')
+  assert dry_run('tpu_vm.sh', *common, 'delete').split()[-1] == '--quiet'
+
+
+def test_tpu_vm_requires_name_and_command():
+  result = subprocess.run(['bash', str(REPO / 'launch' / 'tpu_vm.sh'), '--dry-run', 'create'],
+                          capture_output=True, text=True)
+  assert result.returncode == 2 and '--name and --zone are required' in result.stderr
+
+
+def test_gpu_multinode_commands():
+  lines = dry_run('gpu_multinode.sh', '--hosts=n0,n1', '--port=99', '--',
+                  '--workdir=/shared/w').splitlines()
+  assert len(lines) == 2
+  for i, line in enumerate(lines):
+    ssh, host, remote, background = shlex.split(line)
+    assert (ssh, host, background) == ('ssh', f'n{i}', '&')
+    assert remote.endswith(f'sltjax.main --coordinator_address=n0:99 --num_processes=2 '
+                           f'--process_id={i} --workdir=/shared/w ')
