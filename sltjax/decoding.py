@@ -147,7 +147,7 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
                            decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
                            num_beams: int, max_new_tokens: int, length_penalty: float,
                            length_penalty_style: str, early_stopping: bool,
-                           forced_eos_token_id: int | None):
+                           forced_eos_token_id: int | None = None):
   """Encodes once, then beam-searches the decoder with a KV cache. Returns [batch, beams, len]."""
   encoder_out = model.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds)
   batch = encoder_out.shape[0]
@@ -185,6 +185,8 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 4,
   inputs_embeds [batch, src_len, d_model] with attention_mask).
   """
   if attention_mask is None:
+    if input_ids is None:
+      raise ValueError('generate(inputs_embeds=...) needs the attention_mask [batch, src_len].')
     attention_mask = (jnp.asarray(input_ids) != pad_token_id).astype(jnp.int32)
   sequences = _jitted_search(
       model, None if input_ids is None else jnp.asarray(input_ids), jnp.asarray(attention_mask),

@@ -53,6 +53,7 @@ class Experiment:
   param_shardings: nnx.State
   rest_shardings: nnx.State
   checkpointer: Checkpointer
+  train_lines: tuple[list[str], list[str]]  # (sources, targets) of data.train_split
 
 
 def _global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -90,7 +91,8 @@ def build_experiment(config, workdir: str) -> Experiment:
       abstract_params=abstract_params, abstract_rest=abstract_rest,
       param_shardings=sharding.named_shardings(abstract_params, mesh),
       rest_shardings=sharding.named_shardings(abstract_rest, mesh),
-      checkpointer=Checkpointer(workdir, config.keep_checkpoints))
+      checkpointer=Checkpointer(workdir, config.keep_checkpoints),
+      train_lines=(sources, targets))
 
 
 def create_model_variables(exp: Experiment):
@@ -112,24 +114,26 @@ def make_decode_fn(exp: Experiment) -> Callable:
         decoder_start_token_id=tok.lang_id(exp.config.tokenizer.tgt_lang),
         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=ev.num_beams,
         max_new_tokens=ev.max_new_tokens, length_penalty=ev.length_penalty,
-        length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping,
-        forced_eos_token_id=None)
+        length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping)
     return sequences[:, 0]
 
   return jax.jit(decode, in_shardings=(exp.param_shardings, exp.rest_shardings, batch_sharding),
                  out_shardings=batch_sharding)
 
 
-def evaluate_split(exp: Experiment, decode_fn, params, rest, split: str):
-  """Decodes every example of `split`; returns (metrics, hypotheses in dataset order)."""
+def tokenized_split(exp: Experiment, split: str) -> text.TokenizedCorpus:
+  sources, targets = (exp.train_lines if split == exp.config.data.train_split else
+                      text.read_parallel(exp.config.data, split))
+  return text.tokenize_corpus(sources, targets, exp.tokenizer, exp.config.tokenizer.src_lang)
+
+
+def evaluate_corpus(exp: Experiment, decode_fn, params, rest, corpus: text.TokenizedCorpus):
+  """Decodes every example of `corpus`; returns (metrics, hypotheses in corpus order)."""
   cfg = exp.config
-  _check_batch_size('eval.batch_size', cfg.eval.batch_size, exp.mesh)
-  sources, targets = text.read_parallel(cfg.data, split)
-  corpus = text.tokenize_corpus(sources, targets, exp.tokenizer, cfg.tokenizer.src_lang)
   loader = text.BatchLoader(corpus, exp.tokenizer, cfg.tokenizer.tgt_lang, cfg.data.length_buckets,
                             jax.process_index(), jax.process_count())
-  plan = batching.eval_plan(len(corpus), cfg.eval.batch_size)
   hypotheses = [''] * len(corpus)
+  plan = batching.eval_plan(len(corpus), cfg.eval.batch_size)
   for local_batch in text.make_dataset(plan, loader, num_workers=0):
     batch = _global_batch(local_batch, exp.mesh)
     sequences = multihost_utils.process_allgather(decode_fn(params, rest, batch), tiled=True)
@@ -182,9 +186,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   exp = build_experiment(config, workdir)
   mesh = exp.mesh
   _check_batch_size('batch_size', config.batch_size, mesh)
+  _check_batch_size('eval.batch_size', config.eval.batch_size, mesh)
   # ---------------------------------------------------------------- Input
-  sources, targets = text.read_parallel(config.data, config.data.train_split)
-  train_corpus = text.tokenize_corpus(sources, targets, exp.tokenizer, config.tokenizer.src_lang)
+  train_corpus = tokenized_split(exp, config.data.train_split)
+  eval_corpus = tokenized_split(exp, config.eval.split) if config.eval_every_steps else None
   loader = text.BatchLoader(train_corpus, exp.tokenizer, config.tokenizer.tgt_lang,
                             config.data.length_buckets, jax.process_index(), jax.process_count())
   train_iter = iter(text.make_dataset(
@@ -223,8 +228,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     _log(f'Model: {num_params / 1e6:.2f}M parameters, vocabulary {exp.tokenizer.vocab_size}.')
   # ---------------------------------------------------------------- Loop
   def run_eval(step):
-    metrics, hypotheses = evaluate_split(exp, decode_fn, state['params'], state['rest'],
-                                         config.eval.split)
+    metrics, hypotheses = evaluate_corpus(exp, decode_fn, state['params'], state['rest'],
+                                          eval_corpus)
     writer.write(step, config.eval.split, metrics)
     writer.write_predictions(f'{config.eval.split}_step{step}', hypotheses)
     score = metrics[config.eval.best_metric]
@@ -284,12 +289,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   """Scores the best checkpoint of `workdir` on config.eval.split; writes metrics + predictions."""
   exp = build_experiment(config, workdir)
+  _check_batch_size('eval.batch_size', config.eval.batch_size, exp.mesh)
+  corpus = tokenized_split(exp, config.eval.split)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           {'params': exp.abstract_params, 'rest': exp.abstract_rest},
                           {'params': exp.param_shardings, 'rest': exp.rest_shardings})
   restored, meta = exp.checkpointer.restore_best(abstract)
-  metrics, hypotheses = evaluate_split(exp, make_decode_fn(exp), restored['params'],
-                                       restored['rest'], config.eval.split)
+  metrics, hypotheses = evaluate_corpus(exp, make_decode_fn(exp), restored['params'],
+                                        restored['rest'], corpus)
   writer = MetricWriter(workdir, resume_step=10**12)  # evaluation appends; keeps training logs
   writer.write(meta['step'], f'eval_{config.eval.split}', metrics)
   path = writer.write_predictions(f'{config.eval.split}_best_step{meta["step"]}', hypotheses)

@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 from absl import flags
+
+from sltjax.data import synthetic_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
@@ -19,30 +20,11 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 flags.FLAGS.mark_as_parsed()  # grain reads absl flags
 
 
-def write_toy_corpus(directory: pathlib.Path, sizes=(('train', 256), ('dev', 24)), seed=0):
-  """A gloss -> text task with reordering and function words, learnable in a few hundred steps.
-
-  Glosses are 2-6 signs; the sentence says them as lowercase words, with 'und'
-  before the last one and a final '.'.
-  """
-  signs = ['REGEN', 'SONNE', 'WIND', 'NORD', 'SUED', 'MORGEN', 'HEUTE', 'KALT', 'WARM', 'NEBEL']
-  rng = np.random.default_rng(seed)
-  directory.mkdir(parents=True, exist_ok=True)
-  for split, n in sizes:
-    glosses, texts = [], []
-    for _ in range(n):
-      seq = list(rng.choice(signs, size=rng.integers(2, 7)))
-      words = [w.lower() for w in seq]
-      glosses.append(' '.join(seq))
-      texts.append(' '.join(words[:-1] + ['und', words[-1], '.']))
-    (directory / f'{split}.gloss').write_text('\n'.join(glosses) + '\n', encoding='utf-8')
-    (directory / f'{split}.de').write_text('\n'.join(texts) + '\n', encoding='utf-8')
-  return directory
-
-
 @pytest.fixture(scope='session')
 def toy_corpus(tmp_path_factory):
-  return write_toy_corpus(tmp_path_factory.mktemp('toy_corpus'))
+  """A small split of the embedded synthetic Gloss2Text corpus (sltjax/data/synthetic_text.py)."""
+  directory = tmp_path_factory.mktemp('toy_corpus')
+  return pathlib.Path(synthetic_text.write_corpus(str(directory), {'train': 256, 'dev': 24}))
 
 
 def tiny_config(data_path, **overrides):
