@@ -23,6 +23,8 @@ def _manager(directory: str, item_names: tuple[str, ...], keep: int) -> ocp.Chec
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int):
+    if '://' not in workdir:  # orbax wants absolute local paths; leave gs:// and the like alone
+      workdir = os.path.abspath(workdir)
     self.latest = _manager(os.path.join(workdir, 'checkpoints'), ('state', 'data', 'meta'), keep)
     self.best = _manager(os.path.join(workdir, 'best'), ('params', 'meta'), 1)
 

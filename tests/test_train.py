@@ -68,16 +68,19 @@ def test_eval_mode_rescores_the_best_checkpoint(trained, toy_corpus):
     train.evaluate_checkpoint(config, str(workdir))
 
 
-def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_corpus, tmp_path):
-  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=0, checkpoint_every_steps=10)
-  train.train_and_evaluate(config, str(tmp_path))
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_corpus, tmp_path,
+                                                               monkeypatch):
+  monkeypatch.chdir(tmp_path.parent)  # a relative workdir, as users type it
+  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=20, checkpoint_every_steps=10)
+  train.train_and_evaluate(config, tmp_path.name)
+  assert [p.name for p in (tmp_path / 'best').iterdir()] == ['20']
   config.total_steps = 40
   config.optimizer.learning_rate = math.nan
   with pytest.raises(train.NonFiniteLossError,
                      match='diverged at step 21.*last good checkpoint \\(step 20\\) is kept'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, tmp_path.name)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['10', '20']
-  exp = train.build_experiment(config, str(tmp_path))
+  exp = train.build_experiment(config, tmp_path.name)
   restored = exp.checkpointer.latest.restore(
       20, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   leaves = jax.tree.leaves(restored.state['params'])
