@@ -97,6 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.encoder_ffn_dim = 128
     c.model.decoder_ffn_dim = 128
     c.model.dropout = 0.1
+    c.optimizer.learning_rate = 3e-3
     c.schedule.warmup_steps = 50
     c.eval.num_beams = 2
   return c
