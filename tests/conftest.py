@@ -12,6 +12,7 @@ from sltjax.data import synthetic_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
+MBART_DIR = SHARED_DATA / 'tokenizers' / 'mbart_trimmed_phoenix2014t'
 COMPILATION_CACHE = os.environ.get('SLTJAX_TEST_COMPILATION_CACHE',
                                    str(REPO / '.jax_cache'))
 

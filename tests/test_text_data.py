@@ -89,3 +89,23 @@ def test_lowercase_source(toy_corpus):
   sources, _ = text.read_parallel(data_config(toy_corpus, lowercase_source=True), 'train')
   assert sources[0] == sources[0].lower() != text.read_parallel(data_config(toy_corpus),
                                                                 'train')[0][0]
+
+
+def test_worker_processes_give_the_same_batches_and_resume(corpus_and_tokenizer):
+  corpus, tok, _ = corpus_and_tokenizer
+
+  def dataset(num_workers):
+    return text.make_dataset(batching.train_plan(len(corpus), 8, seed=0), loader(corpus, tok),
+                             num_workers)
+
+  reference = [b['index'] for _, b in zip(range(8), iter(dataset(0)))]
+  first = iter(dataset(2))
+  got = [next(first)['index'] for _ in range(3)]
+  state = first.get_state()
+  first.close()
+  resumed = iter(dataset(2))
+  resumed.set_state(state)
+  got += [next(resumed)['index'] for _ in range(5)]
+  resumed.close()
+  for a, b in zip(reference, got, strict=True):
+    np.testing.assert_array_equal(a, b)

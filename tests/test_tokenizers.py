@@ -3,9 +3,8 @@ import pytest
 
 from sltjax.data.tokenizers import (EOS_ID, MBartTokenizer, UNK_ID, WordTokenizer,
                                     train_sentencepiece)
-from tests.conftest import SHARED_DATA
+from tests.conftest import MBART_DIR, SHARED_DATA
 
-MBART_DIR = SHARED_DATA / 'tokenizers' / 'mbart_trimmed_phoenix2014t'
 needs_mbart = pytest.mark.skipif(not MBART_DIR.exists(),
                                  reason=f'shared mBART tokenizer not found at {MBART_DIR}')
 SENTENCES = ['liebe zuschauer guten abend .',

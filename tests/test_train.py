@@ -11,7 +11,7 @@ from flax import nnx
 from sltjax import train
 from sltjax.models.mbart import MBart, MBartConfig
 from sltjax.optim import make_optimizer
-from tests.conftest import read_metrics, tiny_config
+from tests.conftest import MBART_DIR, read_metrics, tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -107,3 +107,16 @@ def test_param_groups_scale_and_freeze():
   config.optimizer.param_groups = {'decoder/typo': 0.0}
   with pytest.raises(ValueError, match=r"patterns \['decoder/typo'\] match no parameter"):
     make_optimizer(config, params)
+
+
+@pytest.mark.skipif(not MBART_DIR.exists(), reason=f'shared mBART tokenizer not found at {MBART_DIR}')
+def test_trains_and_decodes_with_the_pretrained_mbart_vocabulary(toy_corpus, tmp_path):
+  config = tiny_config(toy_corpus, total_steps=10, eval_every_steps=10, checkpoint_every_steps=10,
+                       **{'tokenizer.kind': 'mbart', 'tokenizer.path': str(MBART_DIR),
+                          'data.lowercase_source': True})
+  best = train.train_and_evaluate(config, str(tmp_path))
+  assert 0 <= best['bleu4'] <= 100
+  exp = train.build_experiment(config, str(tmp_path))
+  assert exp.tokenizer.vocab_size == exp.model_config.vocab_size == 2454
+  assert not (tmp_path / 'tokenizer').exists()  # the pretrained vocabulary is used in place
+  assert len((tmp_path / 'predictions' / 'dev_step10.txt').read_text().splitlines()) == 24
