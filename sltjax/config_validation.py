@@ -1,4 +1,6 @@
 """Checks a training config before any work starts, with messages that say what to fix."""
+from sltjax.metrics import METRIC_NAMES
+
 REQUIRED_KEYS = ('seed', 'total_steps', 'batch_size', 'log_every_steps', 'eval_every_steps',
                  'checkpoint_every_steps', 'data.path', 'mesh')
 POSITIVE_INTS = ('total_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps')
@@ -30,5 +32,8 @@ def validate(config) -> None:
     problems.append(f'eval_every_steps={config.eval_every_steps} must be >= 0 (0: never)')
   if 'data' in config and 'path' in config.data and not config.data.path:
     problems.append('data.path is empty: point it at the dataset directory')
+  if 'eval' in config and config.eval.get('best_metric') not in METRIC_NAMES:
+    problems.append(f'eval.best_metric={config.eval.get("best_metric")!r} is not one of '
+                    f'{list(METRIC_NAMES)}')
   if problems:
     raise ValueError('Invalid config: ' + '; '.join(problems) + '.')

@@ -12,14 +12,16 @@ from tensorboardX import SummaryWriter
 
 class MetricWriter:
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int | None = None):
+    """resume_step: drop entries logged after this step (None: keep everything, append)."""
     self.enabled = jax.process_index() == 0
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.predictions_dir = os.path.join(workdir, 'predictions')
     if not self.enabled:
       return
     os.makedirs(self.predictions_dir, exist_ok=True)
-    self._drop_entries_after(resume_step)
+    if resume_step is not None:
+      self._drop_entries_after(resume_step)
     self.tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'),
                                      purge_step=resume_step + 1 if resume_step else None)
 

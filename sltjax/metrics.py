@@ -13,6 +13,9 @@ import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer, tokenizers
 
+METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'chrf', 'rougeL_signjoey',
+                'rougeL_f')
+
 
 def _bleu(hypotheses, references, max_order: int, tokenize: str) -> float:
   bleu = sacrebleu.metrics.BLEU(tokenize=tokenize, max_ngram_order=max_order)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import tqdm
@@ -43,7 +44,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class Experiment:
   """Everything train and eval modes share, built once from the config."""
-  config: object
+  config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   tokenizer: Tokenizer
   model_config: MBartConfig
@@ -227,7 +228,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     num_params = sum(x.size for x in jax.tree.leaves(exp.abstract_params))
     _log(f'Model: {num_params / 1e6:.2f}M parameters, vocabulary {exp.tokenizer.vocab_size}.')
   # ---------------------------------------------------------------- Loop
-  def run_eval(step):
+  def run_eval(step, state):
     metrics, hypotheses = evaluate_corpus(exp, decode_fn, state['params'], state['rest'],
                                           eval_corpus)
     writer.write(step, config.eval.split, metrics)
@@ -271,7 +272,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         progress.set_postfix(loss=f'{summary["loss"]:.3f}')
       window, window_start = [], time.perf_counter()
     if will_eval:
-      metrics = run_eval(step)
+      metrics = run_eval(step, state)
       _log(f'step {step}: {config.eval.split} ' + ' '.join(
           f'{k}={v:.2f}' for k, v in metrics.items()))
     if will_save:
@@ -297,7 +298,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   restored, meta = exp.checkpointer.restore_best(abstract)
   metrics, hypotheses = evaluate_corpus(exp, make_decode_fn(exp), restored['params'],
                                         restored['rest'], corpus)
-  writer = MetricWriter(workdir, resume_step=10**12)  # evaluation appends; keeps training logs
+  writer = MetricWriter(workdir)  # appends to the training run's logs
   writer.write(meta['step'], f'eval_{config.eval.split}', metrics)
   path = writer.write_predictions(f'{config.eval.split}_best_step{meta["step"]}', hypotheses)
   writer.close()

@@ -21,10 +21,10 @@ def test_unknown_config_key_fails_before_work(toy_corpus, tmp_path):
 
 def test_invalid_values_fail_with_every_problem_listed(toy_corpus, tmp_path):
   result = run_main(tiny_config(toy_corpus), tmp_path / 'w', '--config.total_steps=0',
-                    '--config.batch_size=-2')
+                    '--config.batch_size=-2', '--config.eval.best_metric=bleu')
   assert result.returncode != 0
   assert ('Invalid config: total_steps=0 must be a positive integer; batch_size=-2 must be a '
-          'positive integer.') in result.stderr
+          "positive integer; eval.best_metric='bleu' is not one of ['bleu1'") in result.stderr
   assert not (tmp_path / 'w').exists()
 
 

@@ -4,13 +4,13 @@ import math
 import pytest
 import sacrebleu
 
-from sltjax.metrics import rouge_l_signjoey, translation_metrics
+from sltjax.metrics import METRIC_NAMES, rouge_l_signjoey, translation_metrics
 
 
 def test_perfect_and_disjoint():
   perfect = translation_metrics(['a b c d e'], ['a b c d e'])
-  for key in ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'chrf', 'rougeL_signjoey',
-              'rougeL_f'):
+  assert tuple(perfect) == METRIC_NAMES
+  for key in METRIC_NAMES:
     assert perfect[key] == pytest.approx(100.0), key
   assert translation_metrics(['x y z w'], ['a b c d'])['bleu1'] == 0.0
 
