@@ -5,11 +5,15 @@ workdir/checkpoints/<step>/{state, data, meta}: parameters, non-trainable variab
 workdir/best/<step>/{params, meta}: the model that scored best on the dev metric, and its scores.
 Saves are atomic (orbax writes a temporary directory, then renames), so a process killed during a
 save leaves the previous checkpoint intact and the partial one is removed at the next start.
+SIGTERM (a preemption notice) makes the trainer save at the current step and exit with 143.
 """
 import os
+import signal
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 def _manager(directory: str, item_names: tuple[str, ...], keep: int) -> ocp.CheckpointManager:
@@ -67,3 +71,31 @@ class Checkpointer:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+class Preempted(SystemExit):
+  """Raised after a preemption checkpoint was saved; exits with 143 (killed by SIGTERM)."""
+
+  def __init__(self):
+    super().__init__(143)
+
+
+class PreemptionWatcher:
+  """Says when the run was asked to stop (SIGTERM), at a step every process agrees on.
+
+  Multi-process runs use JAX's preemption sync point (the coordinator propagates the notice and
+  picks a common step); a single process watches SIGTERM itself.
+  """
+
+  def __init__(self):
+    self._requested = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._request)
+
+  def _request(self, signum, frame):  # pylint: disable=unused-argument
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested

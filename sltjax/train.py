@@ -20,7 +20,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from sltjax import sharding
-from sltjax.checkpointing import Checkpointer
+from sltjax.checkpointing import Checkpointer, Preempted, PreemptionWatcher
 from sltjax.data import batching, text
 from sltjax.data.tokenizers import Tokenizer, load_tokenizer
 from sltjax.decoding import encoder_decoder_search
@@ -240,43 +240,59 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                  {'step': step, 'split': config.eval.split, **metrics})
     return metrics
 
+  preemption = PreemptionWatcher()
   progress = tqdm.tqdm(total=config.total_steps, initial=start_step, unit='step', dynamic_ncols=True,
                        disable=jax.process_index() != 0, smoothing=0.1)
-  window = []  # per-step metrics (device arrays) since the last log
+  pending = []  # per-step metrics (device arrays) not yet brought to the host
+  # Sums since the last log, added step by step in float64 so that they do not depend on where
+  # the run synced or was interrupted; saved with checkpoints for an exact resume.
+  totals = meta.setdefault('log_window', dict.fromkeys(('steps', 'loss', 'grad_norm', 'tokens'), 0))
   window_start = time.perf_counter()
   for step in range(start_step + 1, config.total_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       state, step_metrics = train_step(state, _global_batch(next(train_iter), mesh))
-    window.append(step_metrics)
+    pending.append(step_metrics)
     progress.update(1)
     is_last = step == config.total_steps
+    will_log = step % config.log_every_steps == 0 or is_last
     will_eval = bool(config.eval_every_steps) and (step % config.eval_every_steps == 0 or is_last)
-    will_save = step % config.checkpoint_every_steps == 0 or is_last
-    if step % config.log_every_steps == 0 or is_last or will_eval or will_save:
-      stacked = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *window))
-      if not np.all(stacked['finite']):
-        first_bad = int(np.argmin(stacked['finite']))
-        raise NonFiniteLossError(
-            f'Training diverged at step {step - len(window) + 1 + first_bad}: loss '
-            f'{stacked["loss"][first_bad]}, or non-finite parameters after the update. Stopped; '
-            f'the last good checkpoint (step {exp.checkpointer.latest_step()}) is kept. '
-            'Lower optimizer.learning_rate or set optimizer.grad_clip_norm.')
+    preempted = preemption.reached(step)
+    will_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
+    if will_log or will_eval or will_save:  # bring metrics to the host; never save/eval NaNs
+      host = jax.device_get(pending)
+      for i, m in enumerate(host):
+        if not m['finite']:
+          raise NonFiniteLossError(
+              f'Training diverged at step {step - len(host) + 1 + i}: loss {m["loss"]}, or '
+              'non-finite parameters after the update. Stopped; the last good checkpoint '
+              f'(step {exp.checkpointer.latest_step()}) is kept. Lower '
+              'optimizer.learning_rate or set optimizer.grad_clip_norm.')
+        for key in ('loss', 'grad_norm', 'tokens'):
+          totals[key] += float(m[key])
+      totals['steps'] += len(host)
+      pending = []
+    if will_log:
       elapsed = time.perf_counter() - window_start
-      summary = {'loss': float(np.mean(stacked['loss'])),
-                 'grad_norm': float(np.mean(stacked['grad_norm'])),
-                 'learning_rate': float(stacked['learning_rate'][-1]),
-                 'steps_per_sec': len(window) / elapsed,
-                 'tokens_per_sec': float(np.sum(stacked['tokens'])) / elapsed}
-      if step % config.log_every_steps == 0 or is_last:
-        writer.write(step, 'train', summary)
-        progress.set_postfix(loss=f'{summary["loss"]:.3f}')
-      window, window_start = [], time.perf_counter()
+      summary = {'loss': totals['loss'] / totals['steps'],
+                 'grad_norm': totals['grad_norm'] / totals['steps'],
+                 'learning_rate': float(host[-1]['learning_rate']),
+                 'steps_per_sec': totals['steps'] / elapsed,
+                 'tokens_per_sec': totals['tokens'] / elapsed}
+      writer.write(step, 'train', summary)
+      progress.set_postfix(loss=f'{summary["loss"]:.3f}')
+      totals.update(dict.fromkeys(totals, 0))
+      window_start = time.perf_counter()
     if will_eval:
       metrics = run_eval(step, state)
       _log(f'step {step}: {config.eval.split} ' + ' '.join(
           f'{k}={v:.2f}' for k, v in metrics.items()))
     if will_save:
       exp.checkpointer.save(step, state, train_iter, meta)
+    if preempted:
+      progress.close()
+      _log(f'Preempted: saved step {step}; rerun the same command to resume.')
+      exp.checkpointer.close()
+      raise Preempted()
   progress.close()
   # ---------------------------------------------------------------- Final report
   best = meta.get('best_metrics') or {}

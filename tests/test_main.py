@@ -1,7 +1,7 @@
 """The command line: config errors before any work, config.json, kill -9 and resume, multi-device
 and multi-process runs equal to the single-device run."""
 import json
-import os
+import re
 import signal
 import socket
 import time
@@ -40,12 +40,14 @@ def wait_for(predicate, process, timeout=300):
 
 @pytest.mark.slow
 def test_kill_9_anywhere_then_resume_is_bitwise_identical(toy_corpus, tmp_path):
-  config = tiny_config(toy_corpus, total_steps=40, checkpoint_every_steps=10, eval_every_steps=20)
+  total = 60
+  config = tiny_config(toy_corpus, total_steps=total, checkpoint_every_steps=10,
+                       eval_every_steps=20)
   reference = tmp_path / 'reference'
   result = run_main(config, reference)
   assert result.returncode == 0, result.stderr
   config_json = json.loads((reference / 'config.json').read_text())
-  assert config_json['total_steps'] == 40 and config_json['data']['path'] == str(toy_corpus)
+  assert config_json['total_steps'] == total and config_json['data']['path'] == str(toy_corpus)
 
   workdir = tmp_path / 'interrupted'
   checkpoints = workdir / 'checkpoints'
@@ -55,18 +57,30 @@ def test_kill_9_anywhere_then_resume_is_bitwise_identical(toy_corpus, tmp_path):
       p.name.startswith('20') and 'tmp' in p.name for p in checkpoints.iterdir()), process)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  # 2. killed between checkpoints (after step 30 was saved, while training on)
+  # 2. preempted (SIGTERM) between checkpoints: saves where it stands and exits with 143
   process = run_main(config, workdir, background=True)
-  wait_for(lambda: (checkpoints / '30').exists(), process)
-  time.sleep(0.3)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  # 3. run to the end
+  wait_for(lambda: (checkpoints / '20').exists(), process)
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=120)[0]
+  assert process.returncode == 143, output
+  saved = int(re.search(r'Preempted: saved step (\d+)', output).group(1))
+  assert 20 < saved < total and (checkpoints / str(saved)).exists()
+  # 3. killed between checkpoints, after the next regular checkpoint, while training on
+  resume_from = saved
+  if (saved // 10 + 1) * 10 < total:
+    resume_from = (saved // 10 + 1) * 10
+    process = run_main(config, workdir, background=True)
+    wait_for(lambda: (checkpoints / str(resume_from)).exists(), process)
+    time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  # 4. run to the end
   result = run_main(config, workdir)
   assert result.returncode == 0, result.stderr
-  assert 'Resumed from step 30' in result.stderr + result.stdout
+  assert f'Resumed from step {resume_from} ' in result.stderr + result.stdout
   assert read_metrics(workdir) == read_metrics(reference)
-  for name in ('dev_step20.txt', 'dev_step40.txt'):
+  for step in (20, 40, 60):
+    name = f'dev_step{step}.txt'
     assert (workdir / 'predictions' / name).read_text() == (
         reference / 'predictions' / name).read_text()
 
