@@ -18,7 +18,8 @@ METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'chrf', 'rougeL
 
 
 def _bleu(hypotheses, references, max_order: int, tokenize: str) -> float:
-  bleu = sacrebleu.metrics.BLEU(tokenize=tokenize, max_ngram_order=max_order)
+  # force: the SLT references are tokenized by design; sacrebleu would warn on every call.
+  bleu = sacrebleu.metrics.BLEU(tokenize=tokenize, max_ngram_order=max_order, force=True)
   return bleu.corpus_score(hypotheses, [references]).score
 
 
@@ -48,7 +49,6 @@ def translation_metrics(hypotheses: Sequence[str], references: Sequence[str]) ->
     raise ValueError(f'{len(hypotheses)} hypotheses for {len(references)} references.')
   hypotheses, references = list(hypotheses), list(references)
   scores = {f'bleu{n}': _bleu(hypotheses, references, n, 'none') for n in range(1, 5)}
-  # force: the SLT references are tokenized by design; sacrebleu would warn on every call.
   scores['bleu4_13a'] = sacrebleu.corpus_bleu(hypotheses, [references], force=True).score
   scores['chrf'] = sacrebleu.corpus_chrf(hypotheses, [references]).score
   scores['rougeL_signjoey'] = 100 * float(np.mean(
