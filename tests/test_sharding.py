@@ -2,6 +2,7 @@
 import jax
 import pytest
 from flax import nnx
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sltjax import sharding
@@ -34,5 +35,11 @@ def test_logical_axes_map_to_mesh_axes_and_replicate_uneven_dims():
   assert specs[('encoder_layers', 0, 'fc1', 'kernel')] == P('fsdp', 'tensor')
   assert specs[('encoder_layers', 0, 'self_attn', 'out_proj', 'kernel')] == P('tensor', 'fsdp')
   assert specs[('encoder_layer_norm', 'scale')] == P(None)
-  # 27 is odd: with >1 tensor shard the vocabulary axis is replicated; with 1 it is "sharded" 1 way
-  assert specs[('shared', 'embedding')] == P('tensor', 'fsdp')
+
+
+def test_dimensions_the_mesh_does_not_divide_are_replicated():
+  mesh = AbstractMesh((2, 2, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  fit = lambda spec, shape: sharding._evenly_divisible(NamedSharding(mesh, spec), shape).spec
+  assert fit(P('tensor', 'fsdp'), (27, 32)) == P(None, 'fsdp')  # odd vocabulary
+  assert fit(P('tensor', 'fsdp'), (28, 32)) == P('tensor', 'fsdp')
+  assert fit(P(('data', 'fsdp')), (6,)) == P(None)  # 6 rows over 4 batch shards
