@@ -47,16 +47,23 @@ def param_path(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
-def group_labels(params, param_groups: dict[str, float]):
-  """Per parameter, the label 'lr_x<multiplier>' of the first matching pattern ('lr_x1' if none)."""
-  patterns = [(re.compile(p), m) for p, m in param_groups.items()]
+def group_multipliers(params, param_groups: dict[str, float]):
+  """Per parameter, the multiplier of the first pattern matching its path (1.0 if none).
 
-  def label(path, _):
+  Raises if a pattern matches no parameter (almost always a typo).
+  """
+  patterns = [(p, re.compile(p), float(m)) for p, m in param_groups.items()]
+  paths = [param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  unmatched = [p for p, regex, _ in patterns if not any(regex.search(name) for name in paths)]
+  if unmatched:
+    raise ValueError(f'config.optimizer.param_groups patterns {unmatched} match no parameter; '
+                     'parameter paths look like "encoder_layers/0/fc1/kernel".')
+
+  def multiplier(path, _):
     name = param_path(path)
-    multiplier = next((m for pattern, m in patterns if pattern.search(name)), 1.0)
-    return f'lr_x{float(multiplier)}'
+    return next((m for _, regex, m in patterns if regex.search(name)), 1.0)
 
-  return jax.tree_util.tree_map_with_path(label, params)
+  return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
 def make_optimizer(config, params: nnx.State) -> tuple[optax.GradientTransformation,
@@ -64,21 +71,11 @@ def make_optimizer(config, params: nnx.State) -> tuple[optax.GradientTransformat
   """The full gradient transformation (clipping, groups, optimizer) and the base lr schedule."""
   opt = config.optimizer
   schedule = learning_rate_schedule(config)
-  groups = dict(opt.param_groups)
-  labels = group_labels(params, groups)
-  used = sorted(set(jax.tree.leaves(labels)))
-  unmatched = [p for p in groups
-               if not any(re.search(p, param_path(path)) for path, _ in
-                          jax.tree_util.tree_flatten_with_path(params)[0])]
-  if unmatched:
-    raise ValueError(f'config.optimizer.param_groups patterns {unmatched} match no parameter; '
-                     'parameter paths look like "encoder_layers/0/fc1/kernel".')
-  transforms = {}
-  for label in used:
-    multiplier = float(label.removeprefix('lr_x'))
-    transforms[label] = (optax.set_to_zero() if multiplier == 0 else
-                         _base_optimizer(opt, lambda step, m=multiplier: schedule(step) * m))
-  tx = optax.multi_transform(transforms, labels)
+  multipliers = group_multipliers(params, dict(opt.param_groups))
+  transforms = {m: optax.set_to_zero() if m == 0 else
+                   _base_optimizer(opt, lambda step, m=m: schedule(step) * m)
+                for m in set(jax.tree.leaves(multipliers))}
+  tx = optax.multi_transform(transforms, multipliers)
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx, schedule
