@@ -148,7 +148,12 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
                            num_beams: int, max_new_tokens: int, length_penalty: float,
                            length_penalty_style: str, early_stopping: bool,
                            forced_eos_token_id: int | None = None):
-  """Encodes once, then beam-searches the decoder with a KV cache. Returns [batch, beams, len]."""
+  """Encodes once, then beam-searches the decoder with a KV cache. Returns [batch, beams, len].
+
+  num_beams=1 is greedy search (argmax until EOS or max_new_tokens).
+  """
+  if num_beams == 1:
+    early_stopping = True  # one beam that finishes ends the search: greedy decoding, as HF does
   encoder_out = model.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds)
   batch = encoder_out.shape[0]
   repeat = lambda x: jnp.repeat(x, num_beams, axis=0)  # [batch, ...] -> [batch*beams, ...]
@@ -177,24 +182,35 @@ _jitted_search = nnx.jit(encoder_decoder_search, static_argnames=(
 def generate(model, input_ids, attention_mask=None, *, num_beams: int = 4,
              max_new_tokens: int = 64, length_penalty: float = 1.0,
              length_penalty_style: str = 'hf', early_stopping: bool = False,
-             decoder_start_token_id: int, eos_token_id: int = 2, pad_token_id: int = 1,
-             forced_eos_token_id: int | None = None, inputs_embeds=None) -> np.ndarray:
+             decoder_start_token_id: int | None = None, eos_token_id: int | None = None,
+             pad_token_id: int | None = None, forced_eos_token_id: int | None = None,
+             inputs_embeds=None) -> np.ndarray:
   """Like transformers' `generate`: the best sequence per input [batch, len], start token first.
 
-  Trailing all-padding columns are cropped, as HF does. input_ids [batch, src_len] (or
-  inputs_embeds [batch, src_len, d_model] with attention_mask).
+  Token ids left as None come from `model.config`, as HF takes them from the model's
+  (generation) config: the decoder starts from decoder_start_token_id, else bos_token_id, and
+  forced_eos_token_id applies when the config sets it. Trailing all-padding columns are cropped,
+  as HF does. input_ids [batch, src_len] (or inputs_embeds [batch, src_len, d_model] with
+  attention_mask). num_beams=1 is greedy search.
   """
+  cfg = model.config
+  pick = lambda value, default: default if value is None else value
+  decoder_start_token_id = pick(decoder_start_token_id, pick(cfg.decoder_start_token_id,
+                                                             cfg.bos_token_id))
+  eos_token_id = pick(eos_token_id, cfg.eos_token_id)
+  pad_token_id = pick(pad_token_id, cfg.pad_token_id)
+  forced_eos_token_id = pick(forced_eos_token_id, cfg.forced_eos_token_id)
   if attention_mask is None:
     if input_ids is None:
       raise ValueError('generate(inputs_embeds=...) needs the attention_mask [batch, src_len].')
     attention_mask = (jnp.asarray(input_ids) != pad_token_id).astype(jnp.int32)
   sequences = _jitted_search(
       model, None if input_ids is None else jnp.asarray(input_ids), jnp.asarray(attention_mask),
-      inputs_embeds=inputs_embeds, decoder_start_token_id=decoder_start_token_id,
-      eos_token_id=eos_token_id, pad_token_id=pad_token_id, num_beams=num_beams,
-      max_new_tokens=max_new_tokens, length_penalty=length_penalty,
-      length_penalty_style=length_penalty_style, early_stopping=early_stopping,
-      forced_eos_token_id=forced_eos_token_id)
+      inputs_embeds=inputs_embeds, decoder_start_token_id=int(decoder_start_token_id),
+      eos_token_id=int(eos_token_id), pad_token_id=int(pad_token_id), num_beams=num_beams,
+      max_new_tokens=max_new_tokens, length_penalty=float(length_penalty),
+      length_penalty_style=length_penalty_style, early_stopping=bool(early_stopping),
+      forced_eos_token_id=None if forced_eos_token_id is None else int(forced_eos_token_id))
   best = np.asarray(sequences[:, 0])
   used = np.flatnonzero((best != pad_token_id).any(axis=0))
   return best[:, :used[-1] + 1]

@@ -37,6 +37,11 @@ class MBartConfig:
   activation_dropout: float = 0.0
   scale_embedding: bool = True
   pad_token_id: int = 1
+  # Generation defaults, as HF's config/generation_config give them (decoding.generate uses them).
+  bos_token_id: int = 0
+  eos_token_id: int = 2
+  decoder_start_token_id: int | None = None  # None: start from bos_token_id, as HF does
+  forced_eos_token_id: int | None = None
   dtype: str = 'float32'  # compute dtype
   param_dtype: str = 'float32'
 

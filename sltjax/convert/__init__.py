@@ -1,0 +1,1 @@
+"""Weight conversion from Hugging Face checkpoints into sltjax models, and vocabulary trimming."""

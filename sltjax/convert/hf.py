@@ -1,0 +1,121 @@
+"""Hugging Face mBART (MBartForConditionalGeneration) -> sltjax's NNX `MBart`.
+
+  model = load_mbart('/path/to/mbart-large-cc25', dtype='bfloat16')
+  logits = model(input_ids, attention_mask, decoder_input_ids)  # [batch, tgt_len, vocab]
+
+sltjax's parameter paths are HF's with the encoder/decoder prefix folded into the module name, so
+the mapping is a rule, not a table: ('encoder_layers', 3, 'fc1', 'kernel') <->
+'model.encoder.layers.3.fc1.weight' (transposed: torch Linear stores [out, in]). Every source
+tensor is used exactly once; HF's tied copies of the embedding (encoder/decoder embed_tokens,
+lm_head) are accepted only when they equal `model.shared.weight`.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sltjax.convert.hf_checkpoint import read_config, read_generation_config, read_state_dict
+from sltjax.models.mbart import MBart, MBartConfig
+
+TIED_EMBEDDING_COPIES = ('model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight',
+                         'lm_head.weight')
+_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
+
+
+def mbart_config_from_hf(hf_config: dict, **overrides) -> MBartConfig:
+  """sltjax's MBartConfig for an HF mBART config.json; `overrides` set dropout, dtype, remat, ..."""
+  model_type = hf_config.get('model_type')
+  if model_type != 'mbart':
+    raise ValueError(f'config.json has model_type={model_type!r}; load_mbart reads "mbart" models.')
+  if hf_config.get('activation_function', 'gelu') != 'gelu':
+    raise ValueError(f'activation_function={hf_config["activation_function"]!r} is not supported '
+                     '(mBART uses exact "gelu").')
+  if not hf_config.get('tie_word_embeddings', True):
+    raise ValueError('tie_word_embeddings=False is not supported: sltjax ties lm_head to the '
+                     'shared embedding, as every released mBART does.')
+  storage_keys = {'dtype', 'param_dtype', 'remat'}  # HF's "dtype" is its storage type, not ours
+  values = {k: v for k, v in hf_config.items() if k not in storage_keys}
+  return dataclasses.replace(MBartConfig.from_dict(values), **overrides)
+
+
+def hf_name(path: tuple) -> str:
+  """HF tensor name of an sltjax MBart parameter path."""
+  if path == ('final_logits_bias',):
+    return 'final_logits_bias'
+  head, *middle, leaf = (str(p) for p in path)
+  if head.startswith(('encoder_', 'decoder_')):
+    side, module = head.split('_', 1)
+    head = f'{side}.{module}'
+  return '.'.join(['model', head, *middle, _LEAF_NAMES[leaf]])
+
+
+def _to_sltjax_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
+  if path[-1] == 'kernel':
+    return tensor.T
+  if path[0] == 'final_logits_bias':
+    return tensor.reshape(-1)  # HF stores [1, vocab]
+  return tensor
+
+
+def mbart_state_from_hf(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
+                        dtype) -> nnx.State:
+  """`abstract_state` (nnx.split of an abstract MBart) filled from HF tensors, cast to `dtype`.
+
+  Raises ValueError naming every missing, unexpected or mis-shaped tensor.
+  """
+  unused = dict(state_dict)
+  shared = unused.get('model.shared.weight')
+  problems = []
+  for name in TIED_EMBEDDING_COPIES:
+    if name in unused:
+      copy = unused.pop(name)
+      if shared is not None and (copy.shape != shared.shape or not np.array_equal(copy, shared)):
+        problems.append(f'{name} differs from model.shared.weight (untied embeddings are not '
+                        'supported)')
+  flat = []
+  for path, variable in nnx.to_flat_state(abstract_state):
+    name = hf_name(path)
+    if name not in unused:
+      problems.append(f'missing {name} (for {"/".join(map(str, path))}, shape {variable.shape})')
+      continue
+    value = _to_sltjax_layout(path, unused.pop(name))
+    if value.shape != variable.shape:
+      problems.append(f'{name} has shape {value.shape} (in sltjax layout); expected '
+                      f'{variable.shape}')
+      continue
+    flat.append((path, variable.replace(jnp.asarray(value, dtype))))
+  problems += [f'unexpected {name} {tuple(v.shape)}' for name, v in sorted(unused.items())]
+  if problems:
+    raise ValueError('The checkpoint does not match the mBART architecture of its config.json:\n  '
+                     + '\n  '.join(problems))
+  return nnx.from_flat_state(flat)
+
+
+def load_mbart(path: str, dtype: str = 'float32', param_dtype: str | None = None,
+               **overrides) -> MBart:
+  """The HF mBART model in directory `path` as an sltjax MBart (dropout as in its config.json).
+
+  dtype: compute dtype; param_dtype: storage dtype of the weights (defaults to `dtype`).
+  `overrides`: further MBartConfig fields (dropout, remat, ...).
+  """
+  param_dtype = param_dtype or dtype
+  hf_config = {**read_config(path), **read_generation_config(path)}
+  cfg = mbart_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, **overrides)
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: MBart(cfg, rngs=nnx.Rngs(0))))
+  state = mbart_state_from_hf(read_state_dict(path), abstract_state, jnp.dtype(param_dtype))
+  return nnx.merge(graphdef, state)
+
+
+def to_hf_state_dict(model: MBart) -> dict[str, np.ndarray]:
+  """The inverse mapping, float32 numpy by HF name (for exporting and for round-trip checks)."""
+  result = {}
+  for path, variable in nnx.to_flat_state(nnx.state(model)):
+    value = np.asarray(jax.device_get(variable.get_value()), np.float32)
+    if path[-1] == 'kernel':
+      value = value.T
+    elif path[0] == 'final_logits_bias':
+      value = value[None]
+    result[hf_name(path)] = value
+  return result

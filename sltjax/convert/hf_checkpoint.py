@@ -1,0 +1,59 @@
+"""Reading a local Hugging Face model directory: config.json and its weights as numpy arrays.
+
+safetensors first (single file or sharded with an index); a PyTorch `.bin` only through
+`torch.load(weights_only=True)`, which refuses to unpickle arbitrary objects.
+"""
+import json
+import os
+
+import numpy as np
+from safetensors.numpy import load_file
+
+SAFETENSORS = 'model.safetensors'
+SAFETENSORS_INDEX = 'model.safetensors.index.json'
+PYTORCH_BIN = 'pytorch_model.bin'
+
+
+def read_config(directory: str) -> dict:
+  path = os.path.join(directory, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found: point to a Hugging Face model directory (the one '
+                            'save_pretrained writes, or a downloaded snapshot).')
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def read_generation_config(directory: str) -> dict:
+  """generation_config.json (HF's generation defaults, which override config.json's), or {}."""
+  path = os.path.join(directory, 'generation_config.json')
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def read_state_dict(directory: str) -> dict[str, np.ndarray]:
+  """All weight tensors of the model in `directory`, by their Hugging Face names."""
+  single = os.path.join(directory, SAFETENSORS)
+  index = os.path.join(directory, SAFETENSORS_INDEX)
+  pytorch = os.path.join(directory, PYTORCH_BIN)
+  if os.path.isfile(single):
+    return load_file(single)
+  if os.path.isfile(index):
+    with open(index, encoding='utf-8') as f:
+      shards = sorted(set(json.load(f)['weight_map'].values()))
+    tensors = {}
+    for shard in shards:
+      tensors.update(load_file(os.path.join(directory, shard)))
+    return tensors
+  if os.path.isfile(pytorch):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ImportError(f'{pytorch} is a PyTorch checkpoint: install torch to read it, or convert '
+                        'it to safetensors first.') from e
+    state = torch.load(pytorch, map_location='cpu', weights_only=True)
+    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+            for k, v in state.items()}
+  raise FileNotFoundError(f'No weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} '
+                          f'or {PYTORCH_BIN}.')
