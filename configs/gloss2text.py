@@ -1,9 +1,17 @@
-r"""Gloss2Text on PHOENIX-2014T: glosses -> German, an mBART-shaped transformer from scratch.
+r"""Gloss2Text on PHOENIX-2014T: glosses -> German with an mBART-shaped transformer, trained from
+scratch (default, runlocal) or fine-tuned from mBART-large-cc25 (pretrained: MMTLB's recipe).
 
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t
   python -m sltjax.main --config=configs/gloss2text.py:runlocal --workdir=workdirs/g2t_local
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t \
       --mode=eval --config.eval.split=dev
+
+Pretrained (download facebook/mbart-large-cc25 first; the corpus files are the dataset's):
+  python -m sltjax.convert.trim_vocab --model=mbart-large-cc25 --output=mbart_phoenix \
+      --texts=train.de,dev.de,test.de --glosses=train.gloss,dev.gloss,test.gloss
+  python -m sltjax.convert --model=mbart_phoenix --output=pretrained/mbart_phoenix
+  python -m sltjax.main --config=configs/gloss2text.py:pretrained --workdir=workdirs/g2t_mbart \
+      --config.model.init_from=pretrained/mbart_phoenix [--config.optimizer.frozen='shared|embed_positions']
 
 data.path holds {split}.gloss and {split}.de, one sentence per line (../shared/data/phoenix2014t
 in this project's development setup; any folder laid out the same way works).
@@ -13,8 +21,9 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or 'default'
-  if variant not in ('default', 'runlocal'):
-    raise ValueError(f'Unknown variant {variant!r} of configs/gloss2text.py; use "" or "runlocal".')
+  if variant not in ('default', 'runlocal', 'pretrained'):
+    raise ValueError(f'Unknown variant {variant!r} of configs/gloss2text.py; use "", "runlocal" or '
+                     '"pretrained".')
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 3000
@@ -44,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer.tgt_lang = 'de_DE'
 
   c.model = ml_collections.ConfigDict()
+  c.model.init_from = ''  # a directory written by `python -m sltjax.convert` (pretrained variant)
   c.model.d_model = 256
   c.model.encoder_layers = 2
   c.model.decoder_layers = 2
@@ -56,8 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention_dropout = 0.1
   c.model.activation_dropout = 0.1
   c.model.scale_embedding = True
-  c.model.dtype = 'float32'
+  c.model.dtype = 'float32'  # compute dtype ('bfloat16' keeps float32 master weights)
   c.model.param_dtype = 'float32'
+  c.model.remat = 'none'  # 'none' | 'full' | 'dots': activation rematerialisation per layer
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'  # 'adam' (coupled L2) | 'adamw' | 'sgd'
@@ -69,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.0  # sgd only
   c.optimizer.grad_clip_norm = 1.0  # 0 disables
   c.optimizer.param_groups = {}  # {path regex: lr multiplier}; 0 freezes (see sltjax/optim.py)
+  c.optimizer.frozen = ''  # path regex of parameters to freeze, e.g. 'shared|embed_positions'
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = 'cosine'  # 'cosine' | 'constant'
@@ -85,6 +97,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.early_stopping = False
   c.eval.best_metric = 'bleu4'
 
+  if variant == 'pretrained':  # MMTLB's Gloss2Text recipe (released code)
+    steps_per_epoch = 887  # 7,096 PHOENIX-2014T training sentences / batch 8
+    c.total_steps = 80 * steps_per_epoch
+    c.batch_size = 8
+    c.eval_every_steps = 5 * steps_per_epoch
+    c.checkpoint_every_steps = steps_per_epoch
+    c.label_smoothing = 0.2
+    c.tokenizer.kind = 'mbart'  # path '' = the tokenizer saved with model.init_from
+    c.data.lowercase_source = True  # mBART's pieces for glosses are the lowercased words'
+    # The architecture comes from model.init_from; only these apply on top of it.
+    c.model = ml_collections.ConfigDict({
+        'init_from': '', 'dropout': 0.3, 'attention_dropout': 0.1, 'activation_dropout': 0.0,
+        'dtype': 'float32', 'param_dtype': 'float32', 'remat': 'none'})
+    c.optimizer.learning_rate = 1e-5
+    c.optimizer.weight_decay = 1e-3
+    c.optimizer.grad_clip_norm = 0.0
+    c.schedule.warmup_steps = 0
+    c.eval.batch_size = 64
+    c.eval.max_new_tokens = 100
   if variant == 'runlocal':  # about two minutes on a 2-core CPU
     c.total_steps = 300
     c.batch_size = 32

@@ -35,5 +35,12 @@ def validate(config) -> None:
   if 'eval' in config and config.eval.get('best_metric') not in METRIC_NAMES:
     problems.append(f'eval.best_metric={config.eval.get("best_metric")!r} is not one of '
                     f'{list(METRIC_NAMES)}')
+  if 'model' in config and not config.model.get('init_from'):
+    if 'd_model' not in config.model:
+      problems.append('model.init_from is empty: this variant fine-tunes a pretrained model; '
+                      'pass --config.model.init_from=DIR (written by python -m sltjax.convert)')
+    elif 'tokenizer' in config and config.tokenizer.kind == 'mbart' and not config.tokenizer.path:
+      problems.append('tokenizer.kind="mbart" needs tokenizer.path (an mBART tokenizer directory) '
+                      'or model.init_from')
   if problems:
     raise ValueError('Invalid config: ' + '; '.join(problems) + '.')

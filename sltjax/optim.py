@@ -3,7 +3,8 @@
 Per-module learning rates and frozen modules: `config.optimizer.param_groups` maps a regular
 expression over parameter paths ('encoder_layers/0/fc1/kernel') to a learning-rate multiplier;
 multiplier 0 freezes the matching parameters (no update, no optimizer state). The first matching
-pattern wins; unmatched parameters use multiplier 1.
+pattern wins; unmatched parameters use multiplier 1. `config.optimizer.frozen`, a regular
+expression settable from the command line, freezes what it matches ahead of every group.
 """
 import re
 
@@ -71,7 +72,10 @@ def make_optimizer(config, params: nnx.State) -> tuple[optax.GradientTransformat
   """The full gradient transformation (clipping, groups, optimizer) and the base lr schedule."""
   opt = config.optimizer
   schedule = learning_rate_schedule(config)
-  multipliers = group_multipliers(params, dict(opt.param_groups))
+  groups = dict(opt.param_groups)
+  if opt.get('frozen'):
+    groups = {opt.frozen: 0.0, **{p: m for p, m in groups.items() if p != opt.frozen}}
+  multipliers = group_multipliers(params, groups)
   transforms = {m: optax.set_to_zero() if m == 0 else
                    _base_optimizer(opt, lambda step, m=m: schedule(step) * m)
                 for m in set(jax.tree.leaves(multipliers))}

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
@@ -56,7 +57,10 @@ def named_shardings(abstract_state, mesh: jax.sharding.Mesh):
   """
   with nnx.logical_axis_rules(LOGICAL_AXIS_RULES):
     shardings = nnx.get_named_sharding(abstract_state, mesh)
-  return jax.tree.map(lambda s, x: _evenly_divisible(s, x.shape), shardings, abstract_state)
+  # optax.MaskedNode marks frozen parameters' (absent) optimizer state: it stays as it is.
+  return jax.tree.map(
+      lambda s, x: x if isinstance(x, optax.MaskedNode) else _evenly_divisible(s, x.shape),
+      shardings, abstract_state)
 
 
 def _evenly_divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from sltjax import sharding
 from sltjax.checkpointing import Checkpointer, Preempted, PreemptionWatcher
+from sltjax.convert import pretrained
 from sltjax.data import batching, text
 from sltjax.data.tokenizers import Tokenizer, load_tokenizer
 from sltjax.decoding import encoder_decoder_search
@@ -78,13 +79,24 @@ def build_experiment(config, workdir: str) -> Experiment:
   _log(f'Mesh {dict(mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} '
        'processes.')
   # ---------------------------------------------------------------- Tokenizer
+  init_from = config.model.get('init_from')
   sources, targets = text.read_parallel(config.data, config.data.train_split)
-  tokenizer = load_tokenizer(config.tokenizer, os.path.join(workdir, 'tokenizer'),
+  tokenizer_config = config.tokenizer
+  if tokenizer_config.kind == 'mbart' and not tokenizer_config.path and init_from:
+    tokenizer_config = ml_collections.ConfigDict({**config.tokenizer.to_dict(), 'path': init_from})
+  tokenizer = load_tokenizer(tokenizer_config, os.path.join(workdir, 'tokenizer'),
                              train_texts=sources + targets)
   # ---------------------------------------------------------------- Abstract model
-  model_config = MBartConfig.from_dict({**config.model.to_dict(),
-                                        'vocab_size': tokenizer.vocab_size,
-                                        'pad_token_id': tokenizer.pad_id})
+  if init_from:  # architecture from the pretrained checkpoint; dropout and dtypes from config
+    model_config = pretrained.model_config(init_from, config.model.to_dict())
+    if model_config.vocab_size != tokenizer.vocab_size:
+      raise ValueError(f'The pretrained model in {init_from} has {model_config.vocab_size} ids but '
+                       f'the tokenizer ({tokenizer_config.path or tokenizer_config.kind}) has '
+                       f'{tokenizer.vocab_size}: use the tokenizer that was trimmed with it.')
+  else:
+    model_config = MBartConfig.from_dict({**config.model.to_dict(),
+                                          'vocab_size': tokenizer.vocab_size,
+                                          'pad_token_id': tokenizer.pad_id})
   abstract_model = nnx.eval_shape(lambda: MBart(model_config, rngs=nnx.Rngs(config.seed)))
   graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
   return Experiment(
@@ -96,8 +108,21 @@ def build_experiment(config, workdir: str) -> Experiment:
       train_lines=(sources, targets))
 
 
+def abstract_variables(exp: Experiment) -> dict:
+  """{'params', 'rest'} as ShapeDtypeStructs carrying their shardings (restore targets)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      {'params': exp.abstract_params, 'rest': exp.abstract_rest},
+                      {'params': exp.param_shardings, 'rest': exp.rest_shardings})
+
+
 def create_model_variables(exp: Experiment):
-  """(params, rest) initialised from config.seed, each array created directly on its shards."""
+  """(params, rest) from config.model.init_from, else initialised from config.seed; each array is
+  created (or restored) directly on its shards."""
+  init_from = exp.config.model.get('init_from')
+  if init_from:
+    restored = pretrained.restore_variables(init_from, abstract_variables(exp))
+    return restored['params'], restored['rest']
+
   def init():
     return nnx.split(MBart(exp.model_config, rngs=nnx.Rngs(exp.config.seed)), nnx.Param, ...)[1:]
   return jax.jit(init, out_shardings=(exp.param_shardings, exp.rest_shardings))()
@@ -308,10 +333,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   exp = build_experiment(config, workdir)
   _check_batch_size('eval.batch_size', config.eval.batch_size, exp.mesh)
   corpus = tokenized_split(exp, config.eval.split)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          {'params': exp.abstract_params, 'rest': exp.abstract_rest},
-                          {'params': exp.param_shardings, 'rest': exp.rest_shardings})
-  restored, meta = exp.checkpointer.restore_best(abstract)
+  restored, meta = exp.checkpointer.restore_best(abstract_variables(exp))
   metrics, hypotheses = evaluate_corpus(exp, make_decode_fn(exp), restored['params'],
                                         restored['rest'], corpus)
   writer = MetricWriter(workdir)  # appends to the training run's logs

@@ -18,6 +18,18 @@ from sltjax.models.layers.attention import MultiHeadAttention
 from sltjax.models.layers.dense import Buffer, dense, embedding, layer_norm
 
 POSITION_OFFSET = 2  # mBART's learned positions start at index 2 (fairseq legacy).
+# What the backward pass keeps of a layer's activations: 'full' recomputes everything, 'dots'
+# keeps the matmul outputs and recomputes the cheap elementwise work.
+REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_saveable}
+
+
+def _call_layer(remat: str, layer, *args):
+  """layer(*args), rematerialised in the backward pass as `remat` says."""
+  if remat == 'none':
+    return layer(*args)
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'remat={remat!r}; expected "none", "full" or "dots".')
+  return nnx.remat(lambda module, *a: module(*a), policy=REMAT_POLICIES[remat])(layer, *args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +56,7 @@ class MBartConfig:
   forced_eos_token_id: int | None = None
   dtype: str = 'float32'  # compute dtype
   param_dtype: str = 'float32'
+  remat: str = 'none'  # activation rematerialisation per layer: 'none' | 'full' | 'dots'
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> 'MBartConfig':
@@ -154,7 +167,7 @@ class MBart(nnx.Module):
     x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
     mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1, src_len]
     for layer in self.encoder_layers:
-      x = layer(x, mask, rngs)
+      x = _call_layer(self.config.remat, layer, x, mask, rngs)
     return self.encoder_layer_norm(x)
 
   def cross_attention_kv(self, encoder_out):
@@ -187,8 +200,12 @@ class MBart(nnx.Module):
     cross_mask = encoder_mask[:, None, None, :].astype(bool)
     new_cache = []
     for i, layer in enumerate(self.decoder_layers):
-      x, layer_cache = layer(x, self_mask, cross_kv[i], cross_mask, rngs,
-                             cache=None if cache is None else cache[i], cache_index=cache_index)
+      if cache is None:  # teacher forcing (training): the activations worth rematerialising
+        x, layer_cache = _call_layer(self.config.remat, layer, x, self_mask, cross_kv[i],
+                                     cross_mask, rngs)
+      else:
+        x, layer_cache = layer(x, self_mask, cross_kv[i], cross_mask, rngs, cache=cache[i],
+                               cache_index=cache_index)
       new_cache.append(layer_cache)
     x = self.decoder_layer_norm(x)
     logits = self.shared.attend(x).astype(jnp.float32) + self.final_logits_bias[...]
