@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import orbax.checkpoint as ocp
 
 from tests.conftest import read_metrics, run_main, tiny_config
 
@@ -127,3 +128,21 @@ def test_two_processes_equal_one_process(toy_corpus, tmp_path):
   assert multi[0]['bleu4'] == pytest.approx(ref[0]['bleu4'], abs=1e-6)
   assert (tmp_path / 'multi' / 'predictions' / 'dev_step20.txt').read_text() == (
       tmp_path / 'single' / 'predictions' / 'dev_step20.txt').read_text()
+
+
+@pytest.mark.slow
+def test_bfloat16_with_remat_on_fsdp_and_tensor_axes_tracks_float32(toy_corpus, tmp_path):
+  """bf16 compute + full remat, parameters over fsdp=2 x tensor=4 of 8 devices, against the
+  single-device float32 run: the same losses to bf16 precision, float32 master weights."""
+  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=0, checkpoint_every_steps=20)
+  assert run_main(config, tmp_path / 'float32').returncode == 0
+  result = run_main(config, tmp_path / 'bf16', '--config.mesh.data=1', '--config.mesh.fsdp=2',
+                    '--config.mesh.tensor=4', '--config.model.dtype=bfloat16',
+                    '--config.model.remat=full', devices=8)
+  assert result.returncode == 0, result.stderr
+  np.testing.assert_allclose(train_losses(tmp_path / 'bf16'), train_losses(tmp_path / 'float32'),
+                             rtol=0.02)
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(tmp_path / 'bf16' / 'checkpoints' / '20' / 'state')
+  kernel = metadata.item_metadata['params']['encoder_layers']['0']['fc1']['kernel']['value']
+  assert kernel.dtype == np.float32

@@ -1,4 +1,6 @@
 """Mesh construction and logical-axis shardings (on however many devices this process has)."""
+import math
+
 import jax
 import pytest
 from flax import nnx
@@ -43,3 +45,21 @@ def test_dimensions_the_mesh_does_not_divide_are_replicated():
   assert fit(P('tensor', 'fsdp'), (27, 32)) == P(None, 'fsdp')  # odd vocabulary
   assert fit(P('tensor', 'fsdp'), (28, 32)) == P('tensor', 'fsdp')
   assert fit(P(('data', 'fsdp')), (6,)) == P(None)  # 6 rows over 4 batch shards
+
+
+def test_mbart_large_shards_over_fsdp_and_tensor():
+  """mBART-large-cc25 with a trimmed vocabulary on an abstract 8-device (2 data x 2 fsdp x 2
+  tensor) mesh: every matrix is split four ways, so a device holds about a quarter."""
+  mesh = AbstractMesh((2, 2, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  abstract = nnx.eval_shape(lambda: MBart(MBartConfig(vocab_size=2454), rngs=nnx.Rngs(0)))
+  _, params, _ = nnx.split(abstract, nnx.Param, ...)
+  shardings = dict(nnx.to_flat_state(sharding.named_shardings(params, mesh)))
+  total = per_device = 0
+  for path, variable in nnx.to_flat_state(params):
+    shard = shardings[path].shard_shape(variable.shape)
+    if variable.ndim == 2 and path[0] not in ('encoder_embed_positions', 'decoder_embed_positions'):
+      assert math.prod(shard) * 4 == math.prod(variable.shape), path
+    total += math.prod(variable.shape)
+    per_device += math.prod(shard)
+  assert 350e6 < total < 370e6  # 12+12 layers, d 1024
+  assert per_device / total < 0.26
