@@ -116,8 +116,9 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
     finished_flags = _gather_beams(
         jnp.concatenate([state.finished_flags, just_finished], axis=1), best)
 
-    def reorder(x):  # cache leaves [batch*beams, ...] follow their parent beams
-      return _flat(_gather_beams(x.reshape((batch, beam_size) + x.shape[1:]), beam_origin))
+    # Cache leaves [batch*beams, ...] follow their parent beams: a gather of whole rows.
+    parent_rows = (beam_origin + jnp.arange(batch)[:, None] * beam_size).reshape(-1)
+    reorder = lambda x: x.at[parent_rows].get(mode='promise_in_bounds')
 
     cur_len = state.cur_len + 1
     best_live = live_scores[:, 0] / norm(cur_len - 1)
@@ -156,9 +157,9 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
     early_stopping = True  # one beam that finishes ends the search: greedy decoding, as HF does
   encoder_out = model.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds)
   batch = encoder_out.shape[0]
-  repeat = lambda x: jnp.repeat(x, num_beams, axis=0)  # [batch, ...] -> [batch*beams, ...]
-  cross_kv = jax.tree.map(repeat, model.cross_attention_kv(encoder_out))
-  encoder_mask = repeat(attention_mask)
+  # Keys/values of the source stay [batch, ...]: the beams of a sentence share them.
+  cross_kv = model.cross_attention_kv(encoder_out)
+  encoder_mask = jnp.repeat(attention_mask, num_beams, axis=0)  # [batch*beams, src_len]
 
   def tokens_to_logits(tokens, cache, position):
     logits, cache = model.decode(tokens[:, None], encoder_mask, cross_kv, cache=cache,

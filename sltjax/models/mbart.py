@@ -187,7 +187,8 @@ class MBart(nnx.Module):
     """Decoder logits [batch, tgt_len, vocab] (float32) and the updated cache.
 
     decoder_input_ids: [batch, tgt_len]; encoder_mask: [batch, src_len]; cross_kv from
-    `cross_attention_kv`. Without a cache the decoder is causal over `decoder_input_ids`; with one,
+    `cross_attention_kv`, per source sentence: with one token per row (a decoding step) its batch
+    may be batch // beams, consecutive rows then being beams of one sentence. Without a cache the decoder is causal over `decoder_input_ids`; with one,
     the tokens sit at positions cache_index.. and attend to everything cached so far.
     """
     tgt_len = decoder_input_ids.shape[1]

@@ -31,14 +31,42 @@ class MultiHeadAttention(nnx.Module):
     return self._split_heads(self.k_proj(inputs)), self._split_heads(self.v_proj(inputs))
 
   def __call__(self, queries, keys, values, mask, *, rngs: nnx.Rngs | None = None):
-    """Attends `queries` [batch, q_len, d_model] to projected keys/values [batch, kv_len, heads, head_dim].
+    """Attends `queries` [batch, q_len, d_model] to projected keys/values [kv_batch, kv_len, heads,
+    head_dim]; returns [batch, q_len, d_model].
 
     mask: bool, broadcastable to [batch, heads, q_len, kv_len]; True where attention is allowed.
+    For one query per row (a decoding step), consecutive groups of batch // kv_batch rows (the
+    beams of one sentence) may share one row of keys/values, which is then read once per group.
     """
     q = self._split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, keys).astype(jnp.float32)  # [batch, heads, q, kv]
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-    probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, values)  # [batch, q, heads, head_dim]
+    if q.shape[1] == 1:
+      out = self._attend_one_query(q, keys, values, mask, rngs)
+    else:
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, keys).astype(jnp.float32)
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)  # [batch, heads, q, kv]
+      probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
+      out = jnp.einsum('bhqk,bkhd->bqhd', probs, values)  # [batch, q, heads, head_dim]
     return self.out_proj(out.reshape(*out.shape[:2], -1))
+
+  def _attend_one_query(self, q, keys, values, mask, rngs):
+    """A decoding step, q [batch, 1, heads, head_dim] -> [batch, 1, heads, head_dim], as broadcast
+    multiply-reduces over keys/values laid out [(kv_batch, group,) kv, heads]: XLA fuses each
+    into one pass over the keys or values, where its CPU batched dot is several times slower
+    for single rows."""
+    batch, kv_batch, kv_len = q.shape[0], keys.shape[0], keys.shape[1]
+    if batch == kv_batch:
+      logits = jnp.sum(q * keys, axis=-1)  # [batch, kv, heads]
+      mask = mask[:, :, 0, :].transpose(0, 2, 1)  # [batch|1, kv, heads|1]
+      kv_axis = 1
+    else:  # groups of rows share keys/values
+      grouped = q.reshape(kv_batch, batch // kv_batch, 1, *q.shape[2:])
+      logits = jnp.sum(grouped * keys[:, None], axis=-1)  # [kv_batch, group, kv, heads]
+      mask = jnp.broadcast_to(mask, (batch, 1, 1, kv_len)).reshape(*logits.shape[:3], 1)
+      values = values[:, None]
+      kv_axis = 2
+    logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=kv_axis).astype(values.dtype)
+    probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
+    out = jnp.sum(probs[..., None] * values, axis=kv_axis)  # [(kv_batch, group|) batch, heads, d]
+    return out.reshape(batch, 1, *out.shape[-2:])
