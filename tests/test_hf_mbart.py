@@ -1,5 +1,6 @@
 """Hugging Face mBART -> sltjax: exact logits and token-for-token `generate` against transformers
 (torch, CPU) on tiny random models built here with save_pretrained; conversion errors."""
+import copy
 import json
 import shutil
 
@@ -200,6 +201,16 @@ def test_pytorch_bin_and_sharded_safetensors_load_the_same_weights(models, tmp_p
     loaded = to_hf_state_dict(load_mbart(str(tmp_path / variant)))
     for name, value in expected.items():
       np.testing.assert_array_equal(loaded[name], value, err_msg=f'{variant}: {name}')
+
+
+def test_bfloat16_checkpoints_load_exactly(models, tmp_path):
+  hf, _, _ = models
+  half = copy.deepcopy(hf).to(torch.bfloat16)
+  half.save_pretrained(tmp_path)
+  loaded = to_hf_state_dict(load_mbart(str(tmp_path)))  # float32 parameters by default
+  reference = half.state_dict()
+  for name, value in loaded.items():
+    np.testing.assert_array_equal(value, reference[name].float().numpy(), err_msg=name)
 
 
 def test_non_mbart_configs_are_rejected(broken_copy):

@@ -6,8 +6,10 @@ safetensors first (single file or sharded with an index); a PyTorch `.bin` only 
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors import safe_open
+from safetensors.flax import save_file
 
 SAFETENSORS = 'model.safetensors'
 SAFETENSORS_INDEX = 'model.safetensors.index.json'
@@ -32,19 +34,31 @@ def read_generation_config(directory: str) -> dict:
     return json.load(f)
 
 
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Tensors of one safetensors file as numpy arrays (bfloat16 as ml_dtypes' bfloat16)."""
+  # Through JAX arrays: safetensors' numpy loader does not know bfloat16.
+  with safe_open(path, framework='flax') as f:
+    return {name: np.asarray(f.get_tensor(name)) for name in f.keys()}
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
+  """Writes `tensors` (any dtype, bfloat16 included) as a safetensors file transformers reads."""
+  save_file({k: jnp.asarray(v) for k, v in tensors.items()}, path, metadata={'format': 'pt'})
+
+
 def read_state_dict(directory: str) -> dict[str, np.ndarray]:
   """All weight tensors of the model in `directory`, by their Hugging Face names."""
   single = os.path.join(directory, SAFETENSORS)
   index = os.path.join(directory, SAFETENSORS_INDEX)
   pytorch = os.path.join(directory, PYTORCH_BIN)
   if os.path.isfile(single):
-    return load_file(single)
+    return load_safetensors(single)
   if os.path.isfile(index):
     with open(index, encoding='utf-8') as f:
       shards = sorted(set(json.load(f)['weight_map'].values()))
     tensors = {}
     for shard in shards:
-      tensors.update(load_file(os.path.join(directory, shard)))
+      tensors.update(load_safetensors(os.path.join(directory, shard)))
     return tensors
   if os.path.isfile(pytorch):
     try:

@@ -17,10 +17,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from absl import app, flags
-from safetensors.numpy import save_file
 from sentencepiece import sentencepiece_model_pb2
 
-from sltjax.convert.hf_checkpoint import read_config, read_state_dict
+from sltjax.convert.hf_checkpoint import read_config, read_state_dict, save_safetensors
 from sltjax.data.tokenizers import MBartTokenizer, SPECIAL_TOKENS
 
 SPM_FILE = 'sentencepiece.bpe.model'
@@ -98,8 +97,7 @@ def trim_mbart(model_dir: str, output_dir: str, texts: Iterable[str],
     f.write(trimmed.SerializeToString())
   _check_same_segmentation(tokenizer, MBartTokenizer(staging), id_map, sentences)
 
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-            os.path.join(staging, 'model.safetensors'), metadata={'format': 'pt'})
+  save_safetensors(tensors, os.path.join(staging, 'model.safetensors'))
   with open(os.path.join(staging, 'config.json'), 'w', encoding='utf-8') as f:
     json.dump({**config, 'vocab_size': len(id_map)}, f, indent=2)
   for name in COPIED_FILES:
