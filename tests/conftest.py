@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny learnable parallel corpus, tiny configs, the XLA compilation cache."""
+import json
 import os
 import pathlib
 import subprocess
@@ -76,6 +77,24 @@ def config_flags(config) -> list[str]:
   return out
 
 
+def save_mbart_with_tokenizer(directory, vocab_size, seed=0):
+  """A random tiny HF mBART whose vocabulary matches the tokenizer already in `directory`."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(seed)
+  config = transformers.MBartConfig(
+      vocab_size=vocab_size, d_model=16, encoder_layers=1, decoder_layers=1,
+      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+      max_position_embeddings=64)
+  model = transformers.MBartForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    model.final_logits_bias.normal_()  # so that slicing it is checked too
+  model.save_pretrained(directory)
+  (directory / 'tokenizer_config.json').write_text(json.dumps(
+      {'tokenizer_class': 'MBartTokenizer', 'src_lang': 'de_DE', 'tgt_lang': 'de_DE'}))
+  return model
+
+
 def run_main(config, workdir, *extra, env=None, background=False, devices=1):
   """Runs `python -m sltjax.main` on `config` in a subprocess; returns the CompletedProcess/Popen."""
   cmd = [sys.executable, '-m', 'sltjax.main', '--config=configs/gloss2text.py:runlocal',
@@ -91,6 +110,5 @@ def run_main(config, workdir, *extra, env=None, background=False, devices=1):
 
 def read_metrics(workdir, drop=('steps_per_sec', 'tokens_per_sec')):
   """metrics.jsonl without the timing fields (which legitimately differ between runs)."""
-  import json  # pylint: disable=import-outside-toplevel
   lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
   return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in lines]

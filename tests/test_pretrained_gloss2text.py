@@ -11,10 +11,9 @@ from configs.gloss2text import get_config
 from sltjax import config_validation, train
 from sltjax.convert.hf import hf_name, load_mbart, to_hf_state_dict
 from sltjax.data.tokenizers import MBartTokenizer, train_sentencepiece
-from tests.conftest import REPO
+from tests.conftest import REPO, save_mbart_with_tokenizer
 
 torch = pytest.importorskip('torch')
-from tests.test_trim_vocab import save_mbart_with_tokenizer  # pylint: disable=wrong-import-position
 
 
 def run_module(module, *args):

@@ -11,26 +11,10 @@ from sltjax.convert.gloss_embeddings import gloss_embeddings
 from sltjax.convert.hf import load_mbart
 from sltjax.convert.trim_vocab import trim_mbart
 from sltjax.data.tokenizers import EOS_ID, MBartTokenizer, train_sentencepiece
-from tests.conftest import MBART_DIR, SHARED_DATA
+from tests.conftest import MBART_DIR, SHARED_DATA, save_mbart_with_tokenizer
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
-
-
-def save_mbart_with_tokenizer(directory, vocab_size, seed=0):
-  """A random tiny HF mBART whose vocabulary matches the tokenizer already in `directory`."""
-  torch.manual_seed(seed)
-  config = transformers.MBartConfig(
-      vocab_size=vocab_size, d_model=16, encoder_layers=1, decoder_layers=1,
-      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-      max_position_embeddings=64)
-  model = transformers.MBartForConditionalGeneration(config).eval()
-  with torch.no_grad():
-    model.final_logits_bias.normal_()  # so that slicing it is checked too
-  model.save_pretrained(directory)
-  (directory / 'tokenizer_config.json').write_text(json.dumps(
-      {'tokenizer_class': 'MBartTokenizer', 'src_lang': 'de_DE', 'tgt_lang': 'de_DE'}))
-  return model
 
 
 @pytest.fixture(scope='module')
