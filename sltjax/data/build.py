@@ -1,0 +1,131 @@
+"""Builds a sign language dataset into sharded ArrayRecord files (replaces `tfds build`).
+
+  python -m sltjax.data.build --dataset=phoenix2014t --manual_dir=PHOENIX-2014-T-release-v3 \
+      --data_dir=~/tensorflow_datasets [--num_workers=N] [--on_error=fail|skip] \
+      [--frame_size=260x210] [--jpeg_quality=90] [--option=KEY=VALUE ...]
+
+Shows a progress bar (clips/s, frames/s, ETA) while it encodes frames on every core, and prints
+a summary at the end (also saved as build_summary.json beside the records). An interrupted
+build resumes from its cache when rerun; a dataset only appears once complete.
+"""
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import app, flags
+import tensorflow_datasets as tfds
+
+from sltjax.data import clip_builder
+
+_DATASET = flags.DEFINE_enum('dataset', None, clip_builder.DATASETS, 'Dataset to build.')
+_MANUAL_DIR = flags.DEFINE_string('manual_dir', None,
+                                  'Folder holding the downloaded release (not for synthetic_signs).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory to write into.')
+_NUM_WORKERS = flags.DEFINE_integer('num_workers', os.cpu_count(),
+                                    'Processes decoding and encoding frames.')
+_ON_ERROR = flags.DEFINE_enum('on_error', 'fail', clip_builder.ON_ERROR_CHOICES,
+                              'fail: stop before writing and list every problem; skip: build '
+                              'without the broken examples and list them in the summary.')
+_FRAME_SIZE = flags.DEFINE_string('frame_size', None,
+                                  'HEIGHTxWIDTH, a short side, or "native" (default per dataset).')
+_JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', None, 'JPEG quality 1-100 (default 90).')
+_OPTIONS = flags.DEFINE_multi_string('option', [], 'KEY=VALUE builder option, e.g. num_train=200.')
+flags.mark_flags_as_required(['dataset', 'data_dir'])
+
+
+def summarize(builder: clip_builder.SignVideoBuilder, seconds: float) -> dict:
+  """Examples, frames and bytes on disk per split, plus the skipped examples."""
+  splits = {}
+  for name, split in builder.info.splits.items():
+    frames = sum(builder.info.metadata['num_frames'][name])
+    num_bytes = sum(os.path.getsize(p) for p in builder.data_path.glob(
+        f'{builder.name}-{name}.array_record-*'))
+    splits[name] = {'examples': split.num_examples, 'frames': frames, 'bytes': num_bytes,
+                    'bytes_per_frame': round(num_bytes / max(frames, 1), 1)}
+  total_frames = sum(s['frames'] for s in splits.values())
+  return {
+      'dataset': builder.name, 'path': os.fspath(builder.data_path),
+      'frame_size': builder.info.metadata['frame_size'],
+      'jpeg_quality': builder.info.metadata['jpeg_quality'],
+      'splits': splits, 'skipped': builder.info.metadata['skipped'],
+      'clips_reused_from_cache': builder.info.metadata['clips_reused_from_cache'],
+      'seconds': round(seconds, 1), 'frames_per_second': round(total_frames / max(seconds, 1e-9), 1),
+  }
+
+
+def print_summary(summary: dict) -> None:
+  print(f"\n{summary['dataset']} -> {summary['path']} (frames {summary['frame_size']}, "
+        f"JPEG quality {summary['jpeg_quality']})")
+  for name, s in summary['splits'].items():
+    print(f"  {name:>6}: {s['examples']:7d} examples {s['frames']:9d} frames "
+          f"{s['bytes'] / 2**20:9.1f} MiB ({s['bytes_per_frame']:.0f} B/frame)")
+  print(f"  {len(summary['skipped'])} skipped" + ''.join(f'\n    {p}' for p in summary['skipped']))
+  print(f"  {summary['seconds']} s, {summary['frames_per_second']} frames/s"
+        f" ({summary['clips_reused_from_cache']} clips reused from an interrupted build)")
+
+
+def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, num_workers: int = 1,
+          on_error: str = 'fail', frame_size: str | None = None, jpeg_quality: int | None = None,
+          options: dict | None = None, show_progress: bool = False) -> dict:
+  """Builds `dataset` (if not built yet) and returns its summary; raises BuildError on problems."""
+  builder = clip_builder.builder_class(dataset)(
+      data_dir=os.path.abspath(os.path.expanduser(data_dir)), frame_size=frame_size,
+      jpeg_quality=jpeg_quality, num_workers=num_workers, on_error=on_error,
+      show_progress=show_progress, **(options or {}))
+  summary_path = os.path.join(builder.data_path, 'build_summary.json')
+  if builder.is_prepared():
+    built = (builder.info.metadata['frame_size'], builder.info.metadata['jpeg_quality'])
+    wanted = (str(builder.settings.frame_size), builder.settings.jpeg_quality)
+    if built != wanted:
+      raise ValueError(f'{builder.data_path} already holds {dataset} built with frame size '
+                       f'{built[0]} and JPEG quality {built[1]}, not {wanted[0]}/{wanted[1]}: '
+                       'use another --data_dir, or delete that folder to rebuild.')
+    with open(summary_path) as f:
+      return json.load(f)
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not (manual_dir and os.path.isdir(manual_dir)):
+    raise FileNotFoundError(f'{dataset} is built from a release you download yourself; '
+                            f'--manual_dir={manual_dir!r} is not a folder.\n'
+                            f'{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  for stale in glob.glob(os.path.join(glob.escape(os.path.dirname(builder.data_path)),
+                                       f'incomplete.*{builder.version}')):
+    shutil.rmtree(stale)  # left by a killed build; one build per data_dir at a time
+  start = time.monotonic()
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=os.path.abspath(manual_dir) if manual_dir else None))
+  summary = summarize(builder, time.monotonic() - start)
+  with open(summary_path + '.tmp', 'w') as f:
+    json.dump(summary, f, indent=1)
+  os.replace(summary_path + '.tmp', summary_path)
+  return summary
+
+
+def parse_options(pairs: list[str]) -> dict:
+  options = {}
+  for pair in pairs:
+    key, sep, value = pair.partition('=')
+    if not sep or not key:
+      raise app.UsageError(f'--option={pair!r}: expected KEY=VALUE.')
+    options[key] = value
+  return options
+
+
+def main(argv):
+  del argv
+  try:
+    summary = build(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value,
+                    num_workers=_NUM_WORKERS.value, on_error=_ON_ERROR.value,
+                    frame_size=_FRAME_SIZE.value, jpeg_quality=_JPEG_QUALITY.value,
+                    options=parse_options(_OPTIONS.value), show_progress=True)
+  except (clip_builder.BuildError, FileNotFoundError, ValueError) as e:
+    print(f'\nerror: {e}', file=sys.stderr)
+    sys.exit(1)
+  print_summary(summary)
+
+
+if __name__ == '__main__':
+  app.run(main)
