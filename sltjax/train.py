@@ -160,7 +160,7 @@ def evaluate_corpus(exp: Experiment, decode_fn, params, rest, corpus: text.Token
                             jax.process_index(), jax.process_count())
   hypotheses = [''] * len(corpus)
   plan = batching.eval_plan(len(corpus), cfg.eval.batch_size)
-  for local_batch in text.make_dataset(plan, loader, num_workers=0):
+  for local_batch in batching.make_dataset(plan, loader, num_workers=0):
     batch = _global_batch(local_batch, exp.mesh)
     sequences = multihost_utils.process_allgather(decode_fn(params, rest, batch), tiled=True)
     indices = multihost_utils.process_allgather(batch['index'], tiled=True)
@@ -218,7 +218,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   eval_corpus = tokenized_split(exp, config.eval.split) if config.eval_every_steps else None
   loader = text.BatchLoader(train_corpus, exp.tokenizer, config.tokenizer.tgt_lang,
                             config.data.length_buckets, jax.process_index(), jax.process_count())
-  train_iter = iter(text.make_dataset(
+  train_iter = iter(batching.make_dataset(
       batching.train_plan(len(train_corpus), config.batch_size, config.seed), loader,
       config.data.num_workers))
   # ---------------------------------------------------------------- Model and optimizer

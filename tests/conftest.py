@@ -112,3 +112,13 @@ def read_metrics(workdir, drop=('steps_per_sec', 'tokens_per_sec')):
   """metrics.jsonl without the timing fields (which legitimately differ between runs)."""
   lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
   return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in lines]
+
+
+@pytest.fixture(scope='session')
+def synthetic_signs_dir(tmp_path_factory):
+  """A small build of the embedded synthetic_signs dataset (24 train, 6 dev, 4 test videos)."""
+  from sltjax.data import build  # pylint: disable=import-outside-toplevel
+  data_dir = tmp_path_factory.mktemp('synthetic_signs')
+  build.build('synthetic_signs', data_dir,
+              options={'num_train': 24, 'num_dev': 6, 'num_test': 4, 'size': 64})
+  return data_dir

@@ -51,7 +51,8 @@ def test_phoenix_builds_with_real_frames_within_jpeg_tolerance(tmp_path):
       assert got.shape == (260, 210, 3)
       assert np.abs(got.astype(float) - want).mean() < JPEG_TOLERANCE
   metadata = tfds.builder('phoenix2014t', data_dir=str(tmp_path / 'data')).info.metadata
-  assert metadata['num_frames']['dev'] == [3]
+  assert metadata['index']['dev'] == {'id': ['dev_a'], 'signer': ['Signer03'], 'gloss': [
+      'HEUTE NEBEL'], 'text': ['heute nebel'], 'num_frames': [3]}
 
 
 def test_csl_daily_reads_its_pickle_and_resizes_to_a_short_side(tmp_path):

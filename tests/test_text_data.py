@@ -95,7 +95,7 @@ def test_worker_processes_give_the_same_batches_and_resume(corpus_and_tokenizer)
   corpus, tok, _ = corpus_and_tokenizer
 
   def dataset(num_workers):
-    return text.make_dataset(batching.train_plan(len(corpus), 8, seed=0), loader(corpus, tok),
+    return batching.make_dataset(batching.train_plan(len(corpus), 8, seed=0), loader(corpus, tok),
                              num_workers)
 
   reference = [b['index'] for _, b in zip(range(8), iter(dataset(0)))]

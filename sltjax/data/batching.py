@@ -46,3 +46,42 @@ def pad_rows(rows: list[np.ndarray], length: int, pad_value: int) -> np.ndarray:
   for i, row in enumerate(rows):
     out[i, :len(row)] = row[:length]
   return out
+
+
+def fit_length(ids: np.ndarray, length: int, keep_last: int) -> np.ndarray:
+  """ids cut to `length`, keeping their final `keep_last` ids (e.g. `</s> lang`)."""
+  return ids if len(ids) <= length else np.concatenate([ids[:length - keep_last],
+                                                         ids[-keep_last:]])
+
+
+def decoder_targets(labels: list[np.ndarray], length: int, pad_id: int,
+                    tgt_lang_id: int) -> dict[str, np.ndarray]:
+  """Teacher-forcing arrays [rows, length] from label rows `X </s> lang` (already fitted).
+
+  decoder_input_ids is mBART's shift_tokens_right (`lang X </s>`); label_weights is 1 on every
+  label but the final language code (never predicted, as in MMTLB) and the padding.
+  """
+  label_ids = pad_rows(labels, length, pad_id)
+  lengths = np.array([len(l) for l in labels])
+  decoder_input_ids = np.roll(label_ids, 1, axis=1)
+  decoder_input_ids[:, 0] = tgt_lang_id
+  decoder_input_ids[np.arange(length)[None, :] >= lengths[:, None]] = pad_id
+  weights = (np.arange(length)[None, :] < (lengths - 1)[:, None]).astype(np.float32)
+  return {'decoder_input_ids': decoder_input_ids, 'labels': label_ids, 'label_weights': weights}
+
+
+def make_dataset(plan: grain.MapDataset, loader, num_workers: int,
+                 seed: int = 0) -> grain.IterDataset:
+  """A checkpointable iterator-dataset of local batches, optionally with worker processes.
+
+  A loader that is a grain RandomMap gets a generator per global batch derived from `seed` and
+  the batch's position in the plan, so its draws are reproduced exactly on resume.
+  """
+  if isinstance(loader, grain.transforms.RandomMap):
+    dataset = plan.random_map(loader, seed=seed)
+  else:
+    dataset = plan.map(loader)
+  dataset = dataset.to_iter_dataset()
+  if num_workers > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return dataset

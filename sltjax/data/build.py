@@ -40,7 +40,7 @@ def summarize(builder: clip_builder.SignVideoBuilder, seconds: float) -> dict:
   """Examples, frames and bytes on disk per split, plus the skipped examples."""
   splits = {}
   for name, split in builder.info.splits.items():
-    frames = sum(builder.info.metadata['num_frames'][name])
+    frames = sum(builder.info.metadata['index'][name]['num_frames'])
     num_bytes = sum(os.path.getsize(p) for p in builder.data_path.glob(
         f'{builder.name}-{name}.array_record-*'))
     splits[name] = {'examples': split.num_examples, 'frames': frames, 'bytes': num_bytes,

@@ -7,7 +7,7 @@ plus every annotation problem it finds). This base then
      dataset (`DATA_DIR/<name>/.build-cache-<version>/`), so an interrupted build resumes,
   3. stops before writing anything if any clip has a problem and on_error='fail', listing them all,
   4. lets TFDS write ArrayRecord shards into a temporary directory that is renamed only when
-     complete, with per-split frame counts (in record order) in the dataset's metadata.
+     complete, with an index of every field but the frames (in record order) in its metadata.
 Records: id, signer, gloss, text (str), fps (float32), num_frames (int32) and frames, a sequence
 of JPEG images.
 """
@@ -174,12 +174,15 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # --- 4: write, index frame counts, finalise ---------------------------------------------------
   def _download_and_prepare(self, dl_manager, download_config):
     super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
-    # Frame counts in record order let a pipeline plan batch shapes without reading frames.
-    self.info.metadata['num_frames'] = {}
+    # Every field but the frames, in record order: a pipeline plans batch shapes and builds its
+    # vocabularies from this index without reading any frame.
+    self.info.metadata['index'] = {}
     for split in self.info.splits:
       source = self.as_data_source(split, decoders={'frames': KeepEncoded()})
-      self.info.metadata['num_frames'][split] = [
-          int(source[i]['num_frames']) for i in range(len(source))]
+      records = [source[i] for i in range(len(source))]
+      self.info.metadata['index'][split] = {
+          key: [r[key].decode() for r in records] for key in ('id', 'signer', 'gloss', 'text')}
+      self.info.metadata['index'][split]['num_frames'] = [int(r['num_frames']) for r in records]
 
   def download_and_prepare(self, *args, **kwargs):
     super().download_and_prepare(*args, **kwargs)

@@ -89,10 +89,6 @@ class BatchLoader(grain.transforms.Map):
     self.tgt_lang_id = tokenizer.lang_id(tgt_lang)
     self.buckets = tuple(sorted(buckets))
 
-  def _fit(self, ids: np.ndarray, length: int, keep_last: int) -> np.ndarray:
-    return ids if len(ids) <= length else np.concatenate([ids[:length - keep_last],
-                                                           ids[-keep_last:]])
-
   def map(self, global_indices: np.ndarray) -> dict[str, np.ndarray]:
     real = global_indices[global_indices != batching.PAD_INDEX]
     src_len = batching.bucket_length(max(len(self.corpus.sources[i]) for i in real), self.buckets)
@@ -106,31 +102,14 @@ class BatchLoader(grain.transforms.Map):
         sources.append(np.zeros(0, np.int32))
         labels.append(np.zeros(0, np.int32))
         continue
-      sources.append(self._fit(self.corpus.sources[i], src_len, keep_last=2))
+      sources.append(batching.fit_length(self.corpus.sources[i], src_len, keep_last=2))
       target = np.append(self.corpus.targets[i], self.tgt_lang_id)
-      labels.append(self._fit(target, tgt_len, keep_last=2))
+      labels.append(batching.fit_length(target, tgt_len, keep_last=2))
     input_ids = batching.pad_rows(sources, src_len, self.pad_id)
-    label_ids = batching.pad_rows(labels, tgt_len, self.pad_id)
-    lengths = np.array([len(l) for l in labels])
-    # Teacher forcing input: mBART's shift_tokens_right, i.e. `lang X </s>`.
-    decoder_input_ids = np.roll(label_ids, 1, axis=1)
-    decoder_input_ids[np.arange(len(rows)), 0] = self.tgt_lang_id
-    decoder_input_ids[np.arange(tgt_len)[None, :] >= lengths[:, None]] = self.pad_id
-    # The final language-code label is never predicted (MMTLB), nor is padding.
-    weights = (np.arange(tgt_len)[None, :] < (lengths - 1)[:, None]).astype(np.float32)
     return {
         'input_ids': input_ids,
         'attention_mask': (input_ids != self.pad_id).astype(np.int32),
-        'decoder_input_ids': decoder_input_ids,
-        'labels': label_ids,
-        'label_weights': weights,
+        **batching.decoder_targets(labels, tgt_len, self.pad_id, self.tgt_lang_id),
         'index': rows.astype(np.int32),
     }
 
-
-def make_dataset(plan: grain.MapDataset, loader: BatchLoader, num_workers: int) -> grain.IterDataset:
-  """A checkpointable iterator-dataset of local batches, optionally with worker processes."""
-  dataset = plan.map(loader).to_iter_dataset()
-  if num_workers > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return dataset

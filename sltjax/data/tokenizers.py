@@ -158,3 +158,39 @@ def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokeni
     return MBartTokenizer(directory)
   raise ValueError(f'config.tokenizer.kind={config.kind!r}; expected "mbart", "word" or '
                    '"sentencepiece".')
+
+
+class GlossVocabulary:
+  """Gloss ids for CTC: 0 is the blank, 1 <unk>, then the glosses, most frequent first."""
+  BLANK_ID, UNK_ID = 0, 1
+  SPECIALS = ('<blank>', '<unk>')
+
+  def __init__(self, glosses: Sequence[str]):
+    self.glosses = list(glosses)
+    self.gloss_to_id = {g: i + len(self.SPECIALS) for i, g in enumerate(self.glosses)}
+    self.size = len(self.SPECIALS) + len(self.glosses)
+
+  @classmethod
+  def build(cls, lines: Iterable[str], min_count: int = 1) -> 'GlossVocabulary':
+    counts = Counter(g for line in lines for g in line.split())
+    return cls(sorted((g for g, c in counts.items() if c >= min_count),
+                      key=lambda g: (-counts[g], g)))
+
+  def encode(self, line: str) -> list[int]:
+    return [self.gloss_to_id.get(g, self.UNK_ID) for g in line.split()]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Glosses of ids (already collapsed CTC output), skipping blanks."""
+    names = (*self.SPECIALS, *self.glosses)
+    return ' '.join(names[int(i)] for i in ids if int(i) != self.BLANK_ID)
+
+  def save(self, path: str) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump({'glosses': self.glosses}, f, ensure_ascii=False)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> 'GlossVocabulary':
+    with open(path, encoding='utf-8') as f:
+      return cls(json.load(f)['glosses'])

@@ -1,0 +1,181 @@
+"""Built video datasets (tfds_builders/) as grain pipelines of padded, masked batches.
+
+  record (JPEG frames) -> temporal sampling (sampling.py) -> decode only the sampled frames ->
+  one augmentation draw per clip (augmentation.py) -> normalisation -> tokenization ->
+  padding to length buckets with masks
+
+Batches follow the global-batch plans of batching.py: every process computes the sampled
+lengths of the whole global batch (from the split's index, no frames read) so all processes
+agree on shapes, then decodes only its own rows. Draws come from a generator per global batch,
+so a resumed iterator repeats them exactly.
+"""
+import dataclasses
+
+import cv2
+import grain
+import ml_collections
+import numpy as np
+
+from sltjax.data import augmentation, batching, clip_builder, sampling
+from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Data settings of a video experiment (`config.data`); see RECIPES for the systems'."""
+  return ml_collections.ConfigDict({
+      'name': 'synthetic_signs',  # a dataset of tfds_builders/
+      'data_dir': '',  # where `python -m sltjax.data.build` wrote it
+      'train_split': 'train',
+      'sampling': 'all',  # sampling.STRATEGIES
+      'max_frames': 0,  # cap after sampling (evenly spaced); 0: none
+      'frame_buckets': (32, 64, 96, 128, 192, 256, 320, 400),
+      'length_buckets': (16, 32, 64, 128),  # text and gloss lengths
+      'lowercase_gloss': False,
+      'crop_size': 224,
+      'eval_resize': 224,  # eval: short side resized to this, then the centre crop_size
+      'random_crop': 'resized',  # train: 'resized' (RandomResizedCrop), 'fixed', 'centre'
+      'random_crop_scale': (0.7, 1.0),
+      'random_crop_ratio': (0.75, 1.3333),
+      'rotation_degrees': 0.0,
+      'hflip_prob': 0.0,
+      'colour_jitter_prob': 0.0,
+      'brightness': 0.4, 'contrast': 0.4, 'saturation': 0.4, 'hue': 0.1,
+      'grayscale_prob': 0.0,
+      'normalization': 'none',  # augmentation.NORMALIZATIONS; 'none' = uint8, normalised on device
+      'channel_order': 'rgb',
+      'num_workers': 0,
+  })
+
+
+# The published recipes (../shared/docs/REFERENCE.md); apply with `config.data.update(...)`.
+RECIPES = {
+    'mmtlb': dict(sampling='mmtlb', max_frames=400, random_crop='resized',
+                  random_crop_scale=(0.7, 1.0), random_crop_ratio=(0.75, 1.3),
+                  colour_jitter_prob=0.3, normalization='minus_one_one', channel_order='bgr'),
+    'c2rl': dict(sampling='c2rl', eval_resize=256, random_crop='fixed', normalization='imagenet'),
+    'sign2gpt': dict(sampling='sign2gpt', random_crop='resized', random_crop_scale=(0.875, 1.0),
+                     rotation_degrees=5.0, hflip_prob=0.5, colour_jitter_prob=1.0,
+                     grayscale_prob=0.2, normalization='imagenet'),
+    'ipslt': dict(sampling='all', random_crop='centre', normalization='imagenet'),
+}
+
+
+@dataclasses.dataclass
+class VideoSplit:
+  """One split of a built dataset: random access to records, and its index (no frames)."""
+  name: str
+  split: str
+  source: object  # records with 'frames' as JPEG bytes
+  ids: list[str]
+  num_frames: np.ndarray  # [records]
+  glosses: list[str]
+  texts: list[str]
+
+  def __len__(self):
+    return len(self.ids)
+
+
+def open_split(config, split: str) -> VideoSplit:
+  """`split` of dataset config.name under config.data_dir; says how to build it if absent."""
+  builder = clip_builder.builder_class(config.name)(data_dir=config.data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'{config.name} is not built under data_dir={config.data_dir!r}. Build it with\n'
+        f'  python -m sltjax.data.build --dataset={config.name} --data_dir={config.data_dir or "DIR"}'
+        + ('' if config.name == 'synthetic_signs' else ' --manual_dir=RELEASE'))
+  index = builder.info.metadata['index']
+  if split not in index:
+    raise ValueError(f'{config.name} has no split {split!r}; it has {sorted(index)}.')
+  glosses = index[split]['gloss']
+  return VideoSplit(
+      name=config.name, split=split,
+      source=builder.as_data_source(split, decoders={'frames': clip_builder.KeepEncoded()}),
+      ids=index[split]['id'], num_frames=np.array(index[split]['num_frames']),
+      glosses=[g.lower() for g in glosses] if config.lowercase_gloss else glosses,
+      texts=index[split]['text'])
+
+
+def decode_frames(jpegs, indices: np.ndarray) -> list[np.ndarray]:
+  """RGB frames [h, w, 3] at `indices` (repeats decoded once)."""
+  decoded = {int(i): cv2.imdecode(np.frombuffer(jpegs[i], np.uint8), cv2.IMREAD_COLOR_RGB)
+             for i in np.unique(indices)}
+  return [decoded[int(i)] for i in indices]
+
+
+class VideoBatchLoader(grain.transforms.RandomMap):
+  """Global batch of record indices -> this process's padded batch.
+
+  Output (rows = local batch, T = frame bucket, S = crop_size):
+    frames [rows, T, S, S, 3] (uint8, or float32 when normalised here), padded by repeating the
+      last frame; frame_mask [rows, T] (1 = real frame); num_frames [rows]
+    gloss_ids, gloss_mask [rows, G] (CTC labels, blank 0 never a label, padding 0 with mask 0)
+    decoder_input_ids, labels, label_weights [rows, L] (targets `X </s> tgt_lang`, as text.py)
+    index [rows] (record index, -1 for filler rows of the last eval batch)
+  """
+
+  def __init__(self, split: VideoSplit, config, tokenizer: Tokenizer, glosses: GlossVocabulary,
+               tgt_lang: str, train: bool, process_index: int = 0, process_count: int = 1):
+    self.split, self.config, self.train = split, config, train
+    self.process_index, self.process_count = process_index, process_count
+    self.pad_id, self.tgt_lang_id = tokenizer.pad_id, tokenizer.lang_id(tgt_lang)
+    self.targets = [np.array(tokenizer.encode(t) + [tokenizer.eos_id, self.tgt_lang_id],
+                             np.int32) for t in split.texts]
+    self.gloss_ids = [np.array(glosses.encode(g), np.int32) for g in split.glosses]
+
+  def _sample(self, index: int, seed: int) -> tuple[np.ndarray, np.random.Generator]:
+    if index == batching.PAD_INDEX:
+      return np.zeros(0, int), None
+    rng = np.random.default_rng(seed)
+    indices = sampling.sample_frames(self.config.sampling, int(self.split.num_frames[index]), rng,
+                                     self.train, self.config.max_frames)
+    return indices, rng
+
+  def _clip(self, index: int, indices: np.ndarray, rng, length: int) -> np.ndarray:
+    """[length, S, S, 3] uint8 of record `index`, augmented, padded with its last frame."""
+    if len(indices) > length:  # longer than the largest bucket: evenly spaced
+      indices = indices[np.linspace(0, len(indices) - 1, length).round().astype(int)]
+    frames = decode_frames(self.split.source[index]['frames'], indices)
+    transform = augmentation.draw_clip_transform(*frames[0].shape[:2], rng, self.config,
+                                                 self.train)
+    out = np.stack([augmentation.apply(f, transform, self.config.crop_size) for f in frames])
+    return np.concatenate([out, np.repeat(out[-1:], length - len(out), axis=0)])
+
+  def random_map(self, global_indices: np.ndarray, rng: np.random.Generator):
+    seeds = rng.integers(2**63, size=len(global_indices))  # one per global row
+    sampled = [self._sample(int(i), s) for i, s in zip(global_indices, seeds)]
+    real = global_indices != batching.PAD_INDEX
+    length = batching.bucket_length(max(len(s) for (s, _), r in zip(sampled, real) if r),
+                                    self.config.frame_buckets)
+    per_process = len(global_indices) // self.process_count
+    mine = range(self.process_index * per_process, (self.process_index + 1) * per_process)
+    size = self.config.crop_size
+    frames = np.zeros((len(mine), length, size, size, 3), np.uint8)
+    frame_mask = np.zeros((len(mine), length), np.int32)
+    glosses, labels = [], []
+    gloss_len = batching.bucket_length(
+        max(len(self.gloss_ids[i]) for i in global_indices[real]), self.config.length_buckets)
+    text_len = batching.bucket_length(
+        max(len(self.targets[i]) for i in global_indices[real]), self.config.length_buckets)
+    for row, g in enumerate(mine):
+      index = int(global_indices[g])
+      if index == batching.PAD_INDEX:
+        glosses.append(np.zeros(0, np.int32))
+        labels.append(np.zeros(0, np.int32))
+        continue
+      indices, clip_rng = sampled[g]
+      frames[row] = self._clip(index, indices, clip_rng, length)
+      frame_mask[row, :min(len(indices), length)] = 1
+      glosses.append(self.gloss_ids[index][:gloss_len])
+      labels.append(batching.fit_length(self.targets[index], text_len, keep_last=2))
+    gloss_ids = batching.pad_rows(glosses, gloss_len, GlossVocabulary.BLANK_ID)
+    gloss_mask = (np.arange(gloss_len)[None] < np.array([len(g) for g in glosses])[:, None])
+    return {
+        'frames': augmentation.normalize(frames, self.config.normalization,
+                                         self.config.channel_order),
+        'frame_mask': frame_mask,
+        'num_frames': frame_mask.sum(1).astype(np.int32),
+        'gloss_ids': gloss_ids,
+        'gloss_mask': gloss_mask.astype(np.int32),
+        **batching.decoder_targets(labels, text_len, self.pad_id, self.tgt_lang_id),
+        'index': global_indices[list(mine)].astype(np.int32),
+    }
