@@ -133,6 +133,15 @@ def apply(frame: np.ndarray, transform: ClipTransform, size: int) -> np.ndarray:
 NORMALIZATIONS = ('none', 'imagenet', 'minus_one_one', 'zero_one')
 
 
+def _scale_offset(kind: str) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (scale, offset) [3] with normalised = pixel * scale - offset (RGB order)."""
+  if kind == 'imagenet':
+    return 1 / IMAGENET_STD, IMAGENET_MEAN / IMAGENET_STD
+  if kind == 'minus_one_one':
+    return np.full(3, 1 / 127.5, np.float32), np.ones(3, np.float32)
+  return np.full(3, 1 / 255, np.float32), np.zeros(3, np.float32)
+
+
 def normalize(frames, kind: str, channel_order: str = 'rgb', xp=np):
   """uint8 RGB frames [..., 3] -> the model's input: float32 ImageNet-standardised, in [-1, 1]
   or [0, 1], RGB or BGR; 'none' keeps uint8. `xp` is numpy or jax.numpy."""
@@ -144,10 +153,9 @@ def normalize(frames, kind: str, channel_order: str = 'rgb', xp=np):
     frames = frames[..., ::-1]
   if kind == 'none':
     return frames
-  x = frames.astype(xp.float32)
-  if kind == 'imagenet':
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if channel_order == 'bgr':
-      mean, std = mean[::-1], std[::-1]
-    return (x - xp.asarray(mean)) / xp.asarray(std)
-  return x / 127.5 - 1 if kind == 'minus_one_one' else x / 255
+  scale, offset = (v[::-1] if channel_order == 'bgr' else v for v in _scale_offset(kind))
+  if xp is np:  # two passes over the frames, no temporaries
+    out = np.multiply(frames, scale.astype(np.float32), dtype=np.float32)
+    out -= offset.astype(np.float32)
+    return out
+  return frames.astype(xp.float32) * xp.asarray(scale, xp.float32) - xp.asarray(offset, xp.float32)
