@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sltjax import checkpointing
 from sltjax.data import augmentation, batching, sampling, video
 from sltjax.data.tokenizers import GlossVocabulary, WordTokenizer
 
@@ -210,16 +211,19 @@ def test_eval_batches_are_deterministic_and_normalised(pipeline_parts):
   assert list(first[-1]['index']).count(-1) == 2  # 6 dev videos in batches of 4
 
 
-def test_resumed_iterator_continues_with_the_exact_next_batches(pipeline_parts):
+def test_iterator_restored_from_an_orbax_checkpoint_continues_exactly(pipeline_parts, tmp_path):
   loader, data = loader_for(pipeline_parts)
   plan = batching.train_plan(len(data), 4, seed=0)
   iterator = iter(batching.make_dataset(plan, loader, 0, seed=7))
   for _ in range(7):  # past the first epoch (6 batches)
     next(iterator)
-  state = iterator.get_state()
+  saver = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  saver.save(7, {'w': np.zeros(2, np.float32)}, iterator, {})
+  saver.latest.wait_until_finished()
   expected = [next(iterator) for _ in range(2)]
   resumed = iter(batching.make_dataset(plan, loader, 0, seed=7))
-  resumed.set_state(state)
+  checkpointing.Checkpointer(str(tmp_path), keep=1).restore(
+      {'w': np.zeros(2, np.float32)}, resumed)
   for want in expected:
     got = next(resumed)
     for key in want:
@@ -271,3 +275,10 @@ def test_missing_dataset_says_how_to_build_it(tmp_path):
   with pytest.raises(FileNotFoundError, match='python -m sltjax.data.build '
                      f'--dataset=synthetic_signs --data_dir={tmp_path}'):
     video.open_split(config, 'train')
+
+
+def test_a_damaged_stored_frame_names_the_clip():
+  with pytest.raises(ValueError, match=r'phoenix2014t/dev x: stored frame 1 is not a decodable '
+                     'JPEG; the dataset files are damaged'):
+    video.decode_frames([cv2.imencode('.jpg', textured())[1].tobytes(), b'\xff\xd8junk'],
+                        np.array([0, 1]), 'phoenix2014t/dev x')

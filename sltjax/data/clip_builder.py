@@ -154,8 +154,6 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'jpeg_quality': self.settings.jpeg_quality,
         'skipped': [str(p) for p in self.problems],
         'clips_reused_from_cache': sum(r.reused for r in results),
-        'source_frames': {split: sum(r.num_frames for r in results if r.split == split)
-                          for split in splits},
     })
     return {split: self._generate_examples(split, specs) for split, specs in kept.items() if specs}
 

@@ -95,10 +95,14 @@ def open_split(config, split: str) -> VideoSplit:
       texts=index[split]['text'])
 
 
-def decode_frames(jpegs, indices: np.ndarray) -> list[np.ndarray]:
-  """RGB frames [h, w, 3] at `indices` (repeats decoded once)."""
-  decoded = {int(i): cv2.imdecode(np.frombuffer(jpegs[i], np.uint8), cv2.IMREAD_COLOR_RGB)
-             for i in np.unique(indices)}
+def decode_frames(jpegs, indices: np.ndarray, clip: str) -> list[np.ndarray]:
+  """RGB frames [h, w, 3] at `indices` (repeats decoded once); `clip` names it in errors."""
+  decoded = {}
+  for i in np.unique(indices):
+    decoded[int(i)] = cv2.imdecode(np.frombuffer(jpegs[i], np.uint8), cv2.IMREAD_COLOR_RGB)
+    if decoded[int(i)] is None:
+      raise ValueError(f'{clip}: stored frame {i} is not a decodable JPEG; the dataset files are '
+                       'damaged: rebuild the dataset.')
   return [decoded[int(i)] for i in indices]
 
 
@@ -134,7 +138,8 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     """[length, S, S, 3] uint8 of record `index`, augmented, padded with its last frame."""
     if len(indices) > length:  # longer than the largest bucket: evenly spaced
       indices = indices[np.linspace(0, len(indices) - 1, length).round().astype(int)]
-    frames = decode_frames(self.split.source[index]['frames'], indices)
+    frames = decode_frames(self.split.source[index]['frames'], indices,
+                           f'{self.split.name}/{self.split.split} {self.split.ids[index]}')
     transform = augmentation.draw_clip_transform(*frames[0].shape[:2], rng, self.config,
                                                  self.train)
     out = np.stack([augmentation.apply(f, transform, self.config.crop_size) for f in frames])
