@@ -151,8 +151,8 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     real = global_indices != batching.PAD_INDEX
     length = batching.bucket_length(max(len(s) for (s, _), r in zip(sampled, real) if r),
                                     self.config.frame_buckets)
-    per_process = len(global_indices) // self.process_count
-    mine = range(self.process_index * per_process, (self.process_index + 1) * per_process)
+    mine = batching.local_rows(np.arange(len(global_indices)), self.process_index,
+                               self.process_count)  # this process's rows of the global batch
     size = self.config.crop_size
     frames = np.zeros((len(mine), length, size, size, 3), np.uint8)
     frame_mask = np.zeros((len(mine), length), np.int32)
@@ -182,5 +182,5 @@ class VideoBatchLoader(grain.transforms.RandomMap):
         'gloss_ids': gloss_ids,
         'gloss_mask': gloss_mask.astype(np.int32),
         **batching.decoder_targets(labels, text_len, self.pad_id, self.tgt_lang_id),
-        'index': global_indices[list(mine)].astype(np.int32),
+        'index': global_indices[mine].astype(np.int32),
     }
