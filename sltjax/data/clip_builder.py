@@ -87,7 +87,6 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.settings = clips.EncodingSettings(
         FrameSize.parse(frame_size or self.DEFAULT_FRAME_SIZE), quality)
     self.num_workers, self.on_error, self.show_progress = num_workers, on_error, show_progress
-    self.problems: list[clips.Problem] = []
     super().__init__(**kwargs)
 
   def list_clips(self, manual_dir: str | None):
@@ -144,15 +143,15 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     splits, problems = self.list_clips(manual_dir)
     splits, duplicates = drop_duplicates(splits)
     results = self._encode_all(splits)
-    self.problems = problems + duplicates + [r.problem for r in results if r.problem]
-    if self.problems and self.on_error == 'fail':
-      raise BuildError(self.name, self.problems)
+    problems += duplicates + [r.problem for r in results if r.problem]
+    if problems and self.on_error == 'fail':
+      raise BuildError(self.name, problems)
     kept = {split: [r.spec for r in results if r.split == split and not r.problem]
             for split in splits}
     self.info.metadata.update({
         'frame_size': str(self.settings.frame_size),
         'jpeg_quality': self.settings.jpeg_quality,
-        'skipped': [str(p) for p in self.problems],
+        'skipped': [str(p) for p in problems],
         'clips_reused_from_cache': sum(r.reused for r in results),
     })
     return {split: self._generate_examples(split, specs) for split, specs in kept.items() if specs}

@@ -93,10 +93,6 @@ class EncodedClip:
   frames: list[bytes]
   fps: float
 
-  @property
-  def num_bytes(self) -> int:
-    return sum(len(f) for f in self.frames)
-
 
 def cache_path(cache_dir: str, split: str, clip_id: str) -> str:
   """A file name per (split, id) that is safe whatever characters the id has."""
@@ -135,7 +131,6 @@ class EncodeResult:
   split: str
   spec: ClipSpec
   num_frames: int = 0
-  num_bytes: int = 0
   problem: Problem | None = None
   reused: bool = False  # found in the cache of an earlier, interrupted build
 
@@ -166,5 +161,4 @@ def encode_clip(task: tuple[str, ClipSpec, EncodingSettings, str]) -> EncodeResu
         frames=[frame_lib.encode_jpeg(frame_lib.resize(f, settings.frame_size),
                                       settings.jpeg_quality) for f in frames], fps=fps)
     _write_cached(path, spec, settings, clip)
-  return EncodeResult(split, spec, num_frames=len(clip.frames), num_bytes=clip.num_bytes,
-                      reused=reused)
+  return EncodeResult(split, spec, num_frames=len(clip.frames), reused=reused)
