@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from sltjax.convert.hf_checkpoint import read_config, read_generation_config, read_state_dict
+from sltjax.convert.state_dict import fill_state, torch_layout
 from sltjax.models.mbart import MBart, MBartConfig
 
 TIED_EMBEDDING_COPIES = ('model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight',
@@ -52,11 +53,9 @@ def hf_name(path: tuple) -> str:
 
 
 def _to_sltjax_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
-  if path[-1] == 'kernel':
-    return tensor.T
   if path[0] == 'final_logits_bias':
     return tensor.reshape(-1)  # HF stores [1, vocab]
-  return tensor
+  return torch_layout(path, tensor)
 
 
 def mbart_state_from_hf(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
@@ -74,23 +73,8 @@ def mbart_state_from_hf(state_dict: dict[str, np.ndarray], abstract_state: nnx.S
       if shared is not None and (copy.shape != shared.shape or not np.array_equal(copy, shared)):
         problems.append(f'{name} differs from model.shared.weight (untied embeddings are not '
                         'supported)')
-  flat = []
-  for path, variable in nnx.to_flat_state(abstract_state):
-    name = hf_name(path)
-    if name not in unused:
-      problems.append(f'missing {name} (for {"/".join(map(str, path))}, shape {variable.shape})')
-      continue
-    value = _to_sltjax_layout(path, unused.pop(name))
-    if value.shape != variable.shape:
-      problems.append(f'{name} has shape {value.shape} (in sltjax layout); expected '
-                      f'{variable.shape}')
-      continue
-    flat.append((path, variable.replace(jnp.asarray(value, dtype))))
-  problems += [f'unexpected {name} {tuple(v.shape)}' for name, v in sorted(unused.items())]
-  if problems:
-    raise ValueError('The checkpoint does not match the mBART architecture of its config.json:\n  '
-                     + '\n  '.join(problems))
-  return nnx.from_flat_state(flat)
+  return fill_state(abstract_state, unused, hf_name, dtype, layout=_to_sltjax_layout,
+                    problems=problems, what='the mBART architecture of its config.json')
 
 
 def load_mbart(path: str, dtype: str = 'float32', param_dtype: str | None = None,
