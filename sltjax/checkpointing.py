@@ -99,3 +99,31 @@ class PreemptionWatcher:
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
     return self._requested
+
+
+def read_best_variables(directory: str) -> dict[tuple[str, ...], object]:
+  """{path: array} of the model in a training workdir's best checkpoint or in a pretrained
+  directory (`python -m sltjax.convert`), for starting another stage from it.
+
+  Paths are tuples of strings ('params'|'rest', 'head', 'conv1', 'kernel'), without orbax's
+  trailing 'value'; arrays are host numpy.
+  """
+  directory = os.path.abspath(directory)
+  best = os.path.join(directory, 'best')
+  if os.path.isdir(best):
+    steps = [int(s) for s in os.listdir(best) if s.isdigit()]
+    if not steps:
+      raise FileNotFoundError(f'{best} holds no checkpoint: train that stage first.')
+    path = os.path.join(best, str(max(steps)), 'params')
+  elif os.path.isdir(os.path.join(directory, 'model')):
+    path = os.path.join(directory, 'model')
+  else:
+    raise FileNotFoundError(f'{directory} is neither a training workdir (with best/) nor a '
+                            'pretrained directory (with model/).')
+  with ocp.StandardCheckpointer() as checkpointer:
+    tree = checkpointer.restore(path)
+  flat = {}
+  for keys, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = tuple(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in keys)
+    flat[names[:-1] if names[-1] == 'value' else names] = value
+  return flat

@@ -1,5 +1,5 @@
 """Checks a training config before any work starts, with messages that say what to fix."""
-from sltjax.metrics import METRIC_NAMES
+from sltjax.metrics import GLOSS_METRIC_NAMES, METRIC_NAMES
 
 REQUIRED_KEYS = ('seed', 'total_steps', 'batch_size', 'log_every_steps', 'eval_every_steps',
                  'checkpoint_every_steps', 'data.path', 'mesh')
@@ -32,10 +32,15 @@ def validate(config) -> None:
     problems.append(f'eval_every_steps={config.eval_every_steps} must be >= 0 (0: never)')
   if 'data' in config and 'path' in config.data and not config.data.path:
     problems.append('data.path is empty: point it at the dataset directory')
-  if 'eval' in config and config.eval.get('best_metric') not in METRIC_NAMES:
+  metric_names = METRIC_NAMES + GLOSS_METRIC_NAMES
+  if 'eval' in config and config.eval.get('best_metric') not in metric_names:
     problems.append(f'eval.best_metric={config.eval.get("best_metric")!r} is not one of '
-                    f'{list(METRIC_NAMES)}')
-  if 'model' in config and not config.model.get('init_from'):
+                    f'{list(metric_names)}')
+  if config.get('system', 'gloss2text') == 'mmtlb':
+    if config.get('stage') == 'sign2gloss' and config.eval.best_metric not in GLOSS_METRIC_NAMES:
+      problems.append(f'stage sign2gloss has no translation: eval.best_metric must be one of '
+                      f'{list(GLOSS_METRIC_NAMES)}')
+  elif 'model' in config and not config.model.get('init_from'):
     if 'd_model' not in config.model:
       problems.append('model.init_from is empty: this variant fine-tunes a pretrained model; '
                       'pass --config.model.init_from=DIR (written by python -m sltjax.convert)')

@@ -1,4 +1,4 @@
-"""Training losses (the SLT systems add CTC, InfoNCE and distillation here)."""
+"""Training losses: label-smoothed cross entropy and CTC (C2RL adds InfoNCE and IP-SLT distillation)."""
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,3 +17,16 @@ def label_smoothed_cross_entropy(logits, labels, weights, label_smoothing: float
   per_token = optax.softmax_cross_entropy(logits, targets)  # [batch, len]
   return jnp.sum(per_token * weights), jnp.sum(weights)
 
+
+
+def ctc_loss_sum(gloss_logits, frame_mask, gloss_ids, gloss_mask):
+  """Sum over the batch of CTC negative log-likelihoods (blank 0), as MMTLB's loss before it
+  divides by the batch size.
+
+  gloss_logits: [batch, frames, classes] float32; frame_mask: [batch, frames] (1 = valid);
+  gloss_ids, gloss_mask: [batch, glosses]. Rows without glosses (filler rows) contribute 0.
+  """
+  per_row = optax.ctc_loss(gloss_logits, 1.0 - frame_mask.astype(jnp.float32), gloss_ids,
+                           1.0 - gloss_mask.astype(jnp.float32), blank_id=0)
+  has_labels = jnp.sum(gloss_mask, axis=1) > 0
+  return jnp.sum(jnp.where(has_labels, per_row, 0.0))

@@ -6,8 +6,16 @@
 - `chrf`: sacrebleu chrF (character 6-grams, beta 2).
 - `rougeL_signjoey`: sentence ROUGE-L F with beta=1.2 (signjoey/COCO), averaged, x100.
 - `rougeL_f`: rouge-score's ROUGE-L F1 (beta=1, whitespace tokens), averaged, x100.
+
+Gloss recognition (`gloss_metrics`): corpus WER = (substitutions + deletions + insertions) /
+reference glosses (jiwer), x100, with PHOENIX-2014T's standard clean-up applied to hypotheses and
+references first when asked.
 """
+import itertools
+import re
 from collections.abc import Sequence
+
+import jiwer
 
 import numpy as np
 import sacrebleu
@@ -15,6 +23,8 @@ from rouge_score import rouge_scorer, tokenizers
 
 METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'chrf', 'rougeL_signjoey',
                 'rougeL_f')
+GLOSS_METRIC_NAMES = ('wer', 'sub_rate', 'del_rate', 'ins_rate')
+LOWER_IS_BETTER = frozenset(GLOSS_METRIC_NAMES)
 
 
 def _bleu(hypotheses, references, max_order: int, tokenize: str) -> float:
@@ -64,3 +74,54 @@ class _WhitespaceTokenizer(tokenizers.Tokenizer):
 
   def tokenize(self, text):
     return text.split()
+
+
+# PHOENIX-2014T's gloss clean-up (signjoey's phoenix_cleanup, the protocol every PHOENIX-2014T WER
+# uses), as (pattern, replacement, times applied).
+_SINGLE_LETTER_JOIN = (r'([ +][A-Z]) ([A-Z][ +])', r'\1+\2', 3)
+_REPEATED_GLOSS = (r'(?<![\w-])(\b[A-Z]+(?![\w-])) \1(?![\w-])', r'\1', 4)
+PHOENIX_2014T_CLEANUP = (
+    (r'__LEFTHAND__', '', 1), (r'__EPENTHESIS__', '', 1), (r'__EMOTION__', '', 1),
+    (r'\b__[^_ ]*__\b', '', 1),
+    (r'\bloc-([^ ]*)\b', r'\1', 1), (r'\bcl-([^ ]*)\b', r'\1', 1),
+    (r'\b([^ ]*)-PLUSPLUS\b', r'\1', 1), (r'\b([A-Z][A-Z]*)RAUM\b', r'\1', 1),
+    (r'WIE AUSSEHEN', 'WIE-AUSSEHEN', 1),
+    (r'^([A-Z]) ([A-Z][+ ])', r'\1+\2', 1), (r'[ +]([A-Z]) ([A-Z]) ', r' \1+\2 ', 1),
+    _SINGLE_LETTER_JOIN,
+    (r'([ +]SCH) ([A-Z][ +])', r'\1+\2', 1), (r'([ +]NN) ([A-Z][ +])', r'\1+\2', 1),
+    (r'([ +][A-Z]) (NN[ +])', r'\1+\2', 1), (r'([ +][A-Z]) ([A-Z])$', r'\1+\2', 1),
+    (r' +', ' ', 1), _REPEATED_GLOSS, (r' +', ' ', 1),
+)
+
+
+def clean_phoenix_2014t(glosses: str) -> str:
+  """A PHOENIX-2014T gloss line after the standard clean-up (then consecutive repeats merged)."""
+  line = glosses.strip()
+  for pattern, replacement, times in PHOENIX_2014T_CLEANUP:
+    for _ in range(times):
+      line = re.sub(pattern, replacement, line)
+  return ' '.join(g for g, _ in itertools.groupby(line.split()))
+
+
+def gloss_metrics(hypotheses: Sequence[str], references: Sequence[str],
+                  cleanup: str = 'none') -> dict[str, float]:
+  """Corpus WER and its substitution/deletion/insertion rates (x100).
+
+  cleanup: 'none' or 'phoenix2014t' (applied to both sides). Empty references are refused.
+  """
+  if len(hypotheses) != len(references):
+    raise ValueError(f'{len(hypotheses)} hypotheses for {len(references)} references.')
+  if cleanup not in ('none', 'phoenix2014t'):
+    raise ValueError(f'gloss clean-up {cleanup!r}; expected "none" or "phoenix2014t".')
+  clean = clean_phoenix_2014t if cleanup == 'phoenix2014t' else str.strip
+  hypotheses = [clean(h) for h in hypotheses]
+  references = [clean(r) for r in references]
+  empty = [i for i, r in enumerate(references) if not r]
+  if empty:
+    raise ValueError(f'References {empty[:5]} are empty: WER needs at least one gloss per '
+                     'reference.')
+  out = jiwer.process_words(references, hypotheses)
+  words = out.hits + out.substitutions + out.deletions
+  return {'wer': 100 * (out.substitutions + out.deletions + out.insertions) / words,
+          'sub_rate': 100 * out.substitutions / words, 'del_rate': 100 * out.deletions / words,
+          'ins_rate': 100 * out.insertions / words}

@@ -23,6 +23,8 @@ LOGICAL_AXIS_RULES = (
     ('positions', None),
     ('norm', None),
     ('length', None),
+    ('conv_in', None),  # convolutions are small: replicated, data-parallel
+    ('conv_out', None),
 )
 
 

@@ -44,7 +44,7 @@ def make_train_step(exp, tx: optax.GradientTransformation, schedule, state_shard
     dropout_key = jax.random.fold_in(dropout_root, state['step'])
 
     def loss_fn(params):
-      model = exp.merge(params, state['rest'])
+      model = nnx.merge(exp.graphdef, params, state["rest"], copy=True)
       loss, metrics = exp.loss(model, batch, nnx.Rngs(dropout=dropout_key))
       return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])
 

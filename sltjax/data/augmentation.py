@@ -142,14 +142,17 @@ def _scale_offset(kind: str) -> tuple[np.ndarray, np.ndarray]:
   return np.full(3, 1 / 255, np.float32), np.zeros(3, np.float32)
 
 
-def normalize(frames, kind: str, channel_order: str = 'rgb', xp=np):
+def normalize(frames, kind: str, channel_order: str = 'rgb', xp=np, reorder: bool = True):
   """uint8 RGB frames [..., 3] -> the model's input: float32 ImageNet-standardised, in [-1, 1]
-  or [0, 1], RGB or BGR; 'none' keeps uint8. `xp` is numpy or jax.numpy."""
+  or [0, 1], RGB or BGR; 'none' keeps uint8. `xp` is numpy or jax.numpy.
+
+  reorder=False: the frames are already in `channel_order` (uint8 batches leave the host
+  reordered; the device then only scales them)."""
   if kind not in NORMALIZATIONS:
     raise ValueError(f'normalization={kind!r}; expected one of {NORMALIZATIONS}.')
   if channel_order not in ('rgb', 'bgr'):
     raise ValueError(f'channel_order={channel_order!r}; expected "rgb" or "bgr".')
-  if channel_order == 'bgr':
+  if channel_order == 'bgr' and reorder:
     frames = frames[..., ::-1]
   if kind == 'none':
     return frames

@@ -44,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
       'normalization': 'none',  # augmentation.NORMALIZATIONS; 'none' = uint8, normalised on device
       'channel_order': 'rgb',
       'num_workers': 0,
+      'fps': 25.0,  # the dataset's frame rate; translate resamples other videos to it
   })
 
 
@@ -184,3 +185,18 @@ class VideoBatchLoader(grain.transforms.RandomMap):
         **batching.decoder_targets(labels, text_len, self.pad_id, self.tgt_lang_id),
         'index': global_indices[mine].astype(np.int32),
     }
+
+
+def eval_clip(frames: list[np.ndarray], config) -> tuple[np.ndarray, int]:
+  """A whole video's RGB frames (any size) -> ([bucket, S, S, 3] uint8, valid frames), as
+  evaluation sees a record: eval sampling, short side resized then centre-cropped, padded with
+  the last frame."""
+  indices = sampling.sample_frames(config.sampling, len(frames), np.random.default_rng(0),
+                                   False, config.max_frames)
+  length = batching.bucket_length(len(indices), config.frame_buckets)
+  if len(indices) > length:
+    indices = indices[np.linspace(0, len(indices) - 1, length).round().astype(int)]
+  transform = augmentation.draw_clip_transform(*frames[0].shape[:2], np.random.default_rng(0),
+                                               config, False)
+  out = np.stack([augmentation.apply(frames[i], transform, config.crop_size) for i in indices])
+  return np.concatenate([out, np.repeat(out[-1:], length - len(out), axis=0)]), len(out)

@@ -72,6 +72,10 @@ class Experiment:
     name = self.config.eval.best_metric
     return -metrics[name] if name in LOWER_IS_BETTER else metrics[name]
 
+  def data_parallel_rows(self) -> int:
+    """The smallest global batch every process and data-parallel device gets rows of."""
+    return int(np.lcm(jax.process_count(), sharding.data_parallel_size(self.mesh)))
+
   def check_batch_size(self, name: str, batch_size: int) -> None:
     for divisor, what in ((jax.process_count(), 'JAX processes'),
                           (sharding.data_parallel_size(self.mesh), 'data-parallel devices')):

@@ -1,0 +1,141 @@
+r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per stage.
+
+  runlocal             a small Sign2Text model trained end to end on synthetic_signs (built on
+                       first use under data/), minutes on a laptop CPU; the README's main job
+  runlocal_sign2gloss  the same data and backbone, Sign2Gloss only
+  sign2gloss           S3D + head, CTC (PHOENIX-2014T recipe); scored by WER
+  gloss2text           = configs/gloss2text.py:pretrained (mBART-large-cc25 fine-tuned)
+  sign2gloss2text      --mode=eval only: a Sign2Gloss workdir's glosses -> a Gloss2Text workdir
+  sign2text (default)  S3D + head + V-L mapper + mBART, CTC + CE, from the two stages above
+
+  python -m sltjax.main --config=configs/mmtlb.py:runlocal --workdir=workdirs/mmtlb_local
+  python -m sltjax.translate --workdir=workdirs/mmtlb_local my_video.mp4
+
+The PHOENIX-2014T pipeline (build the dataset first: python -m sltjax.data.build --help):
+  python -m sltjax.main --config=configs/mmtlb.py:sign2gloss --workdir=w/s2g \
+      --config.data.data_dir=DATA --config.model.backbone_weights=s3d_kinetics_wlasl.pth
+  python -m sltjax.main --config=configs/mmtlb.py:gloss2text --workdir=w/g2t \
+      --config.model.init_from=pretrained/mbart_phoenix
+  python -m sltjax.main --config=configs/mmtlb.py:sign2gloss2text --workdir=w/s2g2t --mode=eval \
+      --config.data.data_dir=DATA --config.init.visual=w/s2g --config.init.translation=w/g2t
+  python -m sltjax.main --config=configs/mmtlb.py:sign2text --workdir=w/s2t \
+      --config.data.data_dir=DATA --config.init.visual=w/s2g --config.init.translation=w/g2t
+"""
+import ml_collections
+
+from sltjax.data import video
+
+VARIANTS = ('sign2text', 'sign2gloss', 'gloss2text', 'sign2gloss2text', 'runlocal',
+            'runlocal_sign2gloss')
+PHOENIX_STEPS_PER_EPOCH = 887  # 7,096 training videos / batch 8
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or 'sign2text'
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown variant {variant!r} of configs/mmtlb.py; use one of {VARIANTS}.')
+  if variant == 'gloss2text':
+    from configs import gloss2text  # pylint: disable=import-outside-toplevel
+    return gloss2text.get_config('pretrained')
+  c = ml_collections.ConfigDict()
+  c.system = 'mmtlb'
+  c.stage = 'sign2gloss' if 'sign2gloss' in variant and variant != 'sign2gloss2text' else (
+      'sign2gloss2text' if variant == 'sign2gloss2text' else 'sign2text')
+  c.seed = 0
+  c.total_steps = 40 * PHOENIX_STEPS_PER_EPOCH
+  c.batch_size = 8
+  c.log_every_steps = 50
+  c.eval_every_steps = 2 * PHOENIX_STEPS_PER_EPOCH
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.label_smoothing = 0.2
+  c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
+
+  c.data = video.default_config()
+  c.data.update(video.RECIPES['mmtlb'])
+  c.data.name = 'phoenix2014t'
+  c.data.normalization = 'none'  # uint8 leave the host; model.input_normalization on the device
+  c.data.build_if_missing = False  # only synthetic_signs can be built without a download
+  c.data.lowercase_source = True  # Gloss2Text inputs (sign2gloss2text): mBART's lowercase pieces
+  c.data.path = c.data.data_dir  # kept for config validation (the dataset is data.name/data_dir)
+
+  c.tokenizer = ml_collections.ConfigDict({
+      'kind': 'mbart', 'path': '', 'vocab_size': 4000, 'min_count': 1,
+      'src_lang': 'de_DE', 'tgt_lang': 'de_DE'})  # mbart: path '' = init.translation's tokenizer
+
+  c.init = ml_collections.ConfigDict({'visual': '', 'translation': ''})
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = 's3d'  # 's3d' | 'resnet18' | 'features'
+  c.model.backbone_width = 1.0
+  c.model.backbone_weights = ''  # torchvision-format S3D / ResNet checkpoint (Kinetics, WLASL)
+  c.model.feature_dim = 832
+  c.model.frozen_bn = False
+  c.model.input_normalization = 'minus_one_one'  # the release feeds BGR in [-1, 1]
+  c.model.head_dim = 512
+  c.model.head_ffn_dim = 2048
+  c.model.head_kernel = 3
+  c.model.head_dropout = 0.1
+  c.model.mapper = 'mlp'  # 'mlp' (PHOENIX) | 'gloss_probs' (CSL-Daily)
+  c.model.mapper_hidden = 1024
+  c.model.dtype = 'float32'
+  c.model.param_dtype = 'float32'
+  # From scratch unless init.translation is a converted mBART (then only dropout/dtypes apply).
+  c.model.translation = ml_collections.ConfigDict({
+      'd_model': 1024, 'encoder_layers': 12, 'decoder_layers': 12, 'encoder_attention_heads': 16,
+      'decoder_attention_heads': 16, 'encoder_ffn_dim': 4096, 'decoder_ffn_dim': 4096,
+      'max_position_embeddings': 1024, 'dropout': 0.3, 'attention_dropout': 0.1,
+      'activation_dropout': 0.0, 'scale_embedding': True, 'dtype': 'float32',
+      'param_dtype': 'float32', 'remat': 'none'})
+
+  c.loss = ml_collections.ConfigDict({'ctc_weight': 1.0, 'translation_weight': 1.0})
+
+  c.optimizer = ml_collections.ConfigDict({
+      'name': 'adam', 'learning_rate': 1e-3, 'b1': 0.9, 'b2': 0.998, 'eps': 1e-8,
+      'weight_decay': 1e-3, 'momentum': 0.0, 'grad_clip_norm': 0.0,
+      # The release: head/mapper at 1e-3, mBART at 1e-5; S3D block 0 frozen.
+      'param_groups': {'^translation/': 0.01}, 'frozen': '^backbone/features/0/'})
+  c.schedule = ml_collections.ConfigDict({'kind': 'cosine', 'warmup_steps': 0,
+                                          'end_factor': 0.0})
+
+  c.eval = ml_collections.ConfigDict({
+      'split': 'dev', 'batch_size': 8, 'num_beams': 5, 'max_new_tokens': 100,
+      'length_penalty': 1.0, 'length_penalty_style': 'hf', 'early_stopping': False,
+      'ctc_beam_size': 5, 'gloss_cleanup': 'phoenix2014t',
+      'best_metric': 'wer' if c.stage == 'sign2gloss' else 'bleu4'})
+
+  if c.stage == 'sign2gloss':
+    c.optimizer.param_groups = {}
+    c.eval.ctc_beam_size = 1  # the release validates greedily; test with beam 5
+  if variant.startswith('runlocal'):  # minutes on a 2-core CPU
+    c.data.name = 'synthetic_signs'
+    c.data.data_dir = 'data'
+    c.data.path = 'data'
+    c.data.build_if_missing = True
+    c.data.crop_size = 64
+    c.data.eval_resize = 64
+    c.data.max_frames = 64
+    c.data.frame_buckets = (64,)  # one compiled shape (clips are 30-70 frames)
+    c.data.length_buckets = (16, 32)
+    c.data.lowercase_source = False
+    c.tokenizer.kind = 'word'
+    c.tokenizer.src_lang = c.tokenizer.tgt_lang = 'en_XX'
+    c.total_steps = 600
+    c.batch_size = 8
+    c.log_every_steps = 50
+    c.eval_every_steps = 300
+    c.checkpoint_every_steps = 300
+    c.model.backbone_width = 0.125
+    c.model.head_dim = 64
+    c.model.head_ffn_dim = 128
+    c.model.mapper_hidden = 128
+    c.model.translation.update(
+        d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_position_embeddings=128, dropout=0.1, attention_dropout=0.0)
+    c.optimizer.update(learning_rate=2e-3, weight_decay=0.0, grad_clip_norm=1.0,
+                       param_groups={}, frozen='')
+    c.schedule.warmup_steps = 50
+    c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24, ctc_beam_size=2,
+                  gloss_cleanup='none')
+  return c

@@ -1,0 +1,1 @@
+"""One module per published system, assembled from backbones, layers and the language models."""

@@ -1,0 +1,184 @@
+"""MMTLB (Chen et al., CVPR 2022): video -> glosses (CTC) and -> spoken sentence (mBART).
+
+  frames [B, T, H, W, 3] -> backbone (S3D through Mixed_4f: [B, T/4, 832]; or ResNet-18 per frame)
+    -> VisualHead: gloss representation Z [B, T', 512] and gloss logits [B, T', K]   (Sign2Gloss)
+    -> V-L mapper (MLP on Z; or the CSL-Daily variant on gloss probabilities) [B, T', d]
+    -> * sqrt(d), then `</s>` and the sign-language code appended after the valid frames
+    -> mBART encoder `inputs_embeds` -> decoder                                      (Sign2Text)
+
+Dropout runs when `rngs` is given (training), which also switches BatchNorm to batch statistics
+over the valid frames.
+"""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sltjax.models.backbones.resnet import ResNet, ResNetConfig
+from sltjax.models.backbones.s3d import S3D, S3DConfig
+from sltjax.models.layers.conv import BatchNorm
+from sltjax.models.layers.dense import dense, layer_norm
+from sltjax.models.mbart import MBart, MBartConfig
+
+BACKBONES = ('s3d', 'resnet18', 'features')
+MAPPERS = ('mlp', 'gloss_probs')
+
+
+@dataclasses.dataclass(frozen=True)
+class MMTLBConfig:
+  num_glosses: int  # CTC classes, blank (0) included
+  backbone: str = 's3d'  # BACKBONES; 'features': inputs are pre-extracted [B, T', feature_dim]
+  backbone_width: float = 1.0  # S3D channel multiplier (ResNet: width 64 * this)
+  feature_dim: int = 832  # input size of the head when backbone='features'
+  frozen_bn: bool = False  # backbone BatchNorms use their running statistics
+  head_dim: int = 512
+  head_ffn_dim: int = 2048
+  head_kernel: int = 3
+  head_dropout: float = 0.1
+  mapper: str = 'mlp'  # MAPPERS
+  mapper_hidden: int = 1024
+  translation: MBartConfig | None = None  # None: Sign2Gloss only
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+
+  def __post_init__(self):
+    if self.backbone not in BACKBONES:
+      raise ValueError(f'model.backbone={self.backbone!r}; expected one of {BACKBONES}.')
+    if self.mapper not in MAPPERS:
+      raise ValueError(f'model.mapper={self.mapper!r}; expected one of {MAPPERS}.')
+
+  def make_backbone(self, rngs: nnx.Rngs):
+    kw = dict(frozen_bn=self.frozen_bn, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.backbone == 's3d':
+      return S3D(S3DConfig(width=self.backbone_width, **kw), rngs=rngs)
+    if self.backbone == 'resnet18':
+      return ResNet(ResNetConfig(width=round(64 * self.backbone_width), **kw), rngs=rngs)
+    return None
+
+  @property
+  def backbone_features(self) -> int:
+    if self.backbone == 's3d':
+      return S3DConfig(width=self.backbone_width).features
+    if self.backbone == 'resnet18':
+      return ResNetConfig(width=round(64 * self.backbone_width)).features
+    return self.feature_dim
+
+
+def sinusoidal_positions(length: int, dim: int):
+  """[length, dim] sin/cos position encodings (sin on even, cos on odd features)."""
+  position = jnp.arange(length, dtype=jnp.float32)[:, None]
+  frequency = jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32) * (-math.log(10000.0) / dim))
+  table = jnp.zeros((length, dim), jnp.float32)
+  table = table.at[:, 0::2].set(jnp.sin(position * frequency))
+  return table.at[:, 1::2].set(jnp.cos(position * frequency))
+
+
+class VisualHead(nnx.Module):
+  """Backbone features -> gloss representation Z and gloss logits (MMTLB's head)."""
+
+  def __init__(self, in_features: int, cfg: MMTLBConfig, *, rngs: nnx.Rngs):
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    d, k = cfg.head_dim, cfg.head_kernel
+    self.projection = dense(in_features, d, ('conv_in', 'embed'), **kw)
+    self.projection_bn = BatchNorm(d, momentum=0.9, **kw)
+    self.norm = layer_norm(d, **kw)
+    conv = lambda i, o, axes: nnx.Conv(
+        i, o, (k,), padding='SAME', **kw,
+        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, *axes)),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)))
+    self.conv1 = conv(d, cfg.head_ffn_dim, ('embed', 'mlp'))
+    self.conv2 = conv(cfg.head_ffn_dim, d, ('mlp', 'embed'))
+    self.final_norm = layer_norm(d, **kw)
+    self.classifier = dense(d, cfg.num_glosses, ('embed', 'vocab'), **kw)
+    self.dropout = nnx.Dropout(cfg.head_dropout)
+
+  def __call__(self, features, mask, rngs=None):
+    """features [B, T', C], mask [B, T'] -> (Z [B, T', head_dim], gloss logits [B, T', K] f32)."""
+    drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)
+    valid = mask[..., None].astype(features.dtype)
+    x = self.projection_bn(self.projection(features), valid, train=rngs is not None)
+    x = jax.nn.relu(x) + sinusoidal_positions(x.shape[1], x.shape[2]).astype(x.dtype)[None]
+    x = drop(x)
+    h = self.norm(x) * valid  # padded frames do not leak into valid ones through the convs
+    h = drop(jax.nn.relu(self.conv1(h))) * valid
+    x = x + drop(self.conv2(h))
+    z = self.final_norm(x)
+    return z, self.classifier(z).astype(jnp.float32)
+
+
+class GlossProbabilityMapper(nnx.Module):
+  """CSL-Daily's V-L mapper: gloss probabilities -> a bias-free Linear(K -> d), whose rows can be
+  initialised from the glosses' mBART embeddings."""
+
+  def __init__(self, num_glosses: int, d_model: int, cfg: MMTLBConfig, *, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(num_glosses, d_model, use_bias=False, dtype=cfg.dtype,
+                             param_dtype=cfg.param_dtype, rngs=rngs,
+                             kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02),
+                                                               ('vocab', 'embed')))
+
+  def __call__(self, z, gloss_logits):  # pylint: disable=unused-argument
+    return self.linear(jax.nn.softmax(gloss_logits, axis=-1).astype(self.linear.kernel.dtype))
+
+
+class MLPMapper(nnx.Module):
+  """PHOENIX's V-L mapper: Z -> Linear -> ReLU -> Linear (512 -> 1024 -> 1024)."""
+
+  def __init__(self, in_features: int, hidden: int, d_model: int, cfg: MMTLBConfig, *,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.fc1 = dense(in_features, hidden, ('embed', 'mlp'), **kw)
+    self.fc2 = dense(hidden, d_model, ('mlp', 'embed'), **kw)
+
+  def __call__(self, z, gloss_logits):  # pylint: disable=unused-argument
+    return self.fc2(jax.nn.relu(self.fc1(z)))
+
+
+class MMTLB(nnx.Module):
+  """Sign2Gloss (config.translation None) or Sign2Text (with the mBART translation network)."""
+
+  def __init__(self, cfg: MMTLBConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.backbone = cfg.make_backbone(rngs)
+    self.head = VisualHead(cfg.backbone_features, cfg, rngs=rngs)
+    translates = cfg.translation is not None
+    d = cfg.translation.d_model if translates else 0
+    self.mapper = (None if not translates else
+                   MLPMapper(cfg.head_dim, cfg.mapper_hidden, d, cfg, rngs=rngs)
+                   if cfg.mapper == 'mlp' else
+                   GlossProbabilityMapper(cfg.num_glosses, d, cfg, rngs=rngs))
+    self.translation = MBart(cfg.translation, rngs=rngs) if translates else None
+
+  def visual(self, frames, frame_mask, rngs=None):
+    """frames [B, T, H, W, 3] normalised (or features [B, T', C] for backbone='features'),
+    frame_mask [B, T] -> {'z' [B, T', D], 'gloss_logits' [B, T', K], 'gloss_mask' [B, T']}."""
+    features, mask = (frames, frame_mask) if self.backbone is None else self.backbone(
+        frames.astype(self.config.dtype), frame_mask, train=rngs is not None)
+    z, gloss_logits = self.head(features, mask, rngs)
+    return {'z': z, 'gloss_logits': gloss_logits, 'gloss_mask': mask}
+
+  def encoder_inputs(self, visual, eos_id: int, sign_lang_id: int):
+    """mBART `inputs_embeds` [B, T'+2, d] and mask: the mapped frames scaled by sqrt(d) (as the
+    release does), then the embeddings of `</s>` and the sign-language code right after each
+    row's valid frames."""
+    mapped = self.mapper(visual['z'], visual['gloss_logits']) * self.translation.embed_scale
+    batch, length, d = mapped.shape
+    mapped = jnp.concatenate([mapped, jnp.zeros((batch, 2, d), mapped.dtype)], axis=1)
+    valid = jnp.sum(visual['gloss_mask'], axis=1).astype(jnp.int32)[:, None]  # [B, 1]
+    position = jnp.arange(length + 2)[None]  # [1, T'+2]
+    specials = self.translation.embed_tokens(jnp.array([eos_id, sign_lang_id]))  # [2, d]
+    embeds = jnp.where((position == valid)[..., None], specials[0].astype(mapped.dtype), mapped)
+    embeds = jnp.where((position == valid + 1)[..., None], specials[1].astype(mapped.dtype),
+                       embeds)
+    return embeds, (position < valid + 2).astype(jnp.int32)
+
+  def __call__(self, frames, frame_mask, decoder_input_ids=None, *, eos_id: int = 2,
+               sign_lang_id: int = 0, rngs=None):
+    """Visual outputs, plus teacher-forced 'logits' [B, L, vocab] when translating."""
+    out = self.visual(frames, frame_mask, rngs)
+    if self.translation is not None and decoder_input_ids is not None:
+      embeds, mask = self.encoder_inputs(out, eos_id, sign_lang_id)
+      out['logits'] = self.translation(None, mask, decoder_input_ids, inputs_embeds=embeds,
+                                       rngs=rngs)
+    return out

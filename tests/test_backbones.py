@@ -1,0 +1,210 @@
+"""Backbones against PyTorch: ResNet-18 vs Hugging Face ResNetModel (and torchvision names), S3D
+vs a torch re-statement of torchvision's S3D (torchvision itself cannot be installed next to the
+CPU torch wheel here), masked and frozen BatchNorm."""
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from torch import nn
+from transformers import ResNetConfig as HFResNetConfig, ResNetModel
+
+from sltjax.convert.backbones import resnet_state, s3d_state
+from sltjax.models.backbones.resnet import ResNet, ResNetConfig
+from sltjax.models.backbones.s3d import S3D, S3DConfig
+
+
+def _randomise_batch_norms(module: nn.Module) -> None:
+  """Non-trivial BN statistics and affine parameters, so conversions that drop them fail."""
+  for m in module.modules():
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):  # pylint: disable=protected-access
+      m.running_mean.normal_(0, 0.2)
+      m.running_var.uniform_(0.5, 2.0)
+      m.weight.data.uniform_(0.5, 1.5)
+      m.bias.data.normal_(0, 0.2)
+
+
+@pytest.fixture(scope='module')
+def hf_resnet18():
+  torch.manual_seed(0)
+  model = ResNetModel(HFResNetConfig(num_channels=3, embedding_size=64,
+                                     hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                                     layer_type='basic', hidden_act='relu',
+                                     downsample_in_first_stage=False))
+  _randomise_batch_norms(model)
+  return model.eval()
+
+
+def _numpy(state_dict):
+  return {k: v.detach().numpy() for k, v in state_dict.items()}
+
+
+def _torchvision_names(hf_state: dict) -> dict:
+  """The same tensors under torchvision's resnet18 names (plus its classifier)."""
+  out = {}
+  for name, value in hf_state.items():
+    name = name.replace('embedder.embedder.convolution', 'conv1')
+    name = name.replace('embedder.embedder.normalization', 'bn1')
+    match = re.match(r'encoder\.stages\.(\d)\.layers\.(\d)\.(.*)', name)
+    if match:
+      rest = (match[3].replace('layer.0.convolution', 'conv1').replace('layer.0.normalization', 'bn1')
+              .replace('layer.1.convolution', 'conv2').replace('layer.1.normalization', 'bn2')
+              .replace('shortcut.convolution', 'downsample.0')
+              .replace('shortcut.normalization', 'downsample.1'))
+      name = f'layer{int(match[1]) + 1}.{match[2]}.{rest}'
+    out[name] = value
+  out['fc.weight'], out['fc.bias'] = np.zeros((1000, 512), np.float32), np.zeros(1000, np.float32)
+  return out
+
+
+def test_resnet18_matches_hugging_face_resnet_model(hf_resnet18):
+  images = torch.randn(3, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    expected = hf_resnet18(images).pooler_output.flatten(1).numpy()  # [3, 512]
+  model = ResNet(ResNetConfig(), rngs=nnx.Rngs(0))
+  nnx.update(model, resnet_state(_numpy(hf_resnet18.state_dict()), nnx.state(model)))
+  got = np.asarray(model.images(jnp.asarray(images.permute(0, 2, 3, 1).numpy())))
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+  assert np.abs(expected).max() > 1.0  # the comparison is not between near-zero features
+
+
+def test_torchvision_and_hugging_face_names_give_the_same_model(hf_resnet18):
+  hf_state = _numpy(hf_resnet18.state_dict())
+  abstract = nnx.state(nnx.eval_shape(lambda: ResNet(ResNetConfig(), rngs=nnx.Rngs(0))))
+  from_hf = nnx.to_flat_state(resnet_state(hf_state, abstract))
+  from_torchvision = dict(nnx.to_flat_state(resnet_state(_torchvision_names(hf_state), abstract)))
+  assert len(from_hf) == 20 + 20 * 4  # ResNet-18: 20 convolutions, 20 BNs (4 tensors each)
+  for path, variable in from_hf:
+    np.testing.assert_array_equal(variable[...], from_torchvision[path][...])
+
+
+def test_conversion_lists_every_missing_and_unexpected_tensor(hf_resnet18):
+  state = _torchvision_names(_numpy(hf_resnet18.state_dict()))
+  del state['layer3.1.bn2.running_var']
+  state['layer5.0.conv1.weight'] = np.zeros((1, 1, 1, 1), np.float32)
+  state['layer1.0.conv1.weight'] = np.zeros((64, 64, 5, 5), np.float32)
+  abstract = nnx.state(nnx.eval_shape(lambda: ResNet(ResNetConfig(), rngs=nnx.Rngs(0))))
+  with pytest.raises(ValueError) as error:
+    resnet_state(state, abstract)
+  message = str(error.value)
+  assert 'missing layer3.1.bn2.running_var' in message
+  assert 'unexpected layer5.0.conv1.weight' in message
+  assert 'layer1.0.conv1.weight has shape (5, 5, 64, 64)' in message
+
+
+# ----------------------------------------------------------------------------------------- S3D
+def _conv_bn(cin, cout, kernel, stride, padding):  # torchvision's Conv3dNormActivation
+  return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride, padding, bias=False),
+                       nn.BatchNorm3d(cout, eps=1e-3, momentum=1e-3), nn.ReLU())
+
+
+def _sep_conv(cin, cout, k, s, p):  # torchvision's TemporalSeparableConv
+  return nn.Sequential(_conv_bn(cin, cout, (1, k, k), (1, s, s), (0, p, p)),
+                       _conv_bn(cout, cout, (k, 1, 1), (s, 1, 1), (p, 0, 0)))
+
+
+class _Mixed(nn.Module):  # torchvision's SepInceptionBlock3D
+
+  def __init__(self, cin, b0, b1a, b1b, b2a, b2b, b3):
+    super().__init__()
+    self.branch0 = _conv_bn(cin, b0, 1, 1, 0)
+    self.branch1 = nn.Sequential(_conv_bn(cin, b1a, 1, 1, 0), _sep_conv(b1a, b1b, 3, 1, 1))
+    self.branch2 = nn.Sequential(_conv_bn(cin, b2a, 1, 1, 0), _sep_conv(b2a, b2b, 3, 1, 1))
+    self.branch3 = nn.Sequential(nn.MaxPool3d(3, 1, 1), _conv_bn(cin, b3, 1, 1, 0))
+
+  def forward(self, x):
+    return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], 1)
+
+
+def torchvision_s3d_features():
+  """torchvision.models.video.s3d().features[:13], written out (same names and arithmetic)."""
+  return nn.Sequential(
+      _sep_conv(3, 64, 7, 2, 3), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+      _conv_bn(64, 64, 1, 1, 0), _sep_conv(64, 192, 3, 1, 1),
+      nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+      _Mixed(192, 64, 96, 128, 16, 32, 32), _Mixed(256, 128, 128, 192, 32, 96, 64),
+      nn.MaxPool3d(3, 2, 1),
+      _Mixed(480, 192, 96, 208, 16, 48, 64), _Mixed(512, 160, 112, 224, 24, 64, 64),
+      _Mixed(512, 128, 128, 256, 24, 64, 64), _Mixed(512, 112, 144, 288, 32, 64, 64),
+      _Mixed(528, 256, 160, 320, 32, 128, 128))
+
+
+def test_s3d_matches_torchvision_layout_key_for_key_and_numerically():
+  torch.manual_seed(0)
+  reference = torchvision_s3d_features()
+  _randomise_batch_norms(reference)
+  reference.eval()
+  state = {f'features.{k}': v for k, v in _numpy(reference.state_dict()).items()}
+  # What a full torchvision checkpoint also holds (later blocks, classifier) is ignored.
+  state['features.13.branch0.0.weight'] = np.zeros((256, 832, 1, 1, 1), np.float32)
+  state['classifier.1.weight'] = np.zeros((400, 1024, 1, 1, 1), np.float32)
+  model = S3D(S3DConfig(), rngs=nnx.Rngs(0))
+  converted = s3d_state(state, nnx.state(model))
+  num_tensors = sum(1 for k in state if not k.endswith('num_batches_tracked')) - 2
+  assert len(nnx.to_flat_state(converted)) == num_tensors == 61 * 5  # 61 conv + BN layers
+  nnx.update(model, converted)
+  clip = torch.randn(2, 3, 12, 64, 64, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    expected = reference(clip).mean(dim=(3, 4)).transpose(1, 2).numpy()  # [2, T/4, 832]
+  features, mask = model(jnp.asarray(clip.permute(0, 2, 3, 4, 1).numpy()),
+                         jnp.array([[1] * 12, [1] * 8 + [0] * 4]))
+  assert features.shape == (2, 3, 832)
+  np.testing.assert_allclose(np.asarray(features), expected, atol=1e-4, rtol=0)
+  np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 1, 0]])  # floor(8 * 3 / 12) = 2 valid
+
+
+def test_s3d_checkpoint_of_the_wrong_architecture_is_refused():
+  model = S3D(S3DConfig(), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r'missing features\.0\.0\.0\.weight .*\n.*'):
+    s3d_state({'features.0.weight': np.zeros(3, np.float32)}, nnx.state(model))
+
+
+# ---------------------------------------------------------------------------------- BatchNorm
+def _train_twice_with_different_padding(model_fn):
+  """Runs fresh models in training mode on two batches that differ only in padded frames."""
+  rng = np.random.default_rng(0)
+  clip = rng.normal(size=(2, 8, 32, 32, 3)).astype(np.float32)
+  other_padding = clip.copy()
+  other_padding[1, 4:] = rng.normal(size=(4, 32, 32, 3)) * 10
+  mask = jnp.array([[1] * 8, [1] * 4 + [0] * 4])
+  runs = []
+  for frames in (clip, other_padding):
+    model = model_fn()
+    features, out_mask = model(jnp.asarray(frames), mask, train=True)
+    runs.append((model, np.asarray(features)[np.asarray(out_mask, bool)]))
+  return runs
+
+
+def test_padded_frames_do_not_touch_resnet_features_or_statistics():
+  (a, features_a), (b, features_b) = _train_twice_with_different_padding(
+      lambda: ResNet(ResNetConfig(width=8), rngs=nnx.Rngs(0)))
+  np.testing.assert_allclose(features_a, features_b, atol=1e-5)
+  stats_b = dict(nnx.to_flat_state(nnx.state(b, nnx.BatchStat)))
+  for path, variable in nnx.to_flat_state(nnx.state(a, nnx.BatchStat)):
+    np.testing.assert_allclose(variable[...], stats_b[path][...], atol=1e-6)
+
+
+def test_padded_frames_do_not_touch_s3d_first_statistics():
+  # Later S3D layers see padding through their temporal kernels (as any temporal convolution
+  # does); the statistics of the first, per-frame layer must ignore it exactly.
+  (a, _), (b, _) = _train_twice_with_different_padding(
+      lambda: S3D(S3DConfig(width=0.125), rngs=nnx.Rngs(0)))
+  first_a, first_b = a.features[0].spatial.bn, b.features[0].spatial.bn
+  np.testing.assert_allclose(first_a.mean[...], first_b.mean[...], atol=1e-6)
+  np.testing.assert_allclose(first_a.var[...], first_b.var[...], atol=1e-6)
+  assert np.abs(np.asarray(first_a.mean[...])).max() > 0
+
+
+def test_frozen_batch_norm_keeps_running_statistics():
+  model = ResNet(ResNetConfig(width=8, frozen_bn=True), rngs=nnx.Rngs(0))
+  before = nnx.to_flat_state(nnx.clone(nnx.state(model, nnx.BatchStat)))
+  model(jnp.ones((1, 4, 32, 32, 3)), jnp.ones((1, 4)), train=True)
+  after = dict(nnx.to_flat_state(nnx.state(model, nnx.BatchStat)))
+  for path, variable in before:
+    np.testing.assert_array_equal(variable[...], after[path][...])
+  trainable = ResNet(ResNetConfig(width=8), rngs=nnx.Rngs(0))
+  trainable(jnp.ones((1, 4, 32, 32, 3)), jnp.ones((1, 4)), train=True)
+  moved = nnx.state(trainable, nnx.BatchStat)['bn1']['mean'][...]
+  assert np.abs(np.asarray(moved)).max() > 0
