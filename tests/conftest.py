@@ -50,6 +50,11 @@ def tiny_config(data_path, **overrides):
   config.schedule.warmup_steps = 5
   config.eval.batch_size = 16
   config.eval.max_new_tokens = 12
+  return apply_overrides(config, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+  """Sets dotted keys ('eval.num_beams') of `config`; returns it."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')

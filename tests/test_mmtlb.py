@@ -1,0 +1,184 @@
+"""MMTLB end to end on a small synthetic_signs build: encoder inputs, each stage trains a few
+steps and resumes, later stages start from earlier ones, and translate reads real videos."""
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sltjax import train
+from sltjax.models.mbart import MBartConfig
+from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
+from tests.conftest import REPO, SHARED_DATA, apply_overrides
+
+pytestmark = pytest.mark.xdist_group("mmtlb")  # one worker builds the shared workdirs once
+
+
+def tiny_mmtlb_config(data_dir, stage='sign2text', **overrides):
+  """configs/mmtlb.py:runlocal shrunk to seconds (one frame bucket, tiny crops)."""
+  from configs.mmtlb import get_config  # pylint: disable=import-outside-toplevel
+  config = get_config('runlocal' if stage == 'sign2text' else 'runlocal_sign2gloss')
+  config.stage = stage
+  config.data.data_dir = str(data_dir)
+  config.data.crop_size = config.data.eval_resize = 32
+  config.data.frame_buckets = (32,)
+  config.total_steps = 4
+  config.batch_size = 4
+  config.log_every_steps = 2
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 2
+  config.eval.batch_size = 6
+  config.eval.max_new_tokens = 8
+  return apply_overrides(config, overrides)
+
+
+def test_encoder_inputs_place_eos_and_language_after_the_valid_frames():
+  cfg = MMTLBConfig(num_glosses=7, backbone='features', feature_dim=12, head_dim=16,
+                    head_ffn_dim=32, mapper_hidden=16,
+                    translation=MBartConfig(vocab_size=30, d_model=8, encoder_layers=1,
+                                            decoder_layers=1, encoder_attention_heads=2,
+                                            decoder_attention_heads=2, encoder_ffn_dim=16,
+                                            decoder_ffn_dim=16, max_position_embeddings=32))
+  model = MMTLB(cfg, rngs=nnx.Rngs(0))
+  features = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 12)), jnp.float32)
+  mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+  visual = model.visual(features, mask)
+  assert visual['gloss_logits'].shape == (2, 5, 7) and visual['z'].shape == (2, 5, 16)
+  embeds, embeds_mask = model.encoder_inputs(visual, eos_id=2, sign_lang_id=27)
+  assert embeds.shape == (2, 7, 8)
+  np.testing.assert_array_equal(embeds_mask, [[1] * 7, [1, 1, 1, 1, 0, 0, 0]])
+  eos, lang = (np.asarray(model.translation.embed_tokens(jnp.array([i]))[0]) for i in (2, 27))
+  np.testing.assert_allclose(embeds[0, 5], eos)
+  np.testing.assert_allclose(embeds[0, 6], lang)
+  np.testing.assert_allclose(embeds[1, 2], eos)
+  np.testing.assert_allclose(embeds[1, 3], lang)
+  mapped = model.mapper(visual['z'], visual['gloss_logits']) * np.sqrt(8)
+  np.testing.assert_allclose(embeds[1, :2], mapped[1, :2], rtol=1e-6)
+  # Padded frames change neither the valid rows' gloss logits nor the translation logits.
+  changed = features.at[1, 2:].set(100.0)
+  for out_a, out_b in ((model.visual(features, mask), model.visual(changed, mask)),):
+    np.testing.assert_allclose(out_a['gloss_logits'][1, :2], out_b['gloss_logits'][1, :2],
+                               atol=1e-5)
+  decoder_ids = jnp.array([[27, 5, 6], [27, 7, 2]])
+  np.testing.assert_allclose(model(features, mask, decoder_ids)['logits'][1],
+                             model(changed, mask, decoder_ids)['logits'][1], atol=1e-4)
+  csl = MMTLB(MMTLBConfig(**{**cfg.__dict__, 'mapper': 'gloss_probs'}), rngs=nnx.Rngs(0))
+  assert csl.mapper.linear.kernel.shape == (7, 8)  # gloss probabilities -> d_model, no bias
+  assert csl.encoder_inputs(csl.visual(features, mask), 2, 27)[0].shape == (2, 7, 8)
+
+
+@pytest.fixture(scope='module')
+def sign2gloss_workdir(synthetic_signs_dir, tmp_path_factory):
+  """A Sign2Gloss run stopped after 2 of 4 steps, then resumed (the resume is checked here)."""
+  workdir = tmp_path_factory.mktemp('s2g')
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2gloss', total_steps=2,
+                             **{'model.backbone': 'resnet18'})
+  train.train_and_evaluate(config, str(workdir))
+  config.total_steps = 4
+  best = train.train_and_evaluate(config, str(workdir))
+  return workdir, best
+
+
+def test_sign2gloss_trains_resumes_and_scores_wer(sign2gloss_workdir):
+  workdir, best = sign2gloss_workdir
+  assert set(best) == {'wer', 'sub_rate', 'del_rate', 'ins_rate'}
+  lines = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  train_steps = [l['step'] for l in lines if l['split'] == 'train']
+  assert train_steps == [2, 4]  # the second run resumed at step 2
+  assert all(np.isfinite(l['ctc']) for l in lines if l['split'] == 'train')
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2', '4']
+  predictions = (workdir / 'predictions' / 'dev_step4.gloss.txt').read_text().splitlines()
+  assert len(predictions) == 6
+  vocabulary = json.loads((workdir / 'glosses.json').read_text())['glosses'] + ['<unk>']
+  assert all(g in vocabulary for line in predictions for g in line.split())
+
+
+@pytest.mark.slow
+def test_sign2text_starts_from_sign2gloss_and_sign2gloss2text_evaluates(
+    sign2gloss_workdir, synthetic_signs_dir, tmp_path):
+  s2g, _ = sign2gloss_workdir
+  s2t = tmp_path / 's2t'
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2text', total_steps=2,
+                             eval_every_steps=2, **{'model.backbone': 'resnet18',
+                                                    'init.visual': str(s2g)})
+  best = train.train_and_evaluate(config, str(s2t))
+  assert {'bleu4', 'wer', 'rougeL_signjoey'} <= set(best)
+  assert (s2t / 'glosses.json').read_text() == (s2g / 'glosses.json').read_text()
+  exp = train.build_experiment(config, str(s2t))
+  params, _ = exp.init_variables()
+  s2g_exp = train.build_experiment(tiny_mmtlb_config(
+      synthetic_signs_dir, 'sign2gloss', **{'model.backbone': 'resnet18'}), str(s2g))
+  s2g_params, _, _ = s2g_exp.eval_variables()
+  np.testing.assert_array_equal(params['head']['classifier']['kernel'][...],
+                                s2g_params['head']['classifier']['kernel'][...])
+  # Sign2Gloss2Text: the Sign2Gloss model's glosses through a translation network.
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2gloss2text',
+                             **{'model.backbone': 'resnet18', 'init.visual': str(s2g),
+                                'init.translation': str(s2t)})
+  metrics = train.evaluate_checkpoint(config, str(tmp_path / 's2g2t'))
+  assert {'bleu4', 'wer'} <= set(metrics)
+  with pytest.raises(ValueError, match='only evaluates: run it with --mode=eval'):
+    train.train_and_evaluate(config, str(tmp_path / 's2g2t'))
+
+
+@pytest.fixture(scope='module')
+def sign2text_workdir(synthetic_signs_dir, tmp_path_factory):
+  """The README's end-to-end model (S3D backbone), a few steps."""
+  workdir = tmp_path_factory.mktemp('s2t_s3d')
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2text')
+  best = train.train_and_evaluate(config, str(workdir))
+  with open(workdir / 'config.json', 'w', encoding='utf-8') as f:  # as sltjax.main writes it
+    f.write(config.to_json_best_effort())
+  return workdir, best
+
+
+def test_sign2text_end_to_end_with_s3d(sign2text_workdir):
+  workdir, best = sign2text_workdir
+  assert {'bleu4', 'wer'} <= set(best)
+  texts = (workdir / 'predictions' / 'dev_step4.txt').read_text().splitlines()
+  assert len(texts) == 6
+
+
+def _translate(workdir, *inputs, output=None):
+  command = [sys.executable, '-m', 'sltjax.translate', f'--workdir={workdir}', *map(str, inputs)]
+  if output:
+    command.append(f'--output={output}')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+VIDEOS = SHARED_DATA / 'videos'
+
+
+@pytest.mark.skipif(not VIDEOS.exists(), reason=f'shared videos not found at {VIDEOS}')
+def test_translate_real_videos_and_report_broken_inputs(sign2text_workdir, tmp_path):
+  workdir, _ = sign2text_workdir
+  empty = tmp_path / 'empty.mp4'
+  empty.write_bytes(b'')
+  text = tmp_path / 'notes.mov'
+  text.write_text('not a video')
+  no_frames = tmp_path / 'no_frames'
+  no_frames.mkdir()
+  inputs = [VIDEOS / 'FOOTBALL.mp4', empty, VIDEOS / 'test_video.mp4', text,
+            VIDEOS / 'phoenix_frames', no_frames, tmp_path / 'missing.webm']
+  result = _translate(workdir, *inputs, output=tmp_path / 'out.jsonl')
+  assert result.returncode == 1, result.stderr
+  lines = [json.loads(l) for l in (tmp_path / 'out.jsonl').read_text().splitlines()]
+  assert [l['input'] for l in lines] == list(map(str, inputs))
+  translated = [l for l in lines if 'error' not in l]
+  assert [l['input'] for l in translated] == [str(inputs[i]) for i in (0, 2, 4)]
+  assert all(isinstance(l['translation'], str) and isinstance(l['glosses'], str)
+             for l in translated)
+  assert translated[0]['fps'] == pytest.approx(29.97, abs=0.01)
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 4
+  for path in (empty, text, no_frames, tmp_path / 'missing.webm'):
+    assert any(str(path) in e for e in errors), (path, errors)
+  assert '3 of 7 inputs translated' in result.stderr
+  assert f'{VIDEOS / "FOOTBALL.mp4"}:' in result.stdout
+  ok = _translate(workdir, VIDEOS / 'FOOTBALL.mp4')
+  assert ok.returncode == 0, ok.stderr
