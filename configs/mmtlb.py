@@ -57,7 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.normalization = 'none'  # uint8 leave the host; model.input_normalization on the device
   c.data.build_if_missing = False  # only synthetic_signs can be built without a download
   c.data.lowercase_source = True  # Gloss2Text inputs (sign2gloss2text): mBART's lowercase pieces
-  c.data.path = c.data.data_dir  # kept for config validation (the dataset is data.name/data_dir)
 
   c.tokenizer = ml_collections.ConfigDict({
       'kind': 'mbart', 'path': '', 'vocab_size': 4000, 'min_count': 1,
@@ -110,7 +109,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant.startswith('runlocal'):  # minutes on a 2-core CPU
     c.data.name = 'synthetic_signs'
     c.data.data_dir = 'data'
-    c.data.path = 'data'
     c.data.build_if_missing = True
     c.data.crop_size = 64
     c.data.eval_resize = 64

@@ -2,7 +2,9 @@
 from sltjax.metrics import GLOSS_METRIC_NAMES, METRIC_NAMES
 
 REQUIRED_KEYS = ('seed', 'total_steps', 'batch_size', 'log_every_steps', 'eval_every_steps',
-                 'checkpoint_every_steps', 'data.path', 'mesh')
+                 'checkpoint_every_steps', 'mesh')
+# Where each system's data lives: text folders (Gloss2Text) or a built video dataset (MMTLB).
+DATA_KEYS = {'gloss2text': ('data.path',), 'mmtlb': ('data.name', 'data.data_dir')}
 POSITIVE_INTS = ('total_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps')
 
 
@@ -16,7 +18,7 @@ def _get(config, dotted: str):
 def validate(config) -> None:
   """Raises ValueError naming every missing key or invalid value of `config`."""
   problems = []
-  for key in REQUIRED_KEYS:
+  for key in REQUIRED_KEYS + DATA_KEYS.get(config.get('system', 'gloss2text'), ()):
     try:
       _get(config, key)
     except (KeyError, AttributeError):

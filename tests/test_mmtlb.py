@@ -60,9 +60,8 @@ def test_encoder_inputs_place_eos_and_language_after_the_valid_frames():
   np.testing.assert_allclose(embeds[1, :2], mapped[1, :2], rtol=1e-6)
   # Padded frames change neither the valid rows' gloss logits nor the translation logits.
   changed = features.at[1, 2:].set(100.0)
-  for out_a, out_b in ((model.visual(features, mask), model.visual(changed, mask)),):
-    np.testing.assert_allclose(out_a['gloss_logits'][1, :2], out_b['gloss_logits'][1, :2],
-                               atol=1e-5)
+  np.testing.assert_allclose(model.visual(features, mask)['gloss_logits'][1, :2],
+                             model.visual(changed, mask)['gloss_logits'][1, :2], atol=1e-5)
   decoder_ids = jnp.array([[27, 5, 6], [27, 7, 2]])
   np.testing.assert_allclose(model(features, mask, decoder_ids)['logits'][1],
                              model(changed, mask, decoder_ids)['logits'][1], atol=1e-4)

@@ -3,6 +3,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+import tqdm
 from flax import nnx
 
 from sltjax import sharding
@@ -13,7 +14,6 @@ from sltjax.metrics import LOWER_IS_BETTER
 def log(message: str) -> None:
   """Console message from process 0 (absl INFO is left to libraries, shown with --verbosity=0)."""
   if jax.process_index() == 0:
-    import tqdm  # pylint: disable=import-outside-toplevel
     tqdm.tqdm.write(message)
 
 

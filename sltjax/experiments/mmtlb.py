@@ -113,6 +113,7 @@ class MMTLBExperiment(Experiment):
                        'saved with init.translation.')
     self.set_model(lambda rngs: MMTLB(self.model_config, rngs=rngs))
     self._eval_fns = {}
+    self._splits = {}  # opened evaluation splits, reused across evaluations
 
   @functools.cached_property
   def train_split(self) -> video.VideoSplit:
@@ -121,39 +122,36 @@ class MMTLBExperiment(Experiment):
 
   # ------------------------------------------------------------------ variables
   def init_variables(self):
-    """Fresh variables, with the parts config.init names taken from earlier stages."""
+    """Fresh variables, with the backbone from model.backbone_weights and the parts config.init
+    names taken from earlier stages."""
     params, rest = self.fresh_variables()
-    if self.config.model.backbone_weights:
-      params, rest = self._load_backbone_weights(params, rest, self.config.model.backbone_weights)
+    cfg = self.config
     sources = [(prefixes, directory) for prefixes, directory in (
-        ((('backbone',), ('head',)), self.config.init.visual),
-        ((('translation',),), self.config.init.translation if self.translates else '')) if directory]
-    if not sources:
+        ((('backbone',), ('head',)), cfg.init.visual),
+        ((('translation',),), cfg.init.translation if self.translates else '')) if directory]
+    if not (sources or cfg.model.backbone_weights):
       return params, rest
     flat = {'params': dict(nnx.to_flat_state(params)), 'rest': dict(nnx.to_flat_state(rest))}
+    if cfg.model.backbone_weights:
+      self._load_backbone_weights(flat, cfg.model.backbone_weights)
     for prefixes, directory in sources:
       source = read_best_variables(directory)
       for prefix in prefixes:
         copied = self._graft(flat, source, prefix, directory)
         log(f'init: {"/".join(prefix)} <- {directory} ({copied} tensors)')
-    params = nnx.from_flat_state(list(flat['params'].items()))
-    rest = nnx.from_flat_state(list(flat['rest'].items()))
-    return (jax.device_put(params, self.param_shardings),
-            jax.device_put(rest, self.rest_shardings))
+    return (jax.device_put(nnx.from_flat_state(list(flat['params'].items())),
+                           self.param_shardings),
+            jax.device_put(nnx.from_flat_state(list(flat['rest'].items())), self.rest_shardings))
 
-  def _load_backbone_weights(self, params, rest, path: str):
-    """Replaces the fresh backbone by a torchvision / Hugging Face checkpoint's weights."""
+  def _load_backbone_weights(self, flat, path: str) -> None:
+    """Replaces flat's fresh backbone by a torchvision / Hugging Face checkpoint's weights."""
     convert = s3d_state if self.model_config.backbone == 's3d' else resnet_state
     abstract = nnx.state(nnx.eval_shape(lambda: self.model_config.make_backbone(nnx.Rngs(0))))
     weights = nnx.to_flat_state(convert(read_torch_weights(path), abstract,
                                         jnp.dtype(self.model_config.param_dtype)))
-    flat = {'params': dict(nnx.to_flat_state(params)), 'rest': dict(nnx.to_flat_state(rest))}
     for sub_path, variable in weights:
-      kind = 'params' if isinstance(variable, nnx.Param) else 'rest'
-      flat[kind][('backbone', *sub_path)] = variable
+      flat['params' if isinstance(variable, nnx.Param) else 'rest'][('backbone', *sub_path)] = variable
     log(f'init: backbone <- {path} ({len(weights)} tensors)')
-    return (jax.device_put(nnx.from_flat_state(list(flat['params'].items())), self.param_shardings),
-            jax.device_put(nnx.from_flat_state(list(flat['rest'].items())), self.rest_shardings))
 
   @staticmethod
   def _graft(flat, source, prefix: tuple[str, ...], directory: str) -> int:
@@ -303,7 +301,9 @@ class MMTLBExperiment(Experiment):
 
   def evaluate(self, params, rest, split: str):
     cfg = self.config
-    data = open_dataset_split(cfg.data, split)
+    if split not in self._splits:
+      self._splits[split] = open_dataset_split(cfg.data, split)
+    data = self._splits[split]
     glosses, texts = [''] * len(data), [''] * len(data)
     plan = batching.eval_plan(len(data), cfg.eval.batch_size)
     for local_batch in batching.make_dataset(plan, self.loader(data, train=False), num_workers=0):

@@ -49,21 +49,23 @@ class MMTLBConfig:
     if self.mapper not in MAPPERS:
       raise ValueError(f'model.mapper={self.mapper!r}; expected one of {MAPPERS}.')
 
-  def make_backbone(self, rngs: nnx.Rngs):
+  def backbone_config(self) -> S3DConfig | ResNetConfig | None:
     kw = dict(frozen_bn=self.frozen_bn, dtype=self.dtype, param_dtype=self.param_dtype)
     if self.backbone == 's3d':
-      return S3D(S3DConfig(width=self.backbone_width, **kw), rngs=rngs)
+      return S3DConfig(width=self.backbone_width, **kw)
     if self.backbone == 'resnet18':
-      return ResNet(ResNetConfig(width=round(64 * self.backbone_width), **kw), rngs=rngs)
+      return ResNetConfig(width=round(64 * self.backbone_width), **kw)
     return None
+
+  def make_backbone(self, rngs: nnx.Rngs):
+    config = self.backbone_config()
+    backbone_class = {S3DConfig: S3D, ResNetConfig: ResNet}.get(type(config))
+    return backbone_class(config, rngs=rngs) if backbone_class else None
 
   @property
   def backbone_features(self) -> int:
-    if self.backbone == 's3d':
-      return S3DConfig(width=self.backbone_width).features
-    if self.backbone == 'resnet18':
-      return ResNetConfig(width=round(64 * self.backbone_width)).features
-    return self.feature_dim
+    config = self.backbone_config()
+    return self.feature_dim if config is None else config.features
 
 
 def sinusoidal_positions(length: int, dim: int):
