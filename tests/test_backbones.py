@@ -1,6 +1,6 @@
 """Backbones against PyTorch: ResNet-18 vs Hugging Face ResNetModel (and torchvision names), S3D
-vs a torch re-statement of torchvision's S3D (torchvision itself cannot be installed next to the
-CPU torch wheel here), masked and frozen BatchNorm."""
+vs golden outputs of torchvision's own S3D (tests/s3d_golden.py: torchvision cannot be installed
+next to the CPU torch wheel here), masked and frozen BatchNorm."""
 import re
 
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ from transformers import ResNetConfig as HFResNetConfig, ResNetModel
 from sltjax.convert.backbones import resnet_state, s3d_state
 from sltjax.models.backbones.resnet import ResNet, ResNetConfig
 from sltjax.models.backbones.s3d import S3D, S3DConfig
+from tests.s3d_golden import load_golden, seeded_clip, seeded_weights
 
 
 def _randomise_batch_norms(module: nn.Module) -> None:
@@ -95,64 +96,24 @@ def test_conversion_lists_every_missing_and_unexpected_tensor(hf_resnet18):
 
 
 # ----------------------------------------------------------------------------------------- S3D
-def _conv_bn(cin, cout, kernel, stride, padding):  # torchvision's Conv3dNormActivation
-  return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride, padding, bias=False),
-                       nn.BatchNorm3d(cout, eps=1e-3, momentum=1e-3), nn.ReLU())
-
-
-def _sep_conv(cin, cout, k, s, p):  # torchvision's TemporalSeparableConv
-  return nn.Sequential(_conv_bn(cin, cout, (1, k, k), (1, s, s), (0, p, p)),
-                       _conv_bn(cout, cout, (k, 1, 1), (s, 1, 1), (p, 0, 0)))
-
-
-class _Mixed(nn.Module):  # torchvision's SepInceptionBlock3D
-
-  def __init__(self, cin, b0, b1a, b1b, b2a, b2b, b3):
-    super().__init__()
-    self.branch0 = _conv_bn(cin, b0, 1, 1, 0)
-    self.branch1 = nn.Sequential(_conv_bn(cin, b1a, 1, 1, 0), _sep_conv(b1a, b1b, 3, 1, 1))
-    self.branch2 = nn.Sequential(_conv_bn(cin, b2a, 1, 1, 0), _sep_conv(b2a, b2b, 3, 1, 1))
-    self.branch3 = nn.Sequential(nn.MaxPool3d(3, 1, 1), _conv_bn(cin, b3, 1, 1, 0))
-
-  def forward(self, x):
-    return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], 1)
-
-
-def torchvision_s3d_features():
-  """torchvision.models.video.s3d().features[:13], written out (same names and arithmetic)."""
-  return nn.Sequential(
-      _sep_conv(3, 64, 7, 2, 3), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
-      _conv_bn(64, 64, 1, 1, 0), _sep_conv(64, 192, 3, 1, 1),
-      nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
-      _Mixed(192, 64, 96, 128, 16, 32, 32), _Mixed(256, 128, 128, 192, 32, 96, 64),
-      nn.MaxPool3d(3, 2, 1),
-      _Mixed(480, 192, 96, 208, 16, 48, 64), _Mixed(512, 160, 112, 224, 24, 64, 64),
-      _Mixed(512, 128, 128, 256, 24, 64, 64), _Mixed(512, 112, 144, 288, 32, 64, 64),
-      _Mixed(528, 256, 160, 320, 32, 128, 128))
-
-
-def test_s3d_matches_torchvision_layout_key_for_key_and_numerically():
-  torch.manual_seed(0)
-  reference = torchvision_s3d_features()
-  _randomise_batch_norms(reference)
-  reference.eval()
-  state = {f'features.{k}': v for k, v in _numpy(reference.state_dict()).items()}
-  # What a full torchvision checkpoint also holds (later blocks, classifier) is ignored.
-  state['features.13.branch0.0.weight'] = np.zeros((256, 832, 1, 1, 1), np.float32)
-  state['classifier.1.weight'] = np.zeros((400, 1024, 1, 1, 1), np.float32)
+def test_s3d_matches_torchvision_golden_outputs_key_for_key():
+  golden = load_golden()  # torchvision's own s3d(), run where torchvision installs
+  state = seeded_weights(golden['shapes'])
   model = S3D(S3DConfig(), rngs=nnx.Rngs(0))
   converted = s3d_state(state, nnx.state(model))
-  num_tensors = sum(1 for k in state if not k.endswith('num_batches_tracked')) - 2
-  assert len(nnx.to_flat_state(converted)) == num_tensors == 61 * 5  # 61 conv + BN layers
+  # Every tensor of features[0:13] is used (61 conv + BN layers, 5 tensors each); later blocks
+  # and the classifier are ignored.
+  used = [k for k in golden['shapes'] if re.match(r'features\.([0-9]|1[0-2])\.', k)
+          and not k.endswith('num_batches_tracked')]
+  assert len(nnx.to_flat_state(converted)) == len(used) == 61 * 5
   nnx.update(model, converted)
-  clip = torch.randn(2, 3, 12, 64, 64, generator=torch.Generator().manual_seed(1))
-  with torch.no_grad():
-    expected = reference(clip).mean(dim=(3, 4)).transpose(1, 2).numpy()  # [2, T/4, 832]
-  features, mask = model(jnp.asarray(clip.permute(0, 2, 3, 4, 1).numpy()),
-                         jnp.array([[1] * 12, [1] * 8 + [0] * 4]))
-  assert features.shape == (2, 3, 832)
-  np.testing.assert_allclose(np.asarray(features), expected, atol=1e-4, rtol=0)
-  np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 1, 0]])  # floor(8 * 3 / 12) = 2 valid
+  clip = seeded_clip()  # [2, 3, 16, 64, 64]
+  features, mask = model(jnp.asarray(clip.transpose(0, 2, 3, 4, 1)),
+                         jnp.array([[1] * 16, [1] * 10 + [0] * 6]))
+  assert features.shape == (2, 4, 832)
+  scale = np.abs(golden['features']).max()
+  np.testing.assert_allclose(np.asarray(features), golden['features'], atol=2e-6 * scale, rtol=0)
+  np.testing.assert_array_equal(mask, [[1, 1, 1, 1], [1, 1, 0, 0]])  # floor(10 * 4 / 16) = 2
 
 
 def test_s3d_checkpoint_of_the_wrong_architecture_is_refused():
