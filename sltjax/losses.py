@@ -18,7 +18,6 @@ def label_smoothed_cross_entropy(logits, labels, weights, label_smoothing: float
   return jnp.sum(per_token * weights), jnp.sum(weights)
 
 
-
 def ctc_loss_sum(gloss_logits, frame_mask, gloss_ids, gloss_mask):
   """Sum over the batch of CTC negative log-likelihoods (blank 0), as MMTLB's loss before it
   divides by the batch size.
@@ -30,3 +29,25 @@ def ctc_loss_sum(gloss_logits, frame_mask, gloss_ids, gloss_mask):
                            1.0 - gloss_mask.astype(jnp.float32), blank_id=0)
   has_labels = jnp.sum(gloss_mask, axis=1) > 0
   return jnp.sum(jnp.where(has_labels, per_row, 0.0))
+
+
+def sign_translation_loss(out, batch, *, ctc_weight: float, translation_weight: float,
+                          label_smoothing: float):
+  """MMTLB's objective: ctc_weight * CTC / batch size, plus translation_weight * the smoothed
+  cross entropy per target token when the model translated (out has 'logits').
+
+  out: the model's {'gloss_logits' [B, T', K], 'gloss_mask' [B, T'][, 'logits' [B, L, V]]};
+  batch: {'gloss_ids', 'gloss_mask' [B, G][, 'labels', 'label_weights' [B, L]]}.
+  Returns (loss, {'ctc'[, 'ce', 'tokens']}).
+  """
+  ctc = ctc_loss_sum(out['gloss_logits'], out['gloss_mask'], batch['gloss_ids'],
+                     batch['gloss_mask']) / out['gloss_logits'].shape[0]
+  metrics = {'ctc': ctc}
+  loss = ctc_weight * ctc
+  if 'logits' in out:
+    ce_sum, tokens = label_smoothed_cross_entropy(out['logits'], batch['labels'],
+                                                  batch['label_weights'], label_smoothing)
+    ce = ce_sum / jnp.maximum(tokens, 1.0)
+    loss = loss + translation_weight * ce
+    metrics.update(ce=ce, tokens=tokens)
+  return loss, metrics

@@ -29,7 +29,7 @@ from sltjax.data import augmentation, batching, video
 from sltjax.data.tokenizers import GlossVocabulary, load_tokenizer
 from sltjax.decoding import encoder_decoder_search
 from sltjax.experiments.base import Experiment, log
-from sltjax.losses import ctc_loss_sum, label_smoothed_cross_entropy
+from sltjax.losses import sign_translation_loss
 from sltjax.metrics import gloss_metrics, translation_metrics
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
@@ -215,17 +215,10 @@ class MMTLBExperiment(Experiment):
     out = model(frames, frame_mask, batch['decoder_input_ids'] if self.translates else None,
                 eos_id=self.tokenizer.eos_id,
                 sign_lang_id=self.tokenizer.lang_id(cfg.tokenizer.src_lang), rngs=rngs)
-    batch_size = frames.shape[0]
-    ctc = ctc_loss_sum(out['gloss_logits'], out['gloss_mask'], batch['gloss_ids'],
-                       batch['gloss_mask']) / batch_size
-    metrics = {'ctc': ctc, 'frames': jnp.sum(batch['frame_mask']).astype(jnp.float32)}
-    loss = cfg.loss.ctc_weight * ctc
-    if self.translates:
-      ce_sum, tokens = label_smoothed_cross_entropy(out['logits'], batch['labels'],
-                                                    batch['label_weights'], cfg.label_smoothing)
-      ce = ce_sum / jnp.maximum(tokens, 1.0)
-      loss = loss + cfg.loss.translation_weight * ce
-      metrics.update(ce=ce, tokens=tokens)
+    loss, metrics = sign_translation_loss(
+        out, batch, ctc_weight=cfg.loss.ctc_weight, translation_weight=cfg.loss.translation_weight,
+        label_smoothing=cfg.label_smoothing)
+    metrics['frames'] = jnp.sum(batch['frame_mask']).astype(jnp.float32)
     return loss, metrics
 
   # ------------------------------------------------------------------ evaluation
