@@ -7,6 +7,8 @@ r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per sta
   gloss2text           = configs/gloss2text.py:pretrained (mBART-large-cc25 fine-tuned)
   sign2gloss2text      --mode=eval only: a Sign2Gloss workdir's glosses -> a Gloss2Text workdir
   sign2text (default)  S3D + head + V-L mapper + mBART, CTC + CE, from the two stages above
+  sign2text_features   the release's Sign2Text: head + mapper + mBART on frozen S3D features that
+                       --mode=extract_features wrote from the Sign2Gloss workdir
 
   python -m sltjax.main --config=configs/mmtlb.py:runlocal --workdir=workdirs/mmtlb_local
   python -m sltjax.translate --workdir=workdirs/mmtlb_local my_video.mp4
@@ -20,13 +22,19 @@ The PHOENIX-2014T pipeline (build the dataset first: python -m sltjax.data.build
       --config.data.data_dir=DATA --config.init.visual=w/s2g --config.init.translation=w/g2t
   python -m sltjax.main --config=configs/mmtlb.py:sign2text --workdir=w/s2t \
       --config.data.data_dir=DATA --config.init.visual=w/s2g --config.init.translation=w/g2t
+Or, as released, Sign2Text on frozen features of the Sign2Gloss S3D (written to w/s2g/features):
+  python -m sltjax.main --config=configs/mmtlb.py:sign2gloss --workdir=w/s2g \
+      --mode=extract_features --config.data.data_dir=DATA
+  python -m sltjax.main --config=configs/mmtlb.py:sign2text_features --workdir=w/s2t_f \
+      --config.data.features_dir=w/s2g/features --config.init.visual=w/s2g \
+      --config.init.translation=w/g2t
 """
 import ml_collections
 
 from sltjax.data import video
 
-VARIANTS = ('sign2text', 'sign2gloss', 'gloss2text', 'sign2gloss2text', 'runlocal',
-            'runlocal_sign2gloss')
+VARIANTS = ('sign2text', 'sign2text_features', 'sign2gloss', 'gloss2text', 'sign2gloss2text',
+            'runlocal', 'runlocal_sign2gloss')
 PHOENIX_STEPS_PER_EPOCH = 887  # 7,096 training videos / batch 8
 
 
@@ -57,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.normalization = 'none'  # uint8 leave the host; model.input_normalization on the device
   c.data.build_if_missing = False  # only synthetic_signs can be built without a download
   c.data.lowercase_source = True  # Gloss2Text inputs (sign2gloss2text): mBART's lowercase pieces
+  c.data.features_dir = ''  # backbone='features': a dataset written by --mode=extract_features
 
   c.tokenizer = ml_collections.ConfigDict({
       'kind': 'mbart', 'path': '', 'vocab_size': 4000, 'min_count': 1,
@@ -70,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.backbone_weights = ''  # torchvision-format S3D / ResNet checkpoint (Kinetics, WLASL)
   c.model.feature_dim = 832
   c.model.frozen_bn = False
+  # Backbone BatchNorm running-statistics momentum, Flax convention; 0: the released value (S3D
+  # 0.999, i.e. PyTorch 0.001, which barely moves in a short run from scratch; ResNet 0.9).
+  c.model.bn_momentum = 0.0
   c.model.input_normalization = 'minus_one_one'  # the release feeds BGR in [-1, 1]
   c.model.head_dim = 512
   c.model.head_ffn_dim = 2048
@@ -103,6 +115,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'ctc_beam_size': 5, 'gloss_cleanup': 'phoenix2014t',
       'best_metric': 'wer' if c.stage == 'sign2gloss' else 'bleu4'})
 
+  if variant == 'sign2text_features':  # frame_buckets then bucket the feature lengths T/4
+    c.model.backbone = 'features'
+    c.optimizer.frozen = ''
   if c.stage == 'sign2gloss':
     c.optimizer.param_groups = {}
     c.eval.ctc_beam_size = 1  # the release validates greedily; test with beam 5
@@ -124,6 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every_steps = 200
     c.checkpoint_every_steps = 200
     c.model.backbone_width = 0.125
+    c.model.bn_momentum = 0.9  # from scratch: running statistics must follow within the run
     c.model.head_dim = 64
     c.model.head_ffn_dim = 128
     c.model.mapper_hidden = 128

@@ -39,6 +39,10 @@ def validate(config) -> None:
     problems.append(f'eval.best_metric={config.eval.get("best_metric")!r} is not one of '
                     f'{list(metric_names)}')
   if config.get('system', 'gloss2text') == 'mmtlb':
+    if config.model.backbone == 'features' and not config.data.get('features_dir'):
+      problems.append('model.backbone="features" trains on a features dataset: set '
+                      'data.features_dir (written by --mode=extract_features into '
+                      '<workdir>/features)')
     if config.get('stage') == 'sign2gloss' and config.eval.best_metric not in GLOSS_METRIC_NAMES:
       problems.append(f'stage sign2gloss has no translation: eval.best_metric must be one of '
                       f'{list(GLOSS_METRIC_NAMES)}')

@@ -1,7 +1,7 @@
 r"""sltjax entry point.
 
   python -m sltjax.main --config=configs/gloss2text.py[:VARIANT] --workdir=DIR \
-      [--config.a.b=value ...] [--mode=train|eval]
+      [--config.a.b=value ...] [--mode=train|eval|extract_features]
 
 Multi-host (one process per host, or N processes on one machine):
   ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
@@ -19,8 +19,10 @@ from sltjax import config_validation
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, predictions.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train (resumes if workdir has checkpoints) or eval (best checkpoint).')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'extract_features'],
+    'train (resumes if workdir has checkpoints), eval (best checkpoint) or extract_features '
+    '(video systems: the backbone\'s features of every split as a dataset in workdir/features).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (TPU pods, '
                                'SLURM, or the coordinator flags below).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0.')
@@ -60,8 +62,10 @@ def main(argv):
   from sltjax import train  # pylint: disable=import-outside-toplevel  (after distributed init)
   if _MODE.value == 'train':
     results = train.train_and_evaluate(config, workdir)
-  else:
+  elif _MODE.value == 'eval':
     results = train.evaluate_checkpoint(config, workdir)
+  else:
+    results = train.extract_features(config, workdir)
   if jax.process_index() == 0:
     print(json.dumps({'mode': _MODE.value, **results}, sort_keys=True))
 

@@ -2,7 +2,8 @@
 
 experiment (mesh, data, model: sltjax/experiments/) -> optimizer and sharded state -> jitted
 update step -> restore or start -> loop (log, evaluate + keep best, checkpoint) -> final report.
-`evaluate_checkpoint` scores the best checkpoint on any split (--mode=eval).
+`evaluate_checkpoint` scores the best checkpoint on any split (--mode=eval); `extract_features`
+writes a video model's backbone features as a dataset (--mode=extract_features).
 """
 import math
 import time
@@ -181,6 +182,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   writer.close()
   exp.checkpointer.close()
   return best
+
+
+def extract_features(config, workdir: str) -> dict[str, int]:
+  """Writes the features of the workdir's backbone as a dataset (video systems); returns
+  {split: videos written} (splits already complete are skipped, so a rerun resumes)."""
+  exp = build_experiment(config, workdir)
+  if not hasattr(exp, 'extract_features'):
+    raise ValueError(f'system {config.get("system", "gloss2text")!r} has no visual backbone to '
+                     'extract features with.')
+  exp.check_batch_size('eval.batch_size', config.eval.batch_size)
+  written = exp.extract_features()
+  exp.checkpointer.close()
+  return written
 
 
 def _predictions_name(prefix: str, kind: str) -> str:

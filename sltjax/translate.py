@@ -64,6 +64,10 @@ def load_experiment(workdir: str):
   if config.get('system') != 'mmtlb':
     raise ValueError(f'{workdir} trained system {config.get("system", "gloss2text")!r}; '
                      'translate reads video models (mmtlb).')
+  if config.model.backbone == 'features':
+    raise ValueError(f'{workdir} was trained on pre-extracted features (model.backbone='
+                     '"features"): it has no backbone to read videos with. Translate with a '
+                     'workdir whose model has one (s3d or resnet18).')
   from sltjax.experiments.mmtlb import MMTLBExperiment  # pylint: disable=import-outside-toplevel
   return MMTLBExperiment(config, workdir)
 

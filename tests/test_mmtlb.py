@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sltjax import train
+from sltjax import config_validation, train, translate
+from sltjax.data import batching, features
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
 from tests.conftest import REPO, SHARED_DATA, apply_overrides
@@ -122,6 +123,65 @@ def test_sign2text_starts_from_sign2gloss_and_sign2gloss2text_evaluates(
   assert {'bleu4', 'wer'} <= set(metrics)
   with pytest.raises(ValueError, match='only evaluates: run it with --mode=eval'):
     train.train_and_evaluate(config, str(tmp_path / 's2g2t'))
+
+
+def test_extract_features_then_sign2text_on_them(sign2gloss_workdir, synthetic_signs_dir,
+                                                 tmp_path):
+  s2g, _ = sign2gloss_workdir
+  s2g_config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2gloss',
+                                 **{'model.backbone': 'resnet18'})
+  assert train.extract_features(s2g_config, str(s2g)) == {'dev': 6, 'test': 4, 'train': 24}
+  directory = s2g / 'features'
+  # The stored features are the best checkpoint's backbone outputs on the eval clips.
+  exp = train.build_experiment(s2g_config, str(s2g))
+  params, rest, _ = exp.eval_variables()
+  dev = exp.open_split('dev')
+  batch = next(iter(batching.make_dataset(batching.eval_plan(len(dev), 6),
+                                          exp.loader(dev, train=False), 0)))
+  model = exp.merge(params, rest)
+  expected, mask = model.backbone(*exp.model_inputs(batch), train=False)
+  dim = expected.shape[-1]  # the tiny ResNet's width
+  stored = features.open_split(str(directory), 'dev', expected_dim=dim)
+  assert stored.ids == dev.ids and stored.texts == dev.texts and stored.glosses == dev.glosses
+  for row in range(6):
+    length = int(mask[row].sum())
+    assert stored.num_frames[row] == length == batch['num_frames'][row]
+    np.testing.assert_allclose(stored.features(row), expected[row, :length], rtol=1e-5,
+                               atol=1e-5)
+  # A rerun keeps complete splits; an interrupted split (no index yet) is redone.
+  before = (directory / 'train.array_record').stat().st_mtime_ns
+  (directory / 'test.json').unlink()
+  (directory / 'test.array_record.tmp').write_bytes(b'partial')
+  assert train.extract_features(s2g_config, str(s2g)) == {'test': 4}
+  assert (directory / 'train.array_record').stat().st_mtime_ns == before
+  assert not (directory / 'test.array_record.tmp').exists()
+  with pytest.raises(ValueError, match=f'features have {dim} channels but model.feature_dim=832'):
+    features.open_split(str(directory), 'dev', expected_dim=832)
+  # Sign2Text on the features: the head starts from Sign2Gloss, and it trains and scores.
+  s2t = tmp_path / 's2t_features'
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2text', total_steps=2, eval_every_steps=2,
+                             **{'model.backbone': 'features', 'model.feature_dim': dim,
+                                'data.features_dir': str(directory), 'init.visual': str(s2g)})
+  best = train.train_and_evaluate(config, str(s2t))
+  assert {'bleu4', 'wer'} <= set(best)
+  assert len((s2t / 'predictions' / 'dev_step2.txt').read_text().splitlines()) == 6
+  s2t_params, _ = train.build_experiment(config, str(s2t)).init_variables()
+  np.testing.assert_array_equal(s2t_params['head']['classifier']['kernel'][...],
+                                params['head']['classifier']['kernel'][...])
+  (s2t / 'config.json').write_text(config.to_json_best_effort())
+  with pytest.raises(ValueError, match='trained on pre-extracted features'):
+    translate.load_experiment(str(s2t))
+
+
+def test_feature_configs_need_a_features_dir_and_a_trained_backbone(synthetic_signs_dir,
+                                                                     tmp_path):
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2text', **{'model.backbone': 'features'})
+  with pytest.raises(ValueError, match='set data.features_dir'):
+    config_validation.validate(config)
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2gloss', **{'model.backbone': 'resnet18'})
+  with pytest.raises(ValueError, match='features of a random backbone are meaningless'):
+    train.extract_features(config, str(tmp_path / 'untrained'))
+  assert not (tmp_path / 'untrained' / 'features').exists()
 
 
 @pytest.fixture(scope='module')

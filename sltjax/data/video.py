@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from sltjax.data import augmentation, batching, clip_builder, sampling
+from sltjax.data.sign_labels import SignLabels
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
 
 
@@ -76,15 +77,25 @@ class VideoSplit:
     return len(self.ids)
 
 
-def open_split(config, split: str) -> VideoSplit:
-  """`split` of dataset config.name under config.data_dir; says how to build it if absent."""
+def _built_index(config):
+  """(builder, {split: index}) of dataset config.name under config.data_dir; says how to build it if absent."""
   builder = clip_builder.builder_class(config.name)(data_dir=config.data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
         f'{config.name} is not built under data_dir={config.data_dir!r}. Build it with\n'
         f'  python -m sltjax.data.build --dataset={config.name} --data_dir={config.data_dir or "DIR"}'
         + ('' if config.name == 'synthetic_signs' else ' --manual_dir=RELEASE'))
-  index = builder.info.metadata['index']
+  return builder, builder.info.metadata['index']
+
+
+def split_names(config) -> list[str]:
+  """The splits of the built dataset config.name, sorted."""
+  return sorted(_built_index(config)[1])
+
+
+def open_split(config, split: str) -> VideoSplit:
+  """`split` of dataset config.name under config.data_dir; says how to build it if absent."""
+  builder, index = _built_index(config)
   if split not in index:
     raise ValueError(f'{config.name} has no split {split!r}; it has {sorted(index)}.')
   glosses = index[split]['gloss']
@@ -122,10 +133,8 @@ class VideoBatchLoader(grain.transforms.RandomMap):
                tgt_lang: str, train: bool, process_index: int = 0, process_count: int = 1):
     self.split, self.config, self.train = split, config, train
     self.process_index, self.process_count = process_index, process_count
-    self.pad_id, self.tgt_lang_id = tokenizer.pad_id, tokenizer.lang_id(tgt_lang)
-    self.targets = [np.array(tokenizer.encode(t) + [tokenizer.eos_id, self.tgt_lang_id],
-                             np.int32) for t in split.texts]
-    self.gloss_ids = [np.array(glosses.encode(g), np.int32) for g in split.glosses]
+    self.labels = SignLabels(split.glosses, split.texts, tokenizer, glosses, tgt_lang,
+                             config.length_buckets)
 
   def _sample(self, index: int, seed: int) -> tuple[np.ndarray, np.random.Generator]:
     if index == batching.PAD_INDEX:
@@ -157,33 +166,18 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     size = self.config.crop_size
     frames = np.zeros((len(mine), length, size, size, 3), np.uint8)
     frame_mask = np.zeros((len(mine), length), np.int32)
-    glosses, labels = [], []
-    gloss_len = batching.bucket_length(
-        max(len(self.gloss_ids[i]) for i in global_indices[real]), self.config.length_buckets)
-    text_len = batching.bucket_length(
-        max(len(self.targets[i]) for i in global_indices[real]), self.config.length_buckets)
     for row, g in enumerate(mine):
       index = int(global_indices[g])
-      if index == batching.PAD_INDEX:
-        glosses.append(np.zeros(0, np.int32))
-        labels.append(np.zeros(0, np.int32))
-        continue
-      indices, clip_rng = sampled[g]
-      frames[row] = self._clip(index, indices, clip_rng, length)
-      frame_mask[row, :min(len(indices), length)] = 1
-      glosses.append(self.gloss_ids[index][:gloss_len])
-      labels.append(batching.fit_length(self.targets[index], text_len, keep_last=2))
-    gloss_ids = batching.pad_rows(glosses, gloss_len, GlossVocabulary.BLANK_ID)
-    gloss_mask = (np.arange(gloss_len)[None] < np.array([len(g) for g in glosses])[:, None])
+      if index != batching.PAD_INDEX:
+        indices, clip_rng = sampled[g]
+        frames[row] = self._clip(index, indices, clip_rng, length)
+        frame_mask[row, :min(len(indices), length)] = 1
     return {
         'frames': augmentation.normalize(frames, self.config.normalization,
                                          self.config.channel_order),
         'frame_mask': frame_mask,
         'num_frames': frame_mask.sum(1).astype(np.int32),
-        'gloss_ids': gloss_ids,
-        'gloss_mask': gloss_mask.astype(np.int32),
-        **batching.decoder_targets(labels, text_len, self.pad_id, self.tgt_lang_id),
-        'index': global_indices[mine].astype(np.int32),
+        **self.labels.arrays(global_indices, mine),
     }
 
 

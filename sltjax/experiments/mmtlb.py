@@ -4,11 +4,16 @@
   sign2text        video -> sentence end to end, CTC + label-smoothed CE; scored by BLEU (and WER)
   sign2gloss2text  evaluation only: a Sign2Gloss model's decoded glosses -> a Gloss2Text model
 
+Any stage with a backbone can write its features as a dataset (`extract_features`, with
+sltjax/data/features.py); a model with backbone='features' then trains on them (the release's
+Sign2Text recipe on frozen S3D features).
+
 Stages start from earlier ones by config: init.visual (a Sign2Gloss or Sign2Text workdir: backbone
 and head) and init.translation (a Gloss2Text or Sign2Text workdir, or a converted mBART). The gloss
 vocabulary and tokenizer then come from those workdirs, and are copied into this one, so that
 `python -m sltjax.translate --workdir=...` finds everything there.
 """
+import collections
 import functools
 import os
 import shutil
@@ -25,7 +30,7 @@ from sltjax.convert import pretrained
 from sltjax.convert.backbones import resnet_state, s3d_state
 from sltjax.convert.state_dict import read_torch_weights
 from sltjax.ctc_decoding import ctc_decode_batch
-from sltjax.data import augmentation, batching, video
+from sltjax.data import augmentation, batching, features, video
 from sltjax.data.tokenizers import GlossVocabulary, load_tokenizer
 from sltjax.decoding import encoder_decoder_search
 from sltjax.experiments.base import Experiment, log
@@ -101,8 +106,10 @@ class MMTLBExperiment(Experiment):
     m = config.model
     self.model_config = MMTLBConfig(
         num_glosses=self.glosses.size, backbone=m.backbone, backbone_width=m.backbone_width,
-        feature_dim=m.feature_dim, frozen_bn=m.frozen_bn, head_dim=m.head_dim,
-        head_ffn_dim=m.head_ffn_dim, head_kernel=m.head_kernel, head_dropout=m.head_dropout,
+        feature_dim=m.feature_dim, frozen_bn=m.frozen_bn,
+        bn_momentum=m.get('bn_momentum', 0.0),  # absent from workdirs written before it existed
+        head_dim=m.head_dim, head_ffn_dim=m.head_ffn_dim, head_kernel=m.head_kernel,
+        head_dropout=m.head_dropout,
         mapper=m.mapper, mapper_hidden=m.mapper_hidden,
         translation=(translation_config(config, self.tokenizer.vocab_size, self.tokenizer.pad_id)
                      if self.translates else None),
@@ -116,9 +123,16 @@ class MMTLBExperiment(Experiment):
     self._splits = {}  # opened evaluation splits, reused across evaluations
 
   @functools.cached_property
-  def train_split(self) -> video.VideoSplit:
+  def train_split(self) -> video.VideoSplit | features.FeatureSplit:
     """Opened only when needed: translating from a workdir does not need the dataset."""
-    return open_dataset_split(self.config.data, self.config.data.train_split)
+    return self.open_split(self.config.data.train_split)
+
+  def open_split(self, split: str) -> video.VideoSplit | features.FeatureSplit:
+    """A split of the video dataset, or of data.features_dir for backbone='features'."""
+    if self.config.model.backbone == 'features':
+      return features.open_split(self.config.data.features_dir, split,
+                                 self.config.model.feature_dim)
+    return open_dataset_split(self.config.data, split)
 
   # ------------------------------------------------------------------ variables
   def init_variables(self):
@@ -126,8 +140,10 @@ class MMTLBExperiment(Experiment):
     names taken from earlier stages."""
     params, rest = self.fresh_variables()
     cfg = self.config
+    visual_parts = (('head',),) if self.model_config.backbone == 'features' else (
+        ('backbone',), ('head',))
     sources = [(prefixes, directory) for prefixes, directory in (
-        ((('backbone',), ('head',)), cfg.init.visual),
+        (visual_parts, cfg.init.visual),
         ((('translation',),), cfg.init.translation if self.translates else '')) if directory]
     if not (sources or cfg.model.backbone_weights):
       return params, rest
@@ -186,10 +202,12 @@ class MMTLBExperiment(Experiment):
     return super().eval_variables()
 
   # ------------------------------------------------------------------ data
-  def loader(self, split: video.VideoSplit, train: bool) -> video.VideoBatchLoader:
-    return video.VideoBatchLoader(split, self.config.data, self.tokenizer, self.glosses,
-                                  self.config.tokenizer.tgt_lang, train, jax.process_index(),
-                                  jax.process_count())
+  def loader(self, split, train: bool):
+    """The batch loader of a video split (augmented when `train`) or of a features split."""
+    common = (self.config.data, self.tokenizer, self.glosses, self.config.tokenizer.tgt_lang)
+    if isinstance(split, features.FeatureSplit):
+      return features.FeatureBatchLoader(split, *common, jax.process_index(), jax.process_count())
+    return video.VideoBatchLoader(split, *common, train, jax.process_index(), jax.process_count())
 
   def train_dataset(self):
     if self.stage == 'sign2gloss2text':
@@ -295,7 +313,7 @@ class MMTLBExperiment(Experiment):
   def evaluate(self, params, rest, split: str):
     cfg = self.config
     if split not in self._splits:
-      self._splits[split] = open_dataset_split(cfg.data, split)
+      self._splits[split] = self.open_split(split)
     data = self._splits[split]
     glosses, texts = [''] * len(data), [''] * len(data)
     plan = batching.eval_plan(len(data), cfg.eval.batch_size)
@@ -314,3 +332,64 @@ class MMTLBExperiment(Experiment):
       metrics.update(translation_metrics(texts, data.texts))
       predictions['text'] = texts
     return metrics, predictions
+
+  # ------------------------------------------------------------------ feature extraction
+  def extraction_variables(self):
+    """(params, rest): the workdir's best checkpoint, else the start that config.init.visual or
+    model.backbone_weights gives; a fresh random backbone is refused."""
+    if self.checkpointer.best.latest_step() is not None:
+      params, rest, _ = self.eval_variables()
+      return params, rest
+    if not (self.config.init.visual or self.config.model.backbone_weights):
+      raise ValueError(f'{self.workdir} has no best checkpoint, and neither init.visual nor '
+                       'model.backbone_weights is set: features of a random backbone are '
+                       'meaningless. Train here first or name the weights to extract with.')
+    return self.init_variables()
+
+  def extract_features(self) -> dict[str, int]:
+    """Writes the backbone's eval-mode features [T', C] of every split of the dataset into
+    workdir/features (sltjax/data/features.py); returns {split: videos written}. Splits already
+    complete there are kept as they are."""
+    if self.model_config.backbone == 'features':
+      raise ValueError('model.backbone="features" has no backbone to extract features with.')
+    params, rest = self.extraction_variables()
+    directory = os.path.join(self.workdir, 'features')
+    shardings = sharding.batch_sharding(self.mesh)
+
+    def run(params, rest, batch):
+      model = self.merge(params, rest)
+      frames, frame_mask = self.model_inputs(batch)
+      values, mask = model.backbone(frames.astype(self.model_config.dtype), frame_mask,
+                                    train=False)  # [B, T', C], [B, T']
+      return {'features': values.astype(jnp.float32),
+              'lengths': jnp.sum(mask, axis=1).astype(jnp.int32)}
+
+    extract = jax.jit(run, in_shardings=(self.param_shardings, self.rest_shardings, shardings),
+                      out_shardings=shardings)
+    written = {}
+    for split in video.split_names(self.config.data):
+      if features.split_complete(directory, split):
+        log(f'extract_features: {split} already complete in {directory}; kept.')
+        continue
+      data = open_dataset_split(self.config.data, split)
+      plan = batching.eval_plan(len(data), self.config.eval.batch_size)
+
+      def rows(data=data, plan=plan):  # [T', C] per video, in the split's order
+        for local_batch in batching.make_dataset(plan, self.loader(data, train=False), 0):
+          indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
+          out = multihost_utils.process_allgather(
+              extract(params, rest, self.global_batch(local_batch)), tiled=True)
+          for row, index in enumerate(indices):
+            if index != batching.PAD_INDEX:
+              yield np.asarray(out['features'][row, :out['lengths'][row]])
+
+      index = {'dataset': data.name, 'id': data.ids, 'gloss': data.glosses, 'text': data.texts,
+               'extracted_by': {'workdir': os.path.abspath(self.workdir),
+                                'backbone': self.model_config.backbone}}
+      if jax.process_index() == 0:
+        written[split] = features.write_split(directory, split, rows(), index)
+      else:  # every process runs the collectives; only process 0 writes
+        collections.deque(rows(), maxlen=0)
+      multihost_utils.sync_global_devices(f'features {split}')
+      log(f'extract_features: {split}: {len(data)} videos -> {directory}')
+    return written

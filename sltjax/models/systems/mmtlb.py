@@ -33,6 +33,7 @@ class MMTLBConfig:
   backbone_width: float = 1.0  # S3D channel multiplier (ResNet: width 64 * this)
   feature_dim: int = 832  # input size of the head when backbone='features'
   frozen_bn: bool = False  # backbone BatchNorms use their running statistics
+  bn_momentum: float = 0.0  # backbone running-statistics momentum (Flax's); 0: the released one
   head_dim: int = 512
   head_ffn_dim: int = 2048
   head_kernel: int = 3
@@ -51,6 +52,8 @@ class MMTLBConfig:
 
   def backbone_config(self) -> S3DConfig | ResNetConfig | None:
     kw = dict(frozen_bn=self.frozen_bn, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.bn_momentum:
+      kw['bn_momentum'] = self.bn_momentum
     if self.backbone == 's3d':
       return S3DConfig(width=self.backbone_width, **kw)
     if self.backbone == 'resnet18':
