@@ -131,6 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.frame_buckets = (32,)  # one compiled shape
     c.data.length_buckets = (16, 32)
     c.data.lowercase_source = False
+    c.data.colour_jitter_prob = 0.0  # hue jitter would move the marker colours that name glosses
     c.tokenizer.kind = 'word'
     c.tokenizer.src_lang = c.tokenizer.tgt_lang = 'en_XX'
     c.total_steps = 400

@@ -19,7 +19,7 @@ WEATHER = {'RAIN': ('rain', 'heavy'), 'SNOW': ('snow', 'heavy'), 'SUN': ('sunshi
            'WIND': ('wind', 'strong'), 'FOG': ('fog', 'dense')}
 GLOSSES = (*TIMES, *REGIONS, *WEATHER, 'STRONG', 'NOT')
 FPS = 25.0
-RENDER_VERSION = 1  # bump when the rendering changes, so cached encodings are redone
+RENDER_VERSION = 3  # bump when the rendering changes, so cached encodings are redone
 
 
 def sample_sentence(rng: np.random.Generator) -> tuple[list[str], str]:
@@ -67,14 +67,16 @@ class SignStyle:
   two_handed: bool
 
 
-_COLOURS = ((230, 40, 40), (40, 200, 60), (40, 90, 230), (240, 200, 30), (200, 50, 220))
+_COLOURS = ((230, 40, 40), (40, 200, 60), (40, 90, 230), (240, 200, 30), (200, 50, 220),
+            (30, 210, 220))
 _LOCATIONS = ((0.62, 0.28), (0.6, 0.55), (0.72, 0.45))
 
 
 def sign_style(gloss: str) -> SignStyle:
-  """The fixed appearance of one gloss; every gloss differs in trajectory or hand shape."""
+  """The fixed appearance of one gloss: no two glosses share both hand shape and colour, so a
+  single frame in the middle of a sign identifies it; the motion and location add redundancy."""
   i = GLOSSES.index(gloss)
-  return SignStyle(trajectory=i % 8, hand_shape=(i // 8 + i) % 3, colour=_COLOURS[i % 5],
+  return SignStyle(trajectory=i % 8, hand_shape=i // 6 % 3, colour=_COLOURS[i % 6],
                    location=_LOCATIONS[i % 3], two_handed=i % 4 == 0)
 
 
@@ -93,19 +95,25 @@ class Appearance:
 
 
 def signer_appearance(signer: int) -> tuple[np.ndarray, np.ndarray]:
-  """(skin, clothes) colours of signer `signer` (a fixed identity)."""
+  """(skin, clothes) colours of signer `signer` (a fixed identity): dark, muted clothes, as
+  interpreters wear so that the hands stand out."""
   rng = np.random.default_rng([7, signer])
   skin = np.array([(224, 172, 105), (198, 134, 66), (141, 85, 36), (241, 194, 125),
                    (255, 219, 172), (110, 70, 40)][signer % 6], np.float32)
-  return skin, rng.uniform(20, 235, 3).astype(np.float32)
+  return skin, (rng.uniform(20, 70) + rng.uniform(-12, 12, 3)).astype(np.float32)
+
+
+def _muted_colours(rng: np.random.Generator, n: int) -> np.ndarray:
+  """[n, 3] greyish colours (a grey level with a slight tint), like studio backgrounds."""
+  return (rng.uniform(70, 210, (n, 1)) + rng.uniform(-20, 20, (n, 3))).astype(np.float32)
 
 
 def random_appearance(rng: np.random.Generator, signer: int) -> Appearance:
   skin, clothes = signer_appearance(signer)
   return Appearance(
-      skin=skin, clothes=clothes, background=rng.uniform(0, 255, (2, 3)).astype(np.float32),
+      skin=skin, clothes=clothes, background=_muted_colours(rng, 2),
       offset=rng.uniform(-0.06, 0.06, 2), scale=float(rng.uniform(0.9, 1.1)),
-      hand_radius=float(rng.uniform(0.055, 0.075)), frames_per_sign=int(rng.integers(6, 11)),
+      hand_radius=float(rng.uniform(0.08, 0.1)), frames_per_sign=int(rng.integers(6, 11)),
       noise=float(rng.uniform(2, 8)))
 
 
