@@ -16,9 +16,13 @@ import argparse
 import collections
 import json
 import os
+import pathlib
+import sys
 import time
 
 from absl import flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
 
 
 def parse_args():
