@@ -23,12 +23,7 @@ from sltjax.data import augmentation, video
 from sltjax.data.frames import FrameError, read_image_file
 from sltjax.data.video_files import VideoError, read_video
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir (config.json, best/).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Also write one JSON line per input here.')
-_FRAMES_FPS = flags.DEFINE_float('frames_fps', None, 'Frame rate of frame-folder inputs '
-                                 '(default: the training fps, i.e. no resampling).')
-flags.mark_flags_as_required(['workdir'])
-
+FLAGS = flags.FLAGS
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 
@@ -95,15 +90,15 @@ def main(argv):
   inputs = argv[1:]
   if not inputs:
     raise app.UsageError('Give one or more videos or frame folders to translate.')
-  if not flags.FLAGS['verbosity'].present:
+  if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  exp = load_experiment(_WORKDIR.value)
+  exp = load_experiment(FLAGS.workdir)
   params, rest, step = exp.eval_variables()
-  print(f'{_WORKDIR.value}: best checkpoint of step {step} ({exp.stage}).', file=sys.stderr)
+  print(f'{FLAGS.workdir}: best checkpoint of step {step} ({exp.stage}).', file=sys.stderr)
   results, failures = [], 0
   for path in tqdm.tqdm(inputs, unit='video', disable=len(inputs) <= 3, file=sys.stderr):
     try:
-      result = translate(exp, params, rest, path, _FRAMES_FPS.value)
+      result = translate(exp, params, rest, path, FLAGS.frames_fps)
     except InputError as e:
       failures += 1
       tqdm.tqdm.write(f'error: {e}', file=sys.stderr)
@@ -112,8 +107,8 @@ def main(argv):
     results.append(result)
     tqdm.tqdm.write(f'{path}: {result["translation"] if result["translation"] is not None else ""}')
     tqdm.tqdm.write(f'  glosses: {result["glosses"]}')
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
+  if FLAGS.output:
+    with open(FLAGS.output, 'w', encoding='utf-8') as f:
       for result in results:
         f.write(json.dumps(result, ensure_ascii=False) + '\n')
   print(f'{len(inputs) - failures} of {len(inputs)} inputs translated.', file=sys.stderr)
@@ -121,5 +116,12 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a program, so importing this module (tests, notebooks)
+  # does not claim flag names other command-line modules also use.
+  flags.DEFINE_string('workdir', None, 'A training workdir (config.json, best/).')
+  flags.DEFINE_string('output', None, 'Also write one JSON line per input here.')
+  flags.DEFINE_float('frames_fps', None, 'Frame rate of frame-folder inputs '
+                     '(default: the training fps, i.e. no resampling).')
+  flags.mark_flags_as_required(['workdir'])
   jax.config.update('jax_compilation_cache_dir', os.path.expanduser('~/.cache/sltjax/xla'))
   app.run(main)

@@ -4,13 +4,15 @@ import json
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import orbax.checkpoint as ocp
 
-from tests.conftest import read_metrics, run_main, tiny_config
+from tests.conftest import REPO, read_metrics, run_main, tiny_config
 
 
 def test_unknown_config_key_fails_before_work(toy_corpus, tmp_path):
@@ -146,3 +148,16 @@ def test_bfloat16_with_remat_on_fsdp_and_tensor_axes_tracks_float32(toy_corpus, 
     metadata = checkpointer.metadata(tmp_path / 'bf16' / 'checkpoints' / '20' / 'state')
   kernel = metadata.item_metadata['params']['encoder_layers']['0']['fc1']['kernel']['value']
   assert kernel.dtype == np.float32
+
+
+def test_every_module_imports_into_one_process():
+  """Command-line modules that are also libraries (translate, build, trim_vocab, ...) are imported
+  together by tests and notebooks; none may claim a flag name another one defines."""
+  script = ('import pkgutil, importlib, sltjax\n'
+            'names = [m.name for m in pkgutil.walk_packages(sltjax.__path__, "sltjax.")]\n'
+            'for name in names: importlib.import_module(name)\n'
+            'print(len(names))\n')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          check=False, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert int(result.stdout.split()[-1]) > 40

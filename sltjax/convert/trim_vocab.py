@@ -125,11 +125,6 @@ def _check_same_segmentation(old: MBartTokenizer, new: MBartTokenizer, id_map: n
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('model', None, 'Hugging Face mBART directory (config.json + weights).')
-flags.DEFINE_string('tokenizer', None, 'Directory with sentencepiece.bpe.model (default: --model).')
-flags.DEFINE_string('output', None, 'Directory to write the trimmed model and tokenizer to.')
-flags.DEFINE_list('texts', [], 'Text files (one sentence a line) whose pieces are kept.')
-flags.DEFINE_list('glosses', [], 'Gloss files, lowercased before tokenizing, also kept.')
 
 
 def main(argv):
@@ -140,5 +135,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined only when run as a program: importing trim_mbart must not claim flag names.
+  flags.DEFINE_string('model', None, 'Hugging Face mBART directory (config.json + weights).')
+  flags.DEFINE_string('tokenizer', None, 'Directory with sentencepiece.bpe.model (default: --model).')
+  flags.DEFINE_string('output', None, 'Directory to write the trimmed model and tokenizer to.')
+  flags.DEFINE_list('texts', [], 'Text files (one sentence a line) whose pieces are kept.')
+  flags.DEFINE_list('glosses', [], 'Gloss files, lowercased before tokenizing, also kept.')
   flags.mark_flags_as_required(['model', 'output'])
   app.run(main)

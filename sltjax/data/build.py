@@ -20,20 +20,7 @@ import tensorflow_datasets as tfds
 
 from sltjax.data import clip_builder
 
-_DATASET = flags.DEFINE_enum('dataset', None, clip_builder.DATASETS, 'Dataset to build.')
-_MANUAL_DIR = flags.DEFINE_string('manual_dir', None,
-                                  'Folder holding the downloaded release (not for synthetic_signs).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory to write into.')
-_NUM_WORKERS = flags.DEFINE_integer('num_workers', os.cpu_count(),
-                                    'Processes decoding and encoding frames.')
-_ON_ERROR = flags.DEFINE_enum('on_error', 'fail', clip_builder.ON_ERROR_CHOICES,
-                              'fail: stop before writing and list every problem; skip: build '
-                              'without the broken examples and list them in the summary.')
-_FRAME_SIZE = flags.DEFINE_string('frame_size', None,
-                                  'HEIGHTxWIDTH, a short side, or "native" (default per dataset).')
-_JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', None, 'JPEG quality 1-100 (default 90).')
-_OPTIONS = flags.DEFINE_multi_string('option', [], 'KEY=VALUE builder option, e.g. num_train=200.')
-flags.mark_flags_as_required(['dataset', 'data_dir'])
+FLAGS = flags.FLAGS
 
 
 def summarize(builder: clip_builder.SignVideoBuilder, seconds: float) -> dict:
@@ -117,10 +104,10 @@ def parse_options(pairs: list[str]) -> dict:
 def main(argv):
   del argv
   try:
-    summary = build(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value,
-                    num_workers=_NUM_WORKERS.value, on_error=_ON_ERROR.value,
-                    frame_size=_FRAME_SIZE.value, jpeg_quality=_JPEG_QUALITY.value,
-                    options=parse_options(_OPTIONS.value), show_progress=True)
+    summary = build(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir,
+                    num_workers=FLAGS.num_workers, on_error=FLAGS.on_error,
+                    frame_size=FLAGS.frame_size, jpeg_quality=FLAGS.jpeg_quality,
+                    options=parse_options(FLAGS.option), show_progress=True)
   except (clip_builder.BuildError, FileNotFoundError, ValueError) as e:
     print(f'\nerror: {e}', file=sys.stderr)
     sys.exit(1)
@@ -128,4 +115,18 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined only when run as a program: importing build() must not claim flag names.
+  flags.DEFINE_enum('dataset', None, clip_builder.DATASETS, 'Dataset to build.')
+  flags.DEFINE_string('manual_dir', None,
+                      'Folder holding the downloaded release (not for synthetic_signs).')
+  flags.DEFINE_string('data_dir', None, 'TFDS data directory to write into.')
+  flags.DEFINE_integer('num_workers', os.cpu_count(), 'Processes decoding and encoding frames.')
+  flags.DEFINE_enum('on_error', 'fail', clip_builder.ON_ERROR_CHOICES,
+                    'fail: stop before writing and list every problem; skip: build '
+                    'without the broken examples and list them in the summary.')
+  flags.DEFINE_string('frame_size', None,
+                      'HEIGHTxWIDTH, a short side, or "native" (default per dataset).')
+  flags.DEFINE_integer('jpeg_quality', None, 'JPEG quality 1-100 (default 90).')
+  flags.DEFINE_multi_string('option', [], 'KEY=VALUE builder option, e.g. num_train=200.')
+  flags.mark_flags_as_required(['dataset', 'data_dir'])
   app.run(main)

@@ -93,19 +93,22 @@ def write_corpus(directory: str, sizes: dict[str, int], seed: int = 0) -> str:
   return directory
 
 
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where to write the corpus.')
-_SIZES = {split: flags.DEFINE_integer(split, size, f'Examples in the {split} split.')
-          for split, size in (('train', 4000), ('dev', 300), ('test', 300))}
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_SPLIT_SIZES = {'train': 4000, 'dev': 300, 'test': 300}
+FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  sizes = {split: flag.value for split, flag in _SIZES.items()}
-  write_corpus(_OUTPUT_DIR.value, sizes, _SEED.value)
-  print(f'Wrote {sizes} to {_OUTPUT_DIR.value}')
+  sizes = {split: FLAGS[split].value for split in _SPLIT_SIZES}
+  write_corpus(FLAGS.output_dir, sizes, FLAGS.seed)
+  print(f'Wrote {sizes} to {FLAGS.output_dir}')
 
 
 if __name__ == '__main__':
+  # Defined only when run as a program: importing write_corpus must not claim flag names.
+  flags.DEFINE_string('output_dir', None, 'Where to write the corpus.')
+  for split_name, default_size in _SPLIT_SIZES.items():
+    flags.DEFINE_integer(split_name, default_size, f'Examples in the {split_name} split.')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
   flags.mark_flag_as_required('output_dir')
   app.run(main)
