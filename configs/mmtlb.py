@@ -148,8 +148,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
         max_position_embeddings=128, dropout=0.1, attention_dropout=0.0)
-    c.optimizer.update(learning_rate=2e-3, weight_decay=0.0, grad_clip_norm=1.0,
-                       param_groups={}, frozen='')
+    c.optimizer.update(learning_rate=2e-3, weight_decay=0.0, grad_clip_norm=1.0, frozen='')
+    # From scratch, mBART learns at the full rate. Assigned, not update()d: ConfigDict.update
+    # merges a dict into the existing one, which would keep the release's '^translation/': 0.01.
+    c.optimizer.param_groups = {}
     c.schedule.warmup_steps = 50
     c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24, ctc_beam_size=2,
                   gloss_cleanup='none')

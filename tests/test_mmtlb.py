@@ -37,6 +37,16 @@ def tiny_mmtlb_config(data_dir, stage='sign2text', **overrides):
   return apply_overrides(config, overrides)
 
 
+def test_runlocal_trains_mbart_at_the_full_rate_and_the_release_at_a_hundredth():
+  """From scratch every module learns at the base rate; the release fine-tunes mBART at 1/100
+  (a merged-not-replaced param_groups once left runlocal's mBART at 2e-5: BLEU 0)."""
+  from configs.mmtlb import get_config  # pylint: disable=import-outside-toplevel
+  assert dict(get_config('sign2text').optimizer.param_groups) == {'^translation/': 0.01}
+  for variant in ('runlocal', 'runlocal_sign2gloss'):
+    assert dict(get_config(variant).optimizer.param_groups) == {}, variant
+    assert get_config(variant).optimizer.frozen == '', variant
+
+
 def test_encoder_inputs_place_eos_and_language_after_the_valid_frames():
   cfg = MMTLBConfig(num_glosses=7, backbone='features', feature_dim=12, head_dim=16,
                     head_ffn_dim=32, mapper_hidden=16,
