@@ -11,10 +11,12 @@ import pytest
 from flax import nnx
 
 from sltjax import config_validation, train, translate
-from sltjax.data import batching, features
+from sltjax.checkpointing import read_best_variables
+from sltjax.data import batching, features, text
+from sltjax.experiments.mmtlb import open_dataset_split
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
-from tests.conftest import REPO, SHARED_DATA, apply_overrides
+from tests.conftest import REPO, SHARED_DATA, apply_overrides, tiny_config
 
 pytestmark = pytest.mark.xdist_group("mmtlb")  # one worker builds the shared workdirs once
 
@@ -133,6 +135,39 @@ def test_sign2text_starts_from_sign2gloss_and_sign2gloss2text_evaluates(
   assert {'bleu4', 'wer'} <= set(metrics)
   with pytest.raises(ValueError, match='only evaluates: run it with --mode=eval'):
     train.train_and_evaluate(config, str(tmp_path / 's2g2t'))
+
+
+def test_sign2text_and_sign2gloss2text_take_translation_from_a_gloss2text_workdir(
+    sign2gloss_workdir, synthetic_signs_dir, tmp_path):
+  """MMTLB's recipe: configs/gloss2text.py trained on the dataset's (gloss, text) pairs supplies
+  the translation network and tokenizer of Sign2Text and Sign2Gloss2Text."""
+  s2g, _ = sign2gloss_workdir
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2text', **{
+      'model.backbone': 'resnet18', 'init.visual': str(s2g)})
+  corpus = str(tmp_path / 'corpus')
+  for split in ('train', 'dev'):
+    labels = open_dataset_split(config.data, split)
+    text.write_parallel(corpus, split, labels.glosses, labels.texts, target_suffix='en')
+  g2t = tmp_path / 'g2t'
+  network = config.model.translation
+  train.train_and_evaluate(tiny_config(corpus, total_steps=2, eval_every_steps=2, **{
+      'data.target_suffix': 'en', 'tokenizer.src_lang': 'en_XX', 'tokenizer.tgt_lang': 'en_XX',
+      'model.max_position_embeddings': network.max_position_embeddings,
+      'model.encoder_layers': network.encoder_layers,
+      'model.decoder_layers': network.decoder_layers}), str(g2t))
+  config.init.translation = str(g2t)
+  exp = train.build_experiment(config, str(tmp_path / 's2t'))
+  for name in os.listdir(g2t / 'tokenizer'):
+    assert (tmp_path / 's2t' / 'tokenizer' / name).read_bytes() == (
+        g2t / 'tokenizer' / name).read_bytes()
+  params, _ = exp.init_variables()
+  g2t_params = read_best_variables(str(g2t))
+  translation = {tuple(map(str, path)): variable[...]
+                 for path, variable in nnx.to_flat_state(params['translation'])}
+  for path in (('shared', 'embedding'), ('decoder_layers', '0', 'fc1', 'kernel')):
+    np.testing.assert_array_equal(translation[path], g2t_params[('params', *path)])
+  config.stage = 'sign2gloss2text'
+  assert {'bleu4', 'wer'} <= set(train.evaluate_checkpoint(config, str(tmp_path / 's2g2t')))
 
 
 def test_extract_features_then_sign2text_on_them(sign2gloss_workdir, synthetic_signs_dir,

@@ -9,11 +9,12 @@ and moves the verb to second position (`morgen gibt es im norden starken regen .
 
 writes {train,dev,test}.{gloss,de} (one sentence per line), the layout configs/gloss2text.py reads.
 """
-import os
 from collections.abc import Callable
 
 import numpy as np
 from absl import app, flags
+
+from sltjax.data import text
 
 # gloss -> German phrase
 DAYS = {'HEUTE': 'heute', 'MORGEN': 'morgen', 'MONTAG': 'am montag', 'SAMSTAG': 'am samstag',
@@ -82,14 +83,9 @@ def generate(num_examples: int, seed: int) -> list[tuple[str, str]]:
 
 def write_corpus(directory: str, sizes: dict[str, int], seed: int = 0) -> str:
   """Writes {split}.gloss / {split}.de for each split; splits use distinct seeds."""
-  os.makedirs(directory, exist_ok=True)
   for offset, (split, size) in enumerate(sizes.items()):
-    pairs = generate(size, seed * 1000 + offset)
-    for suffix, column in (('gloss', 0), ('de', 1)):
-      path = os.path.join(directory, f'{split}.{suffix}')
-      with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.write(''.join(pair[column] + '\n' for pair in pairs))
-      os.replace(path + '.tmp', path)
+    glosses, german = zip(*generate(size, seed * 1000 + offset))
+    text.write_parallel(directory, split, list(glosses), list(german))
   return directory
 
 

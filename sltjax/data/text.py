@@ -52,6 +52,20 @@ def read_parallel(config, split: str) -> tuple[list[str], list[str]]:
   return sources, targets
 
 
+def write_parallel(directory: str, split: str, sources: list[str], targets: list[str],
+                   source_suffix: str = 'gloss', target_suffix: str = 'de') -> None:
+  """Writes `split` as {split}.{source_suffix} / {split}.{target_suffix}, one example per line
+  (the layout read_parallel reads); each file is replaced whole, never left half written."""
+  if len(sources) != len(targets):
+    raise ValueError(f'Split {split!r}: {len(sources)} sources but {len(targets)} targets.')
+  os.makedirs(directory, exist_ok=True)
+  for suffix, lines in ((source_suffix, sources), (target_suffix, targets)):
+    path = os.path.join(directory, f'{split}.{suffix}')
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.write(''.join(line + '\n' for line in lines))
+    os.replace(path + '.tmp', path)
+
+
 @dataclasses.dataclass
 class TokenizedCorpus:
   """Token ids per example: source `X </s> src_lang`, target `X </s>` (language code added later)."""
