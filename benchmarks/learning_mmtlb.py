@@ -3,14 +3,21 @@ r"""Does MMTLB learn? Sign2Gloss, Gloss2Text and Sign2Text on synthetic_signs, a
   .venv/bin/python benchmarks/learning_mmtlb.py --workdir=/tmp/mmtlb_learning [--data_dir=data]
 
 On one build of synthetic_signs (built on first use), trains one after another, each for the
-steps its config gives (about ten minutes each on a 2-core CPU):
+steps its config gives (about ten minutes each on a 2-core CPU; a rerun on the same WORKDIR
+resumes finished runs instead of repeating them):
   sign2gloss  configs/mmtlb.py:runlocal_sign2gloss (video -> glosses, CTC)
   gloss2text  the same 1+1-layer translation network on the dataset's ground-truth (gloss, text)
               pairs: the score Sign2Text should approach, since its glosses are perfect
   sign2text   configs/mmtlb.py:runlocal, the README's main job (video -> text, CTC + CE)
+              from scratch
+  sign2gloss2text  evaluation only: sign2gloss's decoded glosses -> gloss2text
+  sign2text_from_stages  runlocal started as MMTLB starts Sign2Text: backbone + head from
+              sign2gloss (init.visual), the translation network from gloss2text
+              (init.translation)
 and scores every best checkpoint on the test split (two signers unseen in training). Chance:
 every test video gets the training split's most frequent gloss sequence and sentence. Prints one
-table with the wall time of each run; its rows are also written to WORKDIR/results.json.
+table with the wall time of each run in this invocation (a resumed run only evaluates); its rows
+are also written to WORKDIR/results.json.
 """
 import argparse
 import collections
@@ -25,6 +32,9 @@ from absl import flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
 
 
+STAGES = ('sign2gloss', 'gloss2text', 'sign2text', 'sign2gloss2text', 'sign2text_from_stages')
+
+
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True, help='Runs go to WORKDIR/<stage>.')
@@ -34,13 +44,11 @@ def parse_args():
   return parser.parse_args()
 
 
-def write_text_corpus(split_texts, directory: str) -> str:
+def write_text_corpus(splits, directory: str) -> str:
   """{split}.gloss / {split}.en of the video dataset's splits, for configs/gloss2text.py."""
-  os.makedirs(directory, exist_ok=True)
-  for split, data in split_texts.items():
-    for suffix, lines in (('gloss', data.glosses), ('en', data.texts)):
-      with open(os.path.join(directory, f'{split}.{suffix}'), 'w', encoding='utf-8') as f:
-        f.write(''.join(line + '\n' for line in lines))
+  from sltjax.data import text  # pylint: disable=import-outside-toplevel
+  for split, data in splits.items():
+    text.write_parallel(directory, split, data.glosses, data.texts, target_suffix='en')
   return directory
 
 
@@ -92,18 +100,27 @@ def main():
   rows = [{'run': 'chance (most frequent training sequence)', 'minutes': 0.0,
            **gloss_metrics([most_frequent(splits['train'].glosses)] * len(test), test.glosses),
            **translation_metrics([most_frequent(splits['train'].texts)] * len(test), test.texts)}]
-  for stage in ('sign2gloss', 'gloss2text', 'sign2text'):
-    config, workdir = configs[stage], os.path.join(args.workdir, stage)
+  workdirs = {stage: os.path.join(args.workdir, stage) for stage in STAGES}
+  for stage in STAGES:
+    if stage in ('sign2gloss2text', 'sign2text_from_stages'):
+      configs[stage] = configs['sign2text'].copy_and_resolve_references()
+      configs[stage].init.visual = workdirs['sign2gloss']
+      configs[stage].init.translation = workdirs['gloss2text']
+      if stage == 'sign2gloss2text':
+        configs[stage].stage = 'sign2gloss2text'
+    config = configs[stage]
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
-    minutes = (time.perf_counter() - start) / 60
+    if stage != 'sign2gloss2text':  # that one only evaluates the two stages it joins
+      train.train_and_evaluate(config, workdirs[stage])
     config.eval.split = 'test'
-    rows.append({'run': f'{stage} ({config.total_steps} steps)', 'minutes': round(minutes, 1),
-                 **train.evaluate_checkpoint(config, workdir)})
+    scores = train.evaluate_checkpoint(config, workdirs[stage])
+    steps = '' if stage == 'sign2gloss2text' else f' ({config.total_steps} steps)'
+    rows.append({'run': stage + steps, 'minutes': round((time.perf_counter() - start) / 60, 1),
+                 **scores})
   with open(os.path.join(args.workdir, 'results.json'), 'w', encoding='utf-8') as f:
     json.dump(rows, f, indent=1)
   print(f'\nsynthetic_signs test split ({len(test)} videos), best dev checkpoints:')
-  print('| run | WER | BLEU-4 | chrF | ROUGE-L | train + eval minutes |')
+  print('| run | WER | BLEU-4 | chrF | ROUGE-L | minutes (this invocation: train + eval) |')
   print('|---|---|---|---|---|---|')
   for row in rows:
     cells = [f'{row[k]:.2f}' if k in row else '-' for k in ('wer', 'bleu4', 'chrf',
