@@ -111,9 +111,10 @@ def main():
     config = configs[stage]
     start = time.perf_counter()
     if stage != 'sign2gloss2text':  # that one only evaluates the two stages it joins
-      train.train_and_evaluate(config, workdirs[stage])
-    config.eval.split = 'test'
-    scores = train.evaluate_checkpoint(config, workdirs[stage])
+      train.train_and_evaluate(config, workdirs[stage])  # best checkpoint chosen on dev
+    test_config = config.copy_and_resolve_references()  # later stages copy `config`: keep dev
+    test_config.eval.split = 'test'
+    scores = train.evaluate_checkpoint(test_config, workdirs[stage])
     steps = '' if stage == 'sign2gloss2text' else f' ({config.total_steps} steps)'
     rows.append({'run': stage + steps, 'minutes': round((time.perf_counter() - start) / 60, 1),
                  **scores})

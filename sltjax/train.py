@@ -71,6 +71,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   Rerunning the same command resumes from the latest checkpoint in `workdir` (parameters,
   optimizer, data iterator), reaching the same results as an uninterrupted run.
   """
+  if config.eval.split == 'test' and config.eval_every_steps:
+    raise ValueError("eval.split='test' while training would choose the best checkpoint on the "
+                     'test set: train with eval.split=dev, then score test with --mode=eval '
+                     '--config.eval.split=test.')
   exp = build_experiment(config, workdir)
   mesh = exp.mesh
   exp.check_batch_size('batch_size', config.batch_size)

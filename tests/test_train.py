@@ -69,6 +69,14 @@ def test_eval_mode_rescores_the_best_checkpoint(trained, toy_corpus):
     train.evaluate_checkpoint(config, str(workdir))
 
 
+def test_training_refuses_to_choose_checkpoints_on_the_test_split(toy_corpus, tmp_path):
+  config = tiny_config(toy_corpus, **{'eval.split': 'test'})
+  with pytest.raises(ValueError, match=r"eval.split='test' while training would choose the best "
+                                       r'checkpoint on the test set.*--mode=eval'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_corpus, tmp_path,
                                                                monkeypatch):
   monkeypatch.chdir(tmp_path.parent)  # a relative workdir, as users type it
