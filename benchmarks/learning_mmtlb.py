@@ -95,24 +95,23 @@ def main():
   splits = {s: open_dataset_split(configs['sign2text'].data, s) for s in ('train', 'dev', 'test')}
   configs['gloss2text'] = gloss2text_config(
       configs['sign2text'], write_text_corpus(splits, os.path.join(args.workdir, 'corpus')))
+  workdirs = {stage: os.path.join(args.workdir, stage) for stage in STAGES}
+  for stage in ('sign2gloss2text', 'sign2text_from_stages'):  # started from the two stages
+    configs[stage] = configs['sign2text'].copy_and_resolve_references()
+    configs[stage].init.visual = workdirs['sign2gloss']
+    configs[stage].init.translation = workdirs['gloss2text']
+  configs['sign2gloss2text'].stage = 'sign2gloss2text'
 
   test = splits['test']
   rows = [{'run': 'chance (most frequent training sequence)', 'minutes': 0.0,
            **gloss_metrics([most_frequent(splits['train'].glosses)] * len(test), test.glosses),
            **translation_metrics([most_frequent(splits['train'].texts)] * len(test), test.texts)}]
-  workdirs = {stage: os.path.join(args.workdir, stage) for stage in STAGES}
   for stage in STAGES:
-    if stage in ('sign2gloss2text', 'sign2text_from_stages'):
-      configs[stage] = configs['sign2text'].copy_and_resolve_references()
-      configs[stage].init.visual = workdirs['sign2gloss']
-      configs[stage].init.translation = workdirs['gloss2text']
-      if stage == 'sign2gloss2text':
-        configs[stage].stage = 'sign2gloss2text'
     config = configs[stage]
     start = time.perf_counter()
     if stage != 'sign2gloss2text':  # that one only evaluates the two stages it joins
       train.train_and_evaluate(config, workdirs[stage])  # best checkpoint chosen on dev
-    test_config = config.copy_and_resolve_references()  # later stages copy `config`: keep dev
+    test_config = config.copy_and_resolve_references()  # `config` stays on dev
     test_config.eval.split = 'test'
     scores = train.evaluate_checkpoint(test_config, workdirs[stage])
     steps = '' if stage == 'sign2gloss2text' else f' ({config.total_steps} steps)'

@@ -85,14 +85,16 @@ def test_bad_files_give_specific_errors(tmp_path):
     text.read_parallel(data_config(tmp_path), 'dev')
 
 
-
 def test_write_parallel_is_what_read_parallel_reads_and_keeps_old_files_on_bad_input(tmp_path):
   text.write_parallel(str(tmp_path), 'train', ['A B', 'C'], ['a b', 'c'])
   assert text.read_parallel(data_config(tmp_path), 'train') == (['A B', 'C'], ['a b', 'c'])
   with pytest.raises(ValueError, match=r"Split 'train': 1 sources but 2 targets"):
     text.write_parallel(str(tmp_path), 'train', ['D'], ['d', 'e'])
+  with pytest.raises(UnicodeEncodeError):  # the target fails after the source was written
+    text.write_parallel(str(tmp_path), 'train', ['D'], ['\ud800'])
   assert (tmp_path / 'train.gloss').read_text() == 'A B\nC\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ['train.de', 'train.gloss']
+
 
 def test_lowercase_source(toy_corpus):
   sources, _ = text.read_parallel(data_config(toy_corpus, lowercase_source=True), 'train')

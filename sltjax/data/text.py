@@ -55,14 +55,21 @@ def read_parallel(config, split: str) -> tuple[list[str], list[str]]:
 def write_parallel(directory: str, split: str, sources: list[str], targets: list[str],
                    source_suffix: str = 'gloss', target_suffix: str = 'de') -> None:
   """Writes `split` as {split}.{source_suffix} / {split}.{target_suffix}, one example per line
-  (the layout read_parallel reads); each file is replaced whole, never left half written."""
+  (the layout read_parallel reads); both files are written before either replaces the old pair."""
   if len(sources) != len(targets):
     raise ValueError(f'Split {split!r}: {len(sources)} sources but {len(targets)} targets.')
   os.makedirs(directory, exist_ok=True)
-  for suffix, lines in ((source_suffix, sources), (target_suffix, targets)):
-    path = os.path.join(directory, f'{split}.{suffix}')
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-      f.write(''.join(line + '\n' for line in lines))
+  paths = [os.path.join(directory, f'{split}.{suffix}') for suffix in (source_suffix, target_suffix)]
+  try:
+    for path, lines in zip(paths, (sources, targets)):
+      with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.write(''.join(line + '\n' for line in lines))
+  except BaseException:
+    for path in paths:
+      if os.path.exists(path + '.tmp'):
+        os.remove(path + '.tmp')
+    raise
+  for path in paths:
     os.replace(path + '.tmp', path)
 
 
