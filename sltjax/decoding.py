@@ -33,7 +33,8 @@ class BeamState:
   finished_scores: jax.Array  # [batch, beams] length-normalised; NEG_INF for empty slots
   finished_flags: jax.Array   # [batch, beams] bool
   improvable: jax.Array       # [batch] bool: can live beams still beat the finished ones?
-  cache: Any                  # model cache, leading axis batch*beams
+  cache: Any                  # model cache, leading axis batch*beams; never reordered
+  cache_rows: jax.Array       # [batch, beams, max_len] cache row holding each beam's position t
 
 
 def length_normalizer(length, alpha: float, style: str):
@@ -60,9 +61,12 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
                 forced_eos_id: int | None = None):
   """Best sequences [batch, beams, 1 + max_new_tokens] (start token first, pad after EOS), scores.
 
-  tokens_to_logits(tokens [batch*beams], cache, position) -> (logits [batch*beams, vocab], cache)
-  consumes the last token of every live beam at `position` (0 = the start token).
-  `cache` has a leading axis of batch*beams. `forced_eos_id` forces EOS as the last possible token
+  tokens_to_logits(tokens [batch*beams], cache, position, cache_rows [batch*beams, max_len])
+  -> (logits [batch*beams, vocab], cache) consumes the last token of every live beam at
+  `position` (0 = the start token), writing its state into its own row of `cache` (leading axis
+  batch*beams) at `position`. The cache is never reordered when beams change parents (a copy of
+  the whole cache per step, which dominated decoding time): live beam r reads its position t from
+  row cache_rows[r, t] instead. `forced_eos_id` forces EOS as the last possible token
   (HF's forced_eos_token_id). Sequences are sorted best first.
   """
   batch = start_ids.shape[0]
@@ -72,16 +76,19 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
   seqs = seqs.at[:, :, 0].set(start_ids[:, None].astype(jnp.int32))
   # Only beam 0 is live at first, so the first step does not pick K copies of one token.
   live_scores = jnp.where(jnp.arange(beam_size) == 0, 0.0, NEG_INF)[None].repeat(batch, 0)
+  own_rows = jnp.arange(batch * beam_size, dtype=jnp.int32).reshape(batch, beam_size)
   state = BeamState(
       cur_len=jnp.array(1, jnp.int32), live_seqs=seqs, live_scores=live_scores,
       finished_seqs=seqs, finished_scores=jnp.full((batch, beam_size), NEG_INF),
       finished_flags=jnp.zeros((batch, beam_size), bool),
-      improvable=jnp.ones((batch,), bool), cache=cache)
+      improvable=jnp.ones((batch,), bool), cache=cache,
+      cache_rows=jnp.broadcast_to(own_rows[:, :, None], (batch, beam_size, max_len)))
   num_candidates = 2 * beam_size
 
   def step(state: BeamState) -> tuple[BeamState, jax.Array]:
     tokens = _flat(state.live_seqs)[:, state.cur_len - 1]  # [batch*beams]
-    logits, cache = tokens_to_logits(tokens, state.cache, state.cur_len - 1)
+    logits, cache = tokens_to_logits(tokens, state.cache, state.cur_len - 1,
+                                     _flat(state.cache_rows))
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch*beams, vocab]
     vocab = log_probs.shape[-1]
     at_last = state.cur_len + 1 >= max_len
@@ -116,9 +123,9 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
     finished_flags = _gather_beams(
         jnp.concatenate([state.finished_flags, just_finished], axis=1), best)
 
-    # Cache leaves [batch*beams, ...] follow their parent beams: a gather of whole rows.
-    parent_rows = (beam_origin + jnp.arange(batch)[:, None] * beam_size).reshape(-1)
-    reorder = lambda x: x.at[parent_rows].get(mode='promise_in_bounds')
+    # A new live beam reads its parent's cached positions, and writes the next one in its own row.
+    cache_rows = jax.lax.dynamic_update_slice_in_dim(
+        _gather_beams(state.cache_rows, beam_origin), own_rows[:, :, None], state.cur_len, axis=2)
 
     cur_len = state.cur_len + 1
     best_live = live_scores[:, 0] / norm(cur_len - 1)
@@ -128,7 +135,7 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
     new_state = BeamState(cur_len=cur_len, live_seqs=live_seqs, live_scores=live_scores,
                           finished_seqs=finished_seqs, finished_scores=finished_scores,
                           finished_flags=finished_flags, improvable=improvable,
-                          cache=jax.tree.map(reorder, cache))
+                          cache=cache, cache_rows=cache_rows)
     return new_state, at_last
 
   def body(carry):
@@ -161,9 +168,9 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
   cross_kv = model.cross_attention_kv(encoder_out)
   encoder_mask = jnp.repeat(attention_mask, num_beams, axis=0)  # [batch*beams, src_len]
 
-  def tokens_to_logits(tokens, cache, position):
+  def tokens_to_logits(tokens, cache, position, cache_rows):
     logits, cache = model.decode(tokens[:, None], encoder_mask, cross_kv, cache=cache,
-                                 cache_index=position)
+                                 cache_index=position, cache_rows=cache_rows)
     return logits[:, 0], cache
 
   start_ids = jnp.full((batch,), decoder_start_token_id, jnp.int32)

@@ -41,7 +41,7 @@ def enumerate_sequences(table, max_new_tokens, alpha, style):
 def run_toy_search(table, beam_size, max_new_tokens, alpha=0.0, style='hf', batch=1):
   table = jnp.asarray(table)
 
-  def tokens_to_logits(tokens, cache, position):
+  def tokens_to_logits(tokens, cache, position, cache_rows):
     return table[tokens], cache
 
   return beam_search(tokens_to_logits, jnp.full((batch,), START), jnp.zeros((batch * beam_size,)),
@@ -99,13 +99,13 @@ def test_greedy_is_beam_one_and_follows_the_argmax():
 
 
 def test_batch_rows_end_independently():
-  """Each row decodes with its own table (found through the cache, so beams must be reordered
-  correctly); the batched result equals each row searched alone, and rows end at different steps."""
+  """Each row decodes with its own table (found through the cache rows the search names, so
+  beams must follow their parents correctly); the batched result equals each row searched alone, and rows end at different steps."""
   tables = jnp.asarray(np.stack([markov_table(s) for s in (6, 7, 8)]))
 
   def search(rows, beam_size=3):
-    def tokens_to_logits(tokens, cache, position):
-      return tables[cache, tokens], cache
+    def tokens_to_logits(tokens, cache, position, cache_rows):
+      return tables[cache[cache_rows[:, 0]], tokens], cache
     cache = jnp.repeat(jnp.asarray(rows), beam_size)  # [batch*beams] table index of each beam
     return beam_search(tokens_to_logits, jnp.full((len(rows),), START), cache,
                        beam_size=beam_size, max_new_tokens=6, eos_id=EOS, pad_id=PAD)[0]
@@ -168,9 +168,9 @@ def _search_with_scores(model, ids, mask):
   repeat = lambda x: jnp.repeat(x, 4, axis=0)
   cross_kv = jax.tree.map(repeat, model.cross_attention_kv(encoder_out))
 
-  def tokens_to_logits(tokens, cache, position):
+  def tokens_to_logits(tokens, cache, position, cache_rows):
     logits, cache = model.decode(tokens[:, None], repeat(mask), cross_kv, cache=cache,
-                                 cache_index=position)
+                                 cache_index=position, cache_rows=cache_rows)
     return logits[:, 0], cache
 
   return decoding.beam_search(tokens_to_logits, jnp.full((3,), 3), model.init_cache(12, 11),

@@ -30,17 +30,20 @@ class MultiHeadAttention(nnx.Module):
     """Keys and values of `inputs` [batch, length, d_model], each [batch, length, heads, head_dim]."""
     return self._split_heads(self.k_proj(inputs)), self._split_heads(self.v_proj(inputs))
 
-  def __call__(self, queries, keys, values, mask, *, rngs: nnx.Rngs | None = None):
+  def __call__(self, queries, keys, values, mask, *, kv_rows=None,
+               rngs: nnx.Rngs | None = None):
     """Attends `queries` [batch, q_len, d_model] to projected keys/values [kv_batch, kv_len, heads,
     head_dim]; returns [batch, q_len, d_model].
 
     mask: bool, broadcastable to [batch, heads, q_len, kv_len]; True where attention is allowed.
     For one query per row (a decoding step), consecutive groups of batch // kv_batch rows (the
-    beams of one sentence) may share one row of keys/values, which is then read once per group.
+    beams of one sentence) may share one row of keys/values, which is then read once per group;
+    or `kv_rows` [batch, kv_len] names, per query row and key position, the row of keys/values
+    to read (a beam search's cache, which is never reordered: see decoding.beam_search).
     """
     q = self._split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5)
     if q.shape[1] == 1:
-      out = self._attend_one_query(q, keys, values, mask, rngs)
+      out = self._attend_one_query(q, keys, values, mask, kv_rows, rngs)
     else:
       logits = jnp.einsum('bqhd,bkhd->bhqk', q, keys).astype(jnp.float32)
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -49,13 +52,17 @@ class MultiHeadAttention(nnx.Module):
       out = jnp.einsum('bhqk,bkhd->bqhd', probs, values)  # [batch, q, heads, head_dim]
     return self.out_proj(out.reshape(*out.shape[:2], -1))
 
-  def _attend_one_query(self, q, keys, values, mask, rngs):
+  def _attend_one_query(self, q, keys, values, mask, kv_rows, rngs):
     """A decoding step, q [batch, 1, heads, head_dim] -> [batch, 1, heads, head_dim], as broadcast
     multiply-reduces over keys/values laid out [(kv_batch, group,) kv, heads]: XLA fuses each
     into one pass over the keys or values, where its CPU batched dot is several times slower
     for single rows."""
     batch, kv_batch, kv_len = q.shape[0], keys.shape[0], keys.shape[1]
-    if batch == kv_batch:
+    if kv_rows is not None:  # [batch, kv_len]: each position read from the row that holds it
+      positions = jnp.arange(kv_len)[None]
+      keys, values = keys[kv_rows, positions], values[kv_rows, positions]
+      kv_batch = batch
+    if kv_batch in (1, batch):  # keys/values per row, or one row broadcast to all
       logits = jnp.sum(q * keys, axis=-1)  # [batch, kv, heads]
       mask = mask[:, :, 0, :].transpose(0, 2, 1)  # [batch|1, kv, heads|1]
       kv_axis = 1
