@@ -1,12 +1,17 @@
-r"""Beam-search decoding throughput: sltjax (XLA) vs transformers' generate (PyTorch), same weights.
+r"""Beam-search decoding throughput: sltjax (XLA) vs transformers' `generate` (PyTorch), same weights.
 
-  .venv/bin/python benchmarks/decode_mbart.py [--batch_sizes=8,32] [--max_new_tokens=40]
+  .venv/bin/python benchmarks/decode_mbart.py [--sizes=d512,large] [--batch_sizes=1,16,64]
 
-mBART-large-cc25's architecture with a trimmed vocabulary (2,454 ids, as PHOENIX-2014T's), random
-weights from a fixed seed, converted in memory with sltjax.convert.hf; both sides decode the same
-padded source batches with num_beams=4. Prints sentences/s for both, the ratio, whether the
-outputs are identical, and sltjax's one-off compile time (not in its throughput; the persistent
-compilation cache removes it on later runs).
+Two mBART shapes with PHOENIX-2014T's trimmed vocabulary (2,454 ids) and random weights from a
+fixed seed, converted in memory with sltjax.convert.hf: `d512` (6+6 layers, 8 heads, FFN 2048:
+C2RL's and GFSLT-style decoders) and `large` (mBART-large-cc25: 12+12 layers, d 1024). Both sides
+decode the same right-padded batches of 8-24-token sources with num_beams=4 and 40 new tokens,
+in turns (so the shared machine's slow and fast periods fall on both); medians are printed.
+
+Per case: sentences/s of both sides, the ratio, how many outputs are identical, and what bounds
+sltjax's time: the decoder's matmul FLOPs at the machine's measured matmul rate, and the bytes
+a step reads (weights, self-attention cache, encoder keys/values) at its measured copy bandwidth,
+each as a share of the measured time per step. Run it on an idle machine.
 """
 import argparse
 import json
@@ -14,6 +19,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
@@ -24,12 +30,18 @@ from sltjax.decoding import generate
 from sltjax.models.mbart import MBart
 
 VOCAB = 2454
+LANG = VOCAB - 24  # de_DE: ends every source and starts every translation
+SIZES = {
+    'd512': dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
+    'large': {},  # transformers' MBartConfig defaults are mBART-large-cc25's
+}
 
 
-def build_models(seed: int):
+def build_models(size: str, seed: int = 0):
   torch.manual_seed(seed)
-  hf = transformers.MBartForConditionalGeneration(
-      transformers.MBartConfig(vocab_size=VOCAB, scale_embedding=True)).eval()
+  hf = transformers.MBartForConditionalGeneration(transformers.MBartConfig(
+      vocab_size=VOCAB, scale_embedding=True, **SIZES[size])).eval()
   cfg = mbart_config_from_hf(hf.config.to_dict())
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: MBart(cfg, rngs=nnx.Rngs(0))))
   tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
@@ -37,18 +49,17 @@ def build_models(seed: int):
 
 
 def source_batch(batch: int, seed: int):
-  """Source ids [batch, 30]: 12-30 tokens each, ending with </s> de_DE, right-padded."""
+  """Source ids [batch, 24]: 8-24 tokens each, ending with </s> de_DE, right-padded."""
   rng = np.random.default_rng(seed)
-  ids = np.ones((batch, 30), np.int64)
-  for i, n in enumerate(rng.integers(12, 31, size=batch)):
+  ids = np.ones((batch, 24), np.int64)
+  for i, n in enumerate(rng.integers(8, 25, size=batch)):
     ids[i, :n - 2] = rng.integers(4, VOCAB - 27, size=n - 2)
-    ids[i, n - 2:n] = [2, VOCAB - 24]  # </s>, de_DE
+    ids[i, n - 2:n] = [2, LANG]
   return ids, (ids != 1).astype(np.int64)
 
 
 def timed_alternately(functions, repeats: int):
-  """Median seconds and last output of each function, run in turns so that the shared machine's
-  slow and fast periods fall on both."""
+  """Median seconds and last output of each function, run in turns."""
   times, outputs = [[] for _ in functions], [None] * len(functions)
   for _ in range(repeats):
     for i, fn in enumerate(functions):
@@ -58,44 +69,85 @@ def timed_alternately(functions, repeats: int):
   return [statistics.median(t) for t in times], outputs
 
 
+def machine_rates():
+  """(matmul FLOP/s, copy bytes/s) of this machine for float32, measured now with XLA."""
+  a = jnp.ones((1024, 1024), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  big = jnp.ones((64 << 20) // 4, jnp.float32)
+  copy = jax.jit(lambda x: x + 1.0)
+  rates = []
+  for fn, x, work in ((matmul, a, 2 * 1024 ** 3), (copy, big, 2 * big.nbytes)):
+    jax.block_until_ready(fn(x))
+    start = time.perf_counter()
+    for _ in range(10):
+      jax.block_until_ready(fn(x))
+    rates.append(10 * work / (time.perf_counter() - start))
+  return rates
+
+
+def step_costs(cfg, rows: int, src_len: int, max_len: int):
+  """(FLOPs, bytes read) of one decoding step over `rows` = batch*beams."""
+  d, f, layers = cfg.d_model, cfg.decoder_ffn_dim, cfg.decoder_layers
+  weights_per_layer = 4 * d * d + 2 * d * d + 2 * d * f  # self q/k/v/o, cross q/o, FFN
+  flops = 2 * rows * (layers * weights_per_layer + d * cfg.vocab_size)
+  weight_bytes = 4 * (layers * weights_per_layer + d * cfg.vocab_size)
+  cache_bytes = 4 * layers * 2 * rows * max_len * d  # self-attention keys and values
+  cross_bytes = 4 * layers * 2 * (rows // 4) * src_len * d  # shared by a sentence's beams
+  return flops, weight_bytes + cache_bytes + cross_bytes
+
+
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--batch_sizes', default='8,32')
+  parser.add_argument('--sizes', default='d512,large')
+  parser.add_argument('--batch_sizes', default='1,16,64')
   parser.add_argument('--max_new_tokens', type=int, default=40)
   parser.add_argument('--num_beams', type=int, default=4)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
-  hf, model = build_models(seed=0)
+  flop_rate, byte_rate = machine_rates()
+  print(f'jax {jax.devices()[0].device_kind} x{jax.device_count()}, torch threads '
+        f'{torch.get_num_threads()}; measured: matmul {flop_rate / 1e9:.0f} GFLOP/s, copy '
+        f'{byte_rate / 1e9:.1f} GB/s')
   options = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                 decoder_start_token_id=VOCAB - 24)
-  print(f'devices: jax {jax.devices()[0].device_kind} x{jax.device_count()}, torch threads '
-        f'{torch.get_num_threads()}')
+                 decoder_start_token_id=LANG)
   rows = []
-  for batch in map(int, args.batch_sizes.split(',')):
-    ids, mask = source_batch(batch, seed=batch)
-    compile_start = time.perf_counter()
-    generate(model, ids, mask, **options)
-    compile_s = time.perf_counter() - compile_start
+  for size in args.sizes.split(','):
+    hf, model = build_models(size)
+    for batch in map(int, args.batch_sizes.split(',')):
+      ids, mask = source_batch(batch, seed=batch)
+      generate(model, ids, mask, **options)  # compile (the persistent cache keeps it)
 
-    def reference():
-      with torch.no_grad():
-        return hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                           do_sample=False, **options).numpy()
+      def reference(ids=ids, mask=mask):
+        with torch.no_grad():
+          return hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             do_sample=False, **options).numpy()
 
-    reference()  # warm-up
-    (hf_s, ours_s), (expected, out) = timed_alternately(
-        [reference, lambda: generate(model, ids, mask, **options)], args.repeats)
-    row = {'batch': batch, 'num_beams': args.num_beams, 'new_tokens': int(expected.shape[1] - 1),
-           'transformers_sent_per_s': batch / hf_s, 'sltjax_sent_per_s': batch / ours_s,
-           'speedup': hf_s / ours_s, 'identical': bool(np.array_equal(out, expected)),
-           'sltjax_first_call_s': compile_s}
-    rows.append(row)
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
-  print('\n| batch | transformers sent/s | sltjax sent/s | speedup | identical |')
-  print('|---|---|---|---|---|')
+      reference()  # warm-up
+      (hf_s, ours_s), (expected, out) = timed_alternately(
+          [reference, lambda ids=ids, mask=mask: generate(model, ids, mask, **options)],
+          args.repeats)
+      steps = out.shape[1] - 1
+      flops, read = step_costs(model.config, batch * args.num_beams, ids.shape[1],
+                               1 + args.max_new_tokens)
+      compute_share = steps * flops / flop_rate / ours_s
+      memory_share = steps * read / byte_rate / ours_s
+      same = sum(len(a) == len(b) and bool(np.array_equal(a, b)) for a, b in zip(
+          [r[r != 1] for r in out], [r[r != 1] for r in expected]))
+      row = {'size': size, 'batch': batch, 'steps': steps,
+             'transformers_sent_per_s': batch / hf_s, 'sltjax_sent_per_s': batch / ours_s,
+             'speedup': hf_s / ours_s, 'identical': f'{same}/{batch}',
+             'matmul_share': compute_share, 'read_share': memory_share,
+             'bound': 'matmuls' if compute_share >= memory_share else 'memory reads'}
+      rows.append(row)
+      print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+            flush=True)
+  print('\n| size | batch | transformers sent/s | sltjax sent/s | speedup | identical | '
+        'bound (share of sltjax time: matmuls at peak / reads at copy speed) |')
+  print('|---|---|---|---|---|---|---|')
   for r in rows:
-    print(f'| {r["batch"]} | {r["transformers_sent_per_s"]:.2f} | {r["sltjax_sent_per_s"]:.2f} | '
-          f'{r["speedup"]:.2f}x | {r["identical"]} |')
+    print(f'| {r["size"]} | {r["batch"]} | {r["transformers_sent_per_s"]:.2f} | '
+          f'{r["sltjax_sent_per_s"]:.2f} | {r["speedup"]:.2f}x | {r["identical"]} | '
+          f'{r["bound"]} ({r["matmul_share"]:.0%} / {r["read_share"]:.0%}) |')
 
 
 if __name__ == '__main__':

@@ -34,7 +34,8 @@ class BeamState:
   finished_flags: jax.Array   # [batch, beams] bool
   improvable: jax.Array       # [batch] bool: can live beams still beat the finished ones?
   cache: Any                  # model cache, leading axis batch*beams; never reordered
-  cache_rows: jax.Array       # [batch, beams, max_len] cache row holding each beam's position t
+  cache_slots: jax.Array      # [batch, beams, max_len] which of its sentence's rows holds each
+                              # beam's position t
 
 
 def length_normalizer(length, alpha: float, style: str):
@@ -61,12 +62,12 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
                 forced_eos_id: int | None = None):
   """Best sequences [batch, beams, 1 + max_new_tokens] (start token first, pad after EOS), scores.
 
-  tokens_to_logits(tokens [batch*beams], cache, position, cache_rows [batch*beams, max_len])
+  tokens_to_logits(tokens [batch*beams], cache, position, cache_slots [batch, beams, max_len])
   -> (logits [batch*beams, vocab], cache) consumes the last token of every live beam at
   `position` (0 = the start token), writing its state into its own row of `cache` (leading axis
   batch*beams) at `position`. The cache is never reordered when beams change parents (a copy of
-  the whole cache per step, which dominated decoding time): live beam r reads its position t from
-  row cache_rows[r, t] instead. `forced_eos_id` forces EOS as the last possible token
+  the whole cache per step, which dominated decoding time): beam i of sentence b reads its
+  position t from row b*beams + cache_slots[b, i, t] instead. `forced_eos_id` forces EOS as the last possible token
   (HF's forced_eos_token_id). Sequences are sorted best first.
   """
   batch = start_ids.shape[0]
@@ -76,19 +77,18 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
   seqs = seqs.at[:, :, 0].set(start_ids[:, None].astype(jnp.int32))
   # Only beam 0 is live at first, so the first step does not pick K copies of one token.
   live_scores = jnp.where(jnp.arange(beam_size) == 0, 0.0, NEG_INF)[None].repeat(batch, 0)
-  own_rows = jnp.arange(batch * beam_size, dtype=jnp.int32).reshape(batch, beam_size)
+  own_slots = jnp.arange(beam_size, dtype=jnp.int32)
   state = BeamState(
       cur_len=jnp.array(1, jnp.int32), live_seqs=seqs, live_scores=live_scores,
       finished_seqs=seqs, finished_scores=jnp.full((batch, beam_size), NEG_INF),
       finished_flags=jnp.zeros((batch, beam_size), bool),
       improvable=jnp.ones((batch,), bool), cache=cache,
-      cache_rows=jnp.broadcast_to(own_rows[:, :, None], (batch, beam_size, max_len)))
+      cache_slots=jnp.broadcast_to(own_slots[None, :, None], (batch, beam_size, max_len)))
   num_candidates = 2 * beam_size
 
   def step(state: BeamState) -> tuple[BeamState, jax.Array]:
     tokens = _flat(state.live_seqs)[:, state.cur_len - 1]  # [batch*beams]
-    logits, cache = tokens_to_logits(tokens, state.cache, state.cur_len - 1,
-                                     _flat(state.cache_rows))
+    logits, cache = tokens_to_logits(tokens, state.cache, state.cur_len - 1, state.cache_slots)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch*beams, vocab]
     vocab = log_probs.shape[-1]
     at_last = state.cur_len + 1 >= max_len
@@ -124,8 +124,9 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
         jnp.concatenate([state.finished_flags, just_finished], axis=1), best)
 
     # A new live beam reads its parent's cached positions, and writes the next one in its own row.
-    cache_rows = jax.lax.dynamic_update_slice_in_dim(
-        _gather_beams(state.cache_rows, beam_origin), own_rows[:, :, None], state.cur_len, axis=2)
+    cache_slots = jax.lax.dynamic_update_slice_in_dim(
+        _gather_beams(state.cache_slots, beam_origin),
+        jnp.broadcast_to(own_slots[None, :, None], (batch, beam_size, 1)), state.cur_len, axis=2)
 
     cur_len = state.cur_len + 1
     best_live = live_scores[:, 0] / norm(cur_len - 1)
@@ -135,7 +136,7 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
     new_state = BeamState(cur_len=cur_len, live_seqs=live_seqs, live_scores=live_scores,
                           finished_seqs=finished_seqs, finished_scores=finished_scores,
                           finished_flags=finished_flags, improvable=improvable,
-                          cache=cache, cache_rows=cache_rows)
+                          cache=cache, cache_slots=cache_slots)
     return new_state, at_last
 
   def body(carry):
@@ -168,9 +169,9 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
   cross_kv = model.cross_attention_kv(encoder_out)
   encoder_mask = jnp.repeat(attention_mask, num_beams, axis=0)  # [batch*beams, src_len]
 
-  def tokens_to_logits(tokens, cache, position, cache_rows):
+  def tokens_to_logits(tokens, cache, position, cache_slots):
     logits, cache = model.decode(tokens[:, None], encoder_mask, cross_kv, cache=cache,
-                                 cache_index=position, cache_rows=cache_rows)
+                                 cache_index=position, cache_slots=cache_slots)
     return logits[:, 0], cache
 
   start_ids = jnp.full((batch,), decoder_start_token_id, jnp.int32)

@@ -41,7 +41,7 @@ def enumerate_sequences(table, max_new_tokens, alpha, style):
 def run_toy_search(table, beam_size, max_new_tokens, alpha=0.0, style='hf', batch=1):
   table = jnp.asarray(table)
 
-  def tokens_to_logits(tokens, cache, position, cache_rows):
+  def tokens_to_logits(tokens, cache, position, cache_slots):
     return table[tokens], cache
 
   return beam_search(tokens_to_logits, jnp.full((batch,), START), jnp.zeros((batch * beam_size,)),
@@ -99,13 +99,12 @@ def test_greedy_is_beam_one_and_follows_the_argmax():
 
 
 def test_batch_rows_end_independently():
-  """Each row decodes with its own table (found through the cache rows the search names, so
-  beams must follow their parents correctly); the batched result equals each row searched alone, and rows end at different steps."""
+  """Each row decodes with its own table (found through the cache, a table index per row); the batched result equals each row searched alone, and rows end at different steps."""
   tables = jnp.asarray(np.stack([markov_table(s) for s in (6, 7, 8)]))
 
   def search(rows, beam_size=3):
-    def tokens_to_logits(tokens, cache, position, cache_rows):
-      return tables[cache[cache_rows[:, 0]], tokens], cache
+    def tokens_to_logits(tokens, cache, position, cache_slots):
+      return tables[cache, tokens], cache
     cache = jnp.repeat(jnp.asarray(rows), beam_size)  # [batch*beams] table index of each beam
     return beam_search(tokens_to_logits, jnp.full((len(rows),), START), cache,
                        beam_size=beam_size, max_new_tokens=6, eos_id=EOS, pad_id=PAD)[0]
@@ -168,9 +167,9 @@ def _search_with_scores(model, ids, mask):
   repeat = lambda x: jnp.repeat(x, 4, axis=0)
   cross_kv = jax.tree.map(repeat, model.cross_attention_kv(encoder_out))
 
-  def tokens_to_logits(tokens, cache, position, cache_rows):
+  def tokens_to_logits(tokens, cache, position, cache_slots):
     logits, cache = model.decode(tokens[:, None], repeat(mask), cross_kv, cache=cache,
-                                 cache_index=position, cache_rows=cache_rows)
+                                 cache_index=position, cache_slots=cache_slots)
     return logits[:, 0], cache
 
   return decoding.beam_search(tokens_to_logits, jnp.full((3,), 3), model.init_cache(12, 11),
@@ -187,3 +186,25 @@ def test_greedy_generate_matches_step_by_step_argmax(tiny_mbart):
     if prefix[-1] == 2:
       break
   assert out[0].tolist() == prefix
+
+
+@pytest.mark.parametrize('groups', [1, 3])
+def test_attention_through_cache_slots_reads_each_position_from_its_row(groups):
+  """A beam search step's self-attention (never-reordered cache, kv_slots) equals attention over
+  keys/values gathered row by row, under jit, for one sentence (XLA's CPU reduce fusion once
+  miscompiled that shape) and several."""
+  from sltjax.models.layers.attention import MultiHeadAttention  # pylint: disable=import-outside-toplevel
+  attention = MultiHeadAttention(64, 4, 0.0, dtype='float32', param_dtype='float32',
+                                 rngs=nnx.Rngs(0))
+  group, kv_len = 4, 9
+  rng = np.random.default_rng(groups)
+  queries = jnp.asarray(rng.normal(size=(groups * group, 1, 64)), jnp.float32)
+  keys = jnp.asarray(rng.normal(size=(groups * group, kv_len, 4, 16)), jnp.float32)
+  values = jnp.asarray(rng.normal(size=(groups * group, kv_len, 4, 16)), jnp.float32)
+  slots = jnp.asarray(rng.integers(0, group, size=(groups, group, kv_len)), jnp.int32)
+  mask = (jnp.arange(kv_len) < 6)[None, None, None]
+  out = nnx.jit(lambda a, *x: a(*x, mask, kv_slots=slots))(attention, queries, keys, values)
+  rows = (slots + jnp.arange(groups)[:, None, None] * group).reshape(groups * group, kv_len)
+  positions = jnp.arange(kv_len)[None]
+  gathered = attention(queries, keys[rows, positions], values[rows, positions], mask)
+  np.testing.assert_allclose(out, gathered, atol=1e-5)

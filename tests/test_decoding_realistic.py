@@ -75,7 +75,7 @@ def assert_same_or_tied(hf, source, ours, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('num_beams', [2, 4])
+@pytest.mark.parametrize('num_beams', [1, 2, 4])
 def test_each_sentence_alone_decodes_like_transformers(models, num_beams):
   """Batches of one: the path translate takes for every video (wrong before: a miscompiled
   shared-keys attention when the whole batch is one sentence)."""

@@ -108,14 +108,14 @@ class DecoderLayer(nnx.Module):
     self.activation_dropout = nnx.Dropout(cfg.activation_dropout)
 
   def __call__(self, x, self_mask, cross_kv, cross_mask, rngs, cache=None, cache_index=None,
-               cache_rows=None):
+               cache_slots=None):
     """One decoder layer.
 
     x: [batch, tgt_len, d_model]; self_mask: [1, 1, tgt_len, kv_len]; cross_kv: encoder keys and
     values [batch, src_len, heads, head_dim]; cross_mask: [batch, 1, 1, src_len].
     With `cache` ({'k', 'v'}: [batch, max_len, heads, head_dim]) the new keys/values are written at
-    `cache_index` and attention runs over the whole cache, position t of row r read from row
-    cache_rows[r, t] when given. Returns (x, updated cache or None).
+    `cache_index` and attention runs over the whole cache (through `cache_slots` [sentences,
+    beams, max_len] in a beam search: see MultiHeadAttention). Returns (x, updated cache or None).
     """
     drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)
     h = self.self_attn_layer_norm(x)
@@ -124,7 +124,7 @@ class DecoderLayer(nnx.Module):
       k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), cache_index, 1)
       cache = {'k': k, 'v': v}
-    x = x + drop(self.self_attn(h, k, v, self_mask, kv_rows=cache_rows, rngs=rngs))
+    x = x + drop(self.self_attn(h, k, v, self_mask, kv_slots=cache_slots, rngs=rngs))
     h = self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask, rngs=rngs)
     x = x + drop(h)
     h = _ffn_block(self.fc1, self.fc2, self.activation_dropout, self.final_layer_norm(x), rngs)
@@ -185,14 +185,15 @@ class MBart(nnx.Module):
             for _ in self.decoder_layers]
 
   def decode(self, decoder_input_ids, encoder_mask, cross_kv, *, cache=None, cache_index=0,
-             cache_rows=None, rngs=None):
+             cache_slots=None, rngs=None):
     """Decoder logits [batch, tgt_len, vocab] (float32) and the updated cache.
 
     decoder_input_ids: [batch, tgt_len]; encoder_mask: [batch, src_len]; cross_kv from
     `cross_attention_kv`, per source sentence: with one token per row (a decoding step) its batch
     may be batch // beams, consecutive rows then being beams of one sentence. Without a cache the decoder is causal over `decoder_input_ids`; with one,
     the tokens sit at positions cache_index.. and attend to everything cached so far; a beam
-    search passes cache_rows [batch, max_length], the cache row holding each row's position t.
+    search passes cache_slots [sentences, beams, max_length]: position t of beam i of sentence s
+    is in cache row s*beams + cache_slots[s, i, t].
     """
     tgt_len = decoder_input_ids.shape[1]
     query_positions = cache_index + jnp.arange(tgt_len)  # [tgt_len]
@@ -209,7 +210,7 @@ class MBart(nnx.Module):
                                      cross_mask, rngs)
       else:
         x, layer_cache = layer(x, self_mask, cross_kv[i], cross_mask, rngs, cache=cache[i],
-                               cache_index=cache_index, cache_rows=cache_rows)
+                               cache_index=cache_index, cache_slots=cache_slots)
       new_cache.append(layer_cache)
     x = self.decoder_layer_norm(x)
     logits = self.shared.attend(x).astype(jnp.float32) + self.final_logits_bias[...]

@@ -30,20 +30,22 @@ class MultiHeadAttention(nnx.Module):
     """Keys and values of `inputs` [batch, length, d_model], each [batch, length, heads, head_dim]."""
     return self._split_heads(self.k_proj(inputs)), self._split_heads(self.v_proj(inputs))
 
-  def __call__(self, queries, keys, values, mask, *, kv_rows=None,
+  def __call__(self, queries, keys, values, mask, *, kv_slots=None,
                rngs: nnx.Rngs | None = None):
     """Attends `queries` [batch, q_len, d_model] to projected keys/values [kv_batch, kv_len, heads,
     head_dim]; returns [batch, q_len, d_model].
 
     mask: bool, broadcastable to [batch, heads, q_len, kv_len]; True where attention is allowed.
     For one query per row (a decoding step), consecutive groups of batch // kv_batch rows (the
-    beams of one sentence) may share one row of keys/values, which is then read once per group;
-    or `kv_rows` [batch, kv_len] names, per query row and key position, the row of keys/values
-    to read (a beam search's cache, which is never reordered: see decoding.beam_search).
+    beams of one sentence) may share one row of keys/values, which is then read once per group.
+    With `kv_slots` [groups, group, kv_len] (a beam search's cache, never reordered: see
+    decoding.beam_search), query row g*group + i reads key position t from keys/values row
+    g*group + kv_slots[g, i, t].
     """
     q = self._split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5)
     if q.shape[1] == 1:
-      out = self._attend_one_query(q, keys, values, mask, kv_rows, rngs)
+      out = (self._attend_one_query(q, keys, values, mask, rngs) if kv_slots is None else
+             self._attend_through_slots(q, keys, values, mask, kv_slots, rngs))
     else:
       logits = jnp.einsum('bqhd,bkhd->bhqk', q, keys).astype(jnp.float32)
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -52,16 +54,34 @@ class MultiHeadAttention(nnx.Module):
       out = jnp.einsum('bhqk,bkhd->bqhd', probs, values)  # [batch, q, heads, head_dim]
     return self.out_proj(out.reshape(*out.shape[:2], -1))
 
-  def _attend_one_query(self, q, keys, values, mask, kv_rows, rngs):
+  def _attend_through_slots(self, q, keys, values, mask, kv_slots, rngs):
+    """A decoding step over a beam search's cache, q [batch, 1, heads, head_dim] ->
+    [batch, 1, heads, head_dim]. Each query is scored against every row of its group and the
+    row its key position lives in is kept (a one-hot sum over the group): the cache is read
+    once per group, with no gather, so XLA updates it in place (a gather from it made XLA copy
+    the whole cache every step). Both products are einsums: as broadcast multiply-reduces,
+    XLA's CPU (YNNPACK) reduce fusion miscompiled them for a single group (jax 0.10.2)."""
+    groups, group, kv_len = kv_slots.shape
+    heads, head_dim = q.shape[2:]
+    q = q.reshape(groups, group, heads, head_dim)  # [groups, i, heads, d]
+    keys = keys.reshape(groups, group, kv_len, heads, head_dim)  # [groups, j, kv, heads, d]
+    values = values.reshape(groups, group, kv_len, heads, head_dim)
+    owner = kv_slots[:, :, None, :] == jnp.arange(group)[:, None]  # [groups, i, j, kv]
+    scores = jnp.einsum('gihd,gjkhd->gihjk', q, keys).astype(jnp.float32)
+    logits = jnp.sum(jnp.where(owner[:, :, None], scores, 0.0), axis=3)  # [groups, i, heads, kv]
+    logits = jnp.where(mask.reshape(1, 1, 1, -1), logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
+    weights = jnp.where(owner[:, :, None], probs[:, :, :, None], 0.0)  # [groups, i, heads, j, kv]
+    out = jnp.einsum('gihjk,gjkhd->gihd', weights, values)
+    return out.reshape(groups * group, 1, heads, head_dim)
+
+  def _attend_one_query(self, q, keys, values, mask, rngs):
     """A decoding step, q [batch, 1, heads, head_dim] -> [batch, 1, heads, head_dim], as broadcast
     multiply-reduces over keys/values laid out [(kv_batch, group,) kv, heads]: XLA fuses each
     into one pass over the keys or values, where its CPU batched dot is several times slower
     for single rows."""
     batch, kv_batch, kv_len = q.shape[0], keys.shape[0], keys.shape[1]
-    if kv_rows is not None:  # [batch, kv_len]: each position read from the row that holds it
-      positions = jnp.arange(kv_len)[None]
-      keys, values = keys[kv_rows, positions], values[kv_rows, positions]
-      kv_batch = batch
     if kv_batch in (1, batch):  # keys/values per row, or one row broadcast to all
       logits = jnp.sum(q * keys, axis=-1)  # [batch, kv, heads]
       mask = mask[:, :, 0, :].transpose(0, 2, 1)  # [batch|1, kv, heads|1]
