@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'Unknown variant {variant!r} of configs/gloss2text.py; use "", "runlocal" or '
                      '"pretrained".')
   c = ml_collections.ConfigDict()
+  c.system = 'gloss2text'
   c.seed = 0
   c.total_steps = 3000
   c.batch_size = 64  # global, over all devices and processes

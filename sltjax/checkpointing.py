@@ -9,11 +9,15 @@ SIGTERM (a preemption notice) makes the trainer save at the current step and exi
 """
 import os
 import signal
+import sys
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
+
+from sltjax.errors import MissingInputError, UserError
 
 
 def _manager(directory: str, item_names: tuple[str, ...], keep: int) -> ocp.CheckpointManager:
@@ -29,6 +33,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int):
     if '://' not in workdir:  # orbax wants absolute local paths; leave gs:// and the like alone
       workdir = os.path.abspath(workdir)
+    self.workdir = workdir
     self.latest = _manager(os.path.join(workdir, 'checkpoints'), ('state', 'data', 'meta'), keep)
     self.best = _manager(os.path.join(workdir, 'best'), ('params', 'meta'), 1)
 
@@ -41,13 +46,35 @@ class Checkpointer:
         meta=ocp.args.JsonSave(meta)))
 
   def restore(self, abstract_state, data_iterator):
-    """(state, meta) of the latest checkpoint, placed as `abstract_state`; the iterator is reset
-    in place to its saved position."""
-    step = self.latest.latest_step()
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator), meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    """(state, meta) of the newest readable checkpoint, placed as `abstract_state`; the iterator
+    is reset in place to its saved position.
+
+    A checkpoint that cannot be read (files truncated or missing) is moved, whole, to
+    workdir/damaged_checkpoints/<step> (never deleted: it may be recoverable) and the one before
+    it is tried; the run then redoes the steps after it.
+    """
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator), meta=ocp.args.JsonRestore()))
+        return restored.state, restored.meta
+      except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore raise many kinds)
+        reason = str(e).splitlines()[0][:300]
+      multihost_utils.sync_global_devices(f'checkpoint {step} unreadable')
+      target = os.path.join(self.workdir, 'damaged_checkpoints', str(step))
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(self.latest.directory, str(step)), target)
+      multihost_utils.sync_global_devices(f'checkpoint {step} moved')
+      self.latest.reload()
+      logging.warning('Checkpoint of step %d is unreadable (%s); moved to %s, resuming from an '
+                      'earlier one.', step, reason, target)
+      print(f'warning: checkpoint of step {step} is unreadable ({reason}); moved it to {target} '
+            'and resumed from the one before.', file=sys.stderr)
+    raise UserError(f'No readable checkpoint under {self.latest.directory} (the unreadable ones '
+                    f'are in {os.path.join(self.workdir, "damaged_checkpoints")}): move them back '
+                    'if they can be repaired, or start again in a new workdir.')
 
   def discard_best_after(self, step: int) -> None:
     """Removes best checkpoints newer than `step`: left by a run that crashed before its next
@@ -62,10 +89,17 @@ class Checkpointer:
   def restore_best(self, abstract_params):
     step = self.best.latest_step()
     if step is None:
-      raise FileNotFoundError(f'No best checkpoint under {self.best.directory}: train first '
+      raise MissingInputError(f'No best checkpoint under {self.best.directory}: train first '
                               '(--mode=train) with evaluation enabled.')
-    restored = self.best.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+    try:
+      restored = self.best.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore raise many kinds)
+      raise UserError(
+          f'The best checkpoint {self.best.directory}/{step} cannot be read '
+          f'({str(e).splitlines()[0][:300]}). Its files are damaged or incomplete: restore them '
+          'from a copy, or move that folder away and score a training checkpoint by resuming '
+          'training (it keeps a new best/).') from e
     return restored.params, restored.meta
 
   def close(self) -> None:
@@ -113,12 +147,12 @@ def read_best_variables(directory: str) -> dict[tuple[str, ...], object]:
   if os.path.isdir(best):
     steps = [int(s) for s in os.listdir(best) if s.isdigit()]
     if not steps:
-      raise FileNotFoundError(f'{best} holds no checkpoint: train that stage first.')
+      raise MissingInputError(f'{best} holds no checkpoint: train that stage first.')
     path = os.path.join(best, str(max(steps)), 'params')
   elif os.path.isdir(os.path.join(directory, 'model')):
     path = os.path.join(directory, 'model')
   else:
-    raise FileNotFoundError(f'{directory} is neither a training workdir (with best/) nor a '
+    raise MissingInputError(f'{directory} is neither a training workdir (with best/) nor a '
                             'pretrained directory (with model/).')
   with ocp.StandardCheckpointer() as checkpointer:
     tree = checkpointer.restore(path)

@@ -9,16 +9,20 @@ On Cloud TPU VMs, --multihost alone lets JAX discover the pod slice.
 """
 import json
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sltjax import config_validation
+from sltjax import config_validation, workdirs
+from sltjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, predictions.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, metrics, predictions (default: '
+    'workdirs/<config>_<variant>).')
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'eval', 'extract_features'],
     'train (resumes if workdir has checkpoints), eval (best checkpoint) or extract_features '
@@ -31,7 +35,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_pro
 _COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache', os.path.expanduser('~/.cache/sltjax/xla'),
     'Persistent XLA compilation cache directory ("" disables).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['config'])
 
 
 def initialize_distributed() -> None:
@@ -44,7 +48,33 @@ def initialize_distributed() -> None:
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
+def exit_with_user_error(message: str):
+  """Prints a message the user can act on, without a traceback, and exits with status 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, where a bad --config file, variant or override (a mistyped key, a
+  value of the wrong type) ends with its message alone."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    exit_with_user_error(f'{e}\nPass --helpfull for every flag.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e).strip('\'"').replace("\\'", "'").replace('\\n', ' ')
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    exit_with_user_error(f'{message} (config {" ".join(overrides) or "file"})')
+
+
 def main(argv):
+  try:
+    run(argv)
+  except UserError as e:
+    exit_with_user_error(str(e))
+
+
+def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
@@ -54,11 +84,9 @@ def main(argv):
   if _COMPILATION_CACHE.value:
     jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
   initialize_distributed()
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  workdir = _WORKDIR.value or workdirs.default_workdir(flags.FLAGS['config'].config_filename,
+                                                       config)
+  workdirs.prepare(workdir, config, _MODE.value)
   from sltjax import train  # pylint: disable=import-outside-toplevel  (after distributed init)
   if _MODE.value == 'train':
     results = train.train_and_evaluate(config, workdir)
@@ -71,4 +99,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

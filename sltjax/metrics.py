@@ -24,7 +24,23 @@ from rouge_score import rouge_scorer, tokenizers
 METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'chrf', 'rougeL_signjoey',
                 'rougeL_f')
 GLOSS_METRIC_NAMES = ('wer', 'sub_rate', 'del_rate', 'ins_rate')
-LOWER_IS_BETTER = frozenset(GLOSS_METRIC_NAMES)
+# Every metric an evaluation may report, with its direction: True where higher is better.
+# Best-checkpoint selection and config validation read it; a system adds its own with
+# register_metric.
+HIGHER_IS_BETTER: dict[str, bool] = {**{name: True for name in METRIC_NAMES},
+                                     **{name: False for name in GLOSS_METRIC_NAMES}}
+
+
+def register_metric(name: str, higher_is_better: bool) -> None:
+  """Declares a metric's direction (e.g. 'r1' True, 'median_rank' False)."""
+  if HIGHER_IS_BETTER.get(name, higher_is_better) != higher_is_better:
+    raise ValueError(f'Metric {name!r} is already registered with the other direction.')
+  HIGHER_IS_BETTER[name] = higher_is_better
+
+
+def selection_score(metrics: dict[str, float], name: str) -> float:
+  """metrics[name] as a higher-is-better number, for choosing the best checkpoint."""
+  return metrics[name] if HIGHER_IS_BETTER[name] else -metrics[name]
 
 
 def _bleu(hypotheses, references, max_order: int, tokenize: str) -> float:

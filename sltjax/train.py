@@ -16,7 +16,8 @@ from flax import nnx
 
 from sltjax import experiments, sharding
 from sltjax.checkpointing import Preempted, PreemptionWatcher
-from sltjax.experiments.base import log
+from sltjax.errors import UserError
+from sltjax.experiments.base import EXTRACT_FEATURES, log
 from sltjax.metric_writers import MetricWriter
 from sltjax.optim import make_optimizer
 
@@ -72,7 +73,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   optimizer, data iterator), reaching the same results as an uninterrupted run.
   """
   if config.eval.split == 'test' and config.eval_every_steps:
-    raise ValueError("eval.split='test' while training would choose the best checkpoint on the "
+    raise UserError("eval.split='test' while training would choose the best checkpoint on the "
                      'test set: train with eval.split=dev, then score test with --mode=eval '
                      '--config.eval.split=test.')
   exp = build_experiment(config, workdir)
@@ -192,9 +193,7 @@ def extract_features(config, workdir: str) -> dict[str, int]:
   """Writes the features of the workdir's backbone as a dataset (video systems); returns
   {split: videos written} (splits already complete are skipped, so a rerun resumes)."""
   exp = build_experiment(config, workdir)
-  if not hasattr(exp, 'extract_features'):
-    raise ValueError(f'system {config.get("system", "gloss2text")!r} has no visual backbone to '
-                     'extract features with.')
+  exp.require(EXTRACT_FEATURES, 'extracting features')
   exp.check_batch_size('eval.batch_size', config.eval.batch_size)
   written = exp.extract_features()
   exp.checkpointer.close()

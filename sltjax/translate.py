@@ -14,14 +14,16 @@ import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import tqdm
 from absl import app, flags, logging
 
+from sltjax import experiments, workdirs
 from sltjax.data import augmentation, video
 from sltjax.data.frames import FrameError, read_image_file
 from sltjax.data.video_files import VideoError, read_video
+from sltjax.errors import UserError
+from sltjax.experiments.base import TRANSLATE_VIDEOS
 
 FLAGS = flags.FLAGS
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
@@ -50,21 +52,10 @@ def read_frames(path: str, target_fps: float, frames_fps: float | None):
 
 
 def load_experiment(workdir: str):
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: --workdir must be a training workdir '
-                            '(python -m sltjax.main ... --workdir=DIR writes it).')
-  with open(path, encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.get('system') != 'mmtlb':
-    raise ValueError(f'{workdir} trained system {config.get("system", "gloss2text")!r}; '
-                     'translate reads video models (mmtlb).')
-  if config.model.backbone == 'features':
-    raise ValueError(f'{workdir} was trained on pre-extracted features (model.backbone='
-                     '"features"): it has no backbone to read videos with. Translate with a '
-                     'workdir whose model has one (s3d or resnet18).')
-  from sltjax.experiments.mmtlb import MMTLBExperiment  # pylint: disable=import-outside-toplevel
-  return MMTLBExperiment(config, workdir)
+  """The experiment of a training workdir, if its model translates videos (else UserError)."""
+  exp = experiments.create(workdirs.load_config(workdir), workdir)
+  exp.require(TRANSLATE_VIDEOS, 'translating videos')
+  return exp
 
 
 def translate(exp, params, rest, path: str, frames_fps: float | None) -> dict:
@@ -92,9 +83,13 @@ def main(argv):
     raise app.UsageError('Give one or more videos or frame folders to translate.')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  exp = load_experiment(FLAGS.workdir)
-  params, rest, step = exp.eval_variables()
-  print(f'{FLAGS.workdir}: best checkpoint of step {step} ({exp.stage}).', file=sys.stderr)
+  try:
+    exp = load_experiment(FLAGS.workdir)
+    params, rest, step = exp.eval_variables()
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'{FLAGS.workdir}: best checkpoint of step {step} ({exp.describe()}).', file=sys.stderr)
   results, failures = [], 0
   for path in tqdm.tqdm(inputs, unit='video', disable=len(inputs) <= 3, file=sys.stderr):
     try:

@@ -13,7 +13,7 @@ from flax import nnx
 from sltjax import config_validation, train, translate
 from sltjax.checkpointing import read_best_variables
 from sltjax.data import batching, features, text
-from sltjax.experiments.mmtlb import open_dataset_split
+from sltjax.experiments.video import open_dataset_split
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
 from tests.conftest import REPO, SHARED_DATA, apply_overrides, tiny_config
@@ -214,7 +214,7 @@ def test_extract_features_then_sign2text_on_them(sign2gloss_workdir, synthetic_s
   np.testing.assert_array_equal(s2t_params['head']['classifier']['kernel'][...],
                                 params['head']['classifier']['kernel'][...])
   (s2t / 'config.json').write_text(config.to_json_best_effort())
-  with pytest.raises(ValueError, match='trained on pre-extracted features'):
+  with pytest.raises(ValueError, match=r'translating videos is not possible with this .mmtlb. model \(MMTLB sign2text on features\)'):
     translate.load_experiment(str(s2t))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from sltjax.data import batching
 from sltjax.data.tokenizers import Tokenizer
+from sltjax.errors import MissingInputError, UserError
 
 
 def split_paths(config, split: str) -> tuple[str, str]:
@@ -31,7 +32,7 @@ def read_parallel(config, split: str) -> tuple[list[str], list[str]]:
   paths = split_paths(config, split)
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(
+    raise MissingInputError(
         f'Split {split!r}: missing {missing}. Splits present under data.path={config.path!r}: '
         f'{available_splits(config) or "none"}.')
   sides = []
@@ -40,12 +41,12 @@ def read_parallel(config, split: str) -> tuple[list[str], list[str]]:
       sides.append(f.read().splitlines())
   (src_path, tgt_path), (sources, targets) = paths, sides
   if len(sources) != len(targets):
-    raise ValueError(f'{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}: '
+    raise UserError(f'{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}: '
                      'the files must be line-parallel.')
   for i, (s, t) in enumerate(zip(sources, targets)):
     if not s.strip() or not t.strip():
       empty = src_path if not s.strip() else tgt_path
-      raise ValueError(f'{empty}, line {i + 1}: empty line; every example needs a source and a '
+      raise UserError(f'{empty}, line {i + 1}: empty line; every example needs a source and a '
                        'target (remove the pair from both files).')
   if config.lowercase_source:
     sources = [s.lower() for s in sources]

@@ -19,6 +19,7 @@ import numpy as np
 from sltjax.data import augmentation, batching, clip_builder, sampling
 from sltjax.data.sign_labels import SignLabels
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
+from sltjax.errors import MissingInputError
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -81,7 +82,7 @@ def _built_index(config):
   """(builder, {split: index}) of dataset config.name under config.data_dir; says how to build it if absent."""
   builder = clip_builder.builder_class(config.name)(data_dir=config.data_dir)
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise MissingInputError(
         f'{config.name} is not built under data_dir={config.data_dir!r}. Build it with\n'
         f'  python -m sltjax.data.build --dataset={config.name} --data_dir={config.data_dir or "DIR"}'
         + ('' if config.name == 'synthetic_signs' else ' --manual_dir=RELEASE'))
@@ -97,7 +98,8 @@ def open_split(config, split: str) -> VideoSplit:
   """`split` of dataset config.name under config.data_dir; says how to build it if absent."""
   builder, index = _built_index(config)
   if split not in index:
-    raise ValueError(f'{config.name} has no split {split!r}; it has {sorted(index)}.')
+    raise MissingInputError(f'{config.name} under {config.data_dir} has no split {split!r}; it has '
+                            f'{sorted(index)}.')
   glosses = index[split]['gloss']
   return VideoSplit(
       name=config.name, split=split,

@@ -1,14 +1,58 @@
-"""What each system gives the training loop (sltjax/train.py): its model, batches, loss and
-evaluation. `create(config, workdir)` picks the experiment named by config.system."""
+"""The system registry: what each system gives the training loop (sltjax/train.py), found by
+config.system.
+
+A system registers its experiment class with `@register('<name>')` in its own module. Built-in
+systems live in `sltjax/experiments/<name>.py` and are imported on first use; a system defined
+elsewhere is named by its module's import path (config.system = 'my_package.my_system'), which
+registers it under that path when imported. Nothing else in sltjax names a system.
+"""
+import importlib
+
+from sltjax.errors import UserError
+
+# Workdirs written before config.system existed trained Gloss2Text.
+LEGACY_SYSTEM = 'gloss2text'
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+  """Class decorator: makes the experiment class available as config.system = name."""
+  def add(cls):
+    if _REGISTRY.get(name, cls) is not cls:
+      raise ValueError(f'Two experiments registered as system {name!r}: {_REGISTRY[name]} and '
+                       f'{cls}.')
+    _REGISTRY[name] = cls
+    cls.system = name
+    return cls
+  return add
+
+
+def system_name(config) -> str:
+  return config.get('system', LEGACY_SYSTEM)
+
+
+def experiment_class(name: str) -> type:
+  """The experiment registered as `name`, importing its module on first use."""
+  if name not in _REGISTRY:
+    module = f'sltjax.experiments.{name}' if '.' not in name else name
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name not in (module, module.rpartition('.')[0]):
+        raise  # the system's module exists but one of its imports does not
+  if name not in _REGISTRY:
+    raise UserError(f'config.system={name!r} is not a registered system; built in: '
+                     f'{", ".join(sorted(builtin_systems()))} (or the import path of a module '
+                     'that registers one with sltjax.experiments.register).')
+  return _REGISTRY[name]
+
+
+def builtin_systems() -> list[str]:
+  """Names of the systems shipped in sltjax/experiments/."""
+  import pkgutil  # pylint: disable=import-outside-toplevel
+  return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in ('base', 'video')]
 
 
 def create(config, workdir: str):
-  system = config.get('system', 'gloss2text')
-  # Imported here: each experiment pulls in its own data and model code.
-  if system == 'gloss2text':
-    from sltjax.experiments.gloss2text import Gloss2TextExperiment  # pylint: disable=import-outside-toplevel
-    return Gloss2TextExperiment(config, workdir)
-  if system == 'mmtlb':
-    from sltjax.experiments.mmtlb import MMTLBExperiment  # pylint: disable=import-outside-toplevel
-    return MMTLBExperiment(config, workdir)
-  raise ValueError(f'config.system={system!r}; expected "gloss2text" or "mmtlb".')
+  """The experiment of config.system for `workdir`."""
+  return experiment_class(system_name(config))(config, workdir)

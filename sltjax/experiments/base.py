@@ -8,7 +8,15 @@ from flax import nnx
 
 from sltjax import sharding
 from sltjax.checkpointing import Checkpointer
-from sltjax.metrics import LOWER_IS_BETTER
+from sltjax.errors import UserError
+from sltjax.metrics import selection_score
+
+# What an experiment can do beyond training and evaluating (Experiment.capabilities); the command
+# that needs one asks the experiment, never the system's name.
+TRANSLATE_VIDEOS = 'translate_videos'  # python -m sltjax.translate: videos -> text (and glosses)
+EXTRACT_FEATURES = 'extract_features'  # --mode=extract_features: a backbone's features dataset
+DECODE_GLOSSES = 'decode_glosses'  # predictions include recognised glosses
+RETRIEVE = 'retrieve'  # text <-> video retrieval
 
 
 def log(message: str) -> None:
@@ -18,8 +26,34 @@ def log(message: str) -> None:
 
 
 class Experiment:
-  """Subclasses set the model with `set_model` and implement `train_dataset`, `loss` and
-  `evaluate`; `init_variables` and `eval_variables` may be overridden (pretrained starts)."""
+  """Subclasses are registered with sltjax.experiments.register, set the model with `set_model`
+  and implement `train_dataset`, `loss` and `evaluate`; `check_config`, `capabilities`,
+  `init_variables` and `eval_variables` may be overridden."""
+
+  system = ''  # set by sltjax.experiments.register
+  # Config keys the system reads beyond the shared ones (config_validation.REQUIRED_KEYS).
+  REQUIRED_KEYS: tuple[str, ...] = ()
+
+  @classmethod
+  def check_config(cls, config) -> list[str]:
+    """Problems with this system's part of `config` (empty when valid), each saying what to
+    set; run before any work starts."""
+    return []
+
+  def capabilities(self) -> frozenset[str]:
+    """What this experiment, as configured, can do (TRANSLATE_VIDEOS, EXTRACT_FEATURES, ...)."""
+    return frozenset()
+
+  def require(self, capability: str, action: str) -> None:
+    """Raises UserError saying that this workdir's model cannot `action`."""
+    if capability not in self.capabilities():
+      raise UserError(f'{self.workdir}: {action} is not possible with this {self.system!r} '
+                      f'model ({self.describe()}); it can: '
+                      f'{", ".join(sorted(self.capabilities())) or "only train and evaluate"}.')
+
+  def describe(self) -> str:
+    """A few words on what this experiment trains, for messages."""
+    return self.system
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
@@ -69,8 +103,7 @@ class Experiment:
   # ------------------------------------------------------------------ evaluation bookkeeping
   def score(self, metrics: dict[str, float]) -> float:
     """config.eval.best_metric as a higher-is-better number (WER is negated)."""
-    name = self.config.eval.best_metric
-    return -metrics[name] if name in LOWER_IS_BETTER else metrics[name]
+    return selection_score(metrics, self.config.eval.best_metric)
 
   def data_parallel_rows(self) -> int:
     """The smallest global batch every process and data-parallel device gets rows of."""
@@ -80,7 +113,7 @@ class Experiment:
     for divisor, what in ((jax.process_count(), 'JAX processes'),
                           (sharding.data_parallel_size(self.mesh), 'data-parallel devices')):
       if batch_size % divisor:
-        raise ValueError(f'{name}={batch_size} must be divisible by the number of {what} '
+        raise UserError(f'{name}={batch_size} must be divisible by the number of {what} '
                          f'({divisor}).')
 
   # ------------------------------------------------------------------ per system
@@ -94,4 +127,9 @@ class Experiment:
 
   def evaluate(self, params, rest, split: str):
     """(metrics, {kind: predictions in split order}) for `split`."""
+    raise NotImplementedError
+
+  def predict(self, params, rest, local_batch) -> tuple[list[str], list[str]]:
+    """(gloss lines, translations) of every row of a batch of eval-prepared clips ('frames',
+    'frame_mask'), for experiments with TRANSLATE_VIDEOS (python -m sltjax.translate)."""
     raise NotImplementedError

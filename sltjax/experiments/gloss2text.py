@@ -1,5 +1,9 @@
 """Gloss2Text: gloss sentences -> spoken sentences with the mBART-shaped transformer, from
-scratch or fine-tuned from a converted mBART (config.model.init_from)."""
+scratch or fine-tuned from a converted mBART (config.model.init_from).
+
+The sentence pairs come from text files (data.path: {split}.gloss / {split}.de) or from the labels
+of a built video dataset (data.name, data.data_dir), so that MMTLB's Gloss2Text stage trains on
+the same dataset as its video stages."""
 import os
 
 import jax
@@ -12,18 +16,52 @@ from sltjax.convert import pretrained
 from sltjax.data import batching, text
 from sltjax.data.tokenizers import load_tokenizer
 from sltjax.decoding import encoder_decoder_search
+from sltjax import experiments
+from sltjax.errors import UserError
 from sltjax.experiments.base import Experiment
+from sltjax.experiments.video import open_dataset_split
 from sltjax.losses import label_smoothed_cross_entropy
 from sltjax.metrics import translation_metrics
 from sltjax.models.mbart import MBart, MBartConfig
 
 
+def read_split(data_config, split: str) -> tuple[list[str], list[str]]:
+  """(gloss lines, sentences) of `split`: the text files under data.path, or the labels of the
+  built video dataset data.name (built on first use where it can be)."""
+  if not data_config.get('name'):
+    return text.read_parallel(data_config, split)
+  labels = open_dataset_split(data_config, split)
+  glosses = labels.glosses
+  if data_config.lowercase_source:
+    glosses = [g.lower() for g in glosses]
+  return glosses, labels.texts
+
+
+@experiments.register('gloss2text')
 class Gloss2TextExperiment(Experiment):
+  @classmethod
+  def check_config(cls, config) -> list[str]:
+    if not (config.data.get('path') or config.data.get('name')):
+      return ['data.path is empty: point it at the folder of {split}.gloss / {split}.<lang> '
+              'files, or set data.name and data.data_dir to train on a built video dataset\'s '
+              'labels']
+    if config.model.get('init_from'):
+      return []
+    if 'd_model' not in config.model:
+      return ['model.init_from is empty: this variant fine-tunes a pretrained model; pass '
+              '--config.model.init_from=DIR (written by python -m sltjax.convert)']
+    if config.tokenizer.kind == 'mbart' and not config.tokenizer.path:
+      return ['tokenizer.kind="mbart" needs tokenizer.path (an mBART tokenizer directory) or '
+              'model.init_from']
+    return []
+
+  def describe(self) -> str:
+    return 'Gloss2Text: gloss sentences -> text'
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
     init_from = config.model.get('init_from')
-    sources, targets = text.read_parallel(config.data, config.data.train_split)
+    sources, targets = read_split(config.data, config.data.train_split)
     self.train_lines = (sources, targets)
     tokenizer_config = config.tokenizer
     if tokenizer_config.kind == 'mbart' and not tokenizer_config.path and init_from:
@@ -34,7 +72,7 @@ class Gloss2TextExperiment(Experiment):
     if init_from:  # architecture from the pretrained checkpoint; dropout and dtypes from config
       self.model_config = pretrained.model_config(init_from, config.model.to_dict())
       if self.model_config.vocab_size != self.tokenizer.vocab_size:
-        raise ValueError(
+        raise UserError(
             f'The pretrained model in {init_from} has {self.model_config.vocab_size} ids but the '
             f'tokenizer ({tokenizer_config.path or tokenizer_config.kind}) has '
             f'{self.tokenizer.vocab_size}: use the tokenizer that was trimmed with it.')
@@ -54,7 +92,7 @@ class Gloss2TextExperiment(Experiment):
 
   def tokenized_split(self, split: str) -> text.TokenizedCorpus:
     sources, targets = (self.train_lines if split == self.config.data.train_split else
-                        text.read_parallel(self.config.data, split))
+                        read_split(self.config.data, split))
     return text.tokenize_corpus(sources, targets, self.tokenizer, self.config.tokenizer.src_lang)
 
   def _loader(self, corpus):

@@ -16,7 +16,6 @@ vocabulary and tokenizer then come from those workdirs, and are copied into this
 import collections
 import functools
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sltjax import sharding
+from sltjax import experiments, sharding
 from sltjax.checkpointing import read_best_variables
 from sltjax.convert import pretrained
 from sltjax.convert.backbones import resnet_state, s3d_state
@@ -33,41 +32,18 @@ from sltjax.ctc_decoding import ctc_decode_batch
 from sltjax.data import augmentation, batching, features, video
 from sltjax.data.tokenizers import GlossVocabulary, load_tokenizer
 from sltjax.decoding import encoder_decoder_search
-from sltjax.experiments.base import Experiment, log
+from sltjax.errors import UserError
+from sltjax.experiments.base import (DECODE_GLOSSES, EXTRACT_FEATURES, TRANSLATE_VIDEOS, Experiment,
+                                     log)
+from sltjax.experiments.video import open_dataset_split, shared_file
 from sltjax.losses import sign_translation_loss
-from sltjax.metrics import gloss_metrics, translation_metrics
+from sltjax.metrics import GLOSS_METRIC_NAMES, gloss_metrics, translation_metrics
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
 
 STAGES = ('sign2gloss', 'sign2text', 'sign2gloss2text')
 GLOSS_FILE = 'glosses.json'
 TOKENIZER_DIR = 'tokenizer'
-
-
-def open_dataset_split(data_config, split: str) -> video.VideoSplit:
-  """The split, building synthetic_signs on first use when config.data.build_if_missing."""
-  try:
-    return video.open_split(data_config, split)
-  except FileNotFoundError:
-    if not (data_config.get('build_if_missing') and data_config.name == 'synthetic_signs'):
-      raise
-  from sltjax.data.build import build  # pylint: disable=import-outside-toplevel
-  log(f'Building synthetic_signs under {data_config.data_dir} (first use; about a minute).')
-  if jax.process_index() == 0:
-    build('synthetic_signs', data_config.data_dir, num_workers=os.cpu_count() or 1,
-          show_progress=True)
-  multihost_utils.sync_global_devices('synthetic_signs built')
-  return video.open_split(data_config, split)
-
-
-def _shared_file(name: str, workdir: str, source_workdir: str) -> str:
-  """workdir/name, copied from source_workdir/name when that exists and this does not."""
-  target, source = os.path.join(workdir, name), os.path.join(source_workdir or '', name)
-  if source_workdir and os.path.exists(source) and not os.path.exists(target):
-    if jax.process_index() == 0:
-      (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, target)
-    multihost_utils.sync_global_devices(f'copied {name}')
-  return target
 
 
 def translation_config(config, vocab_size: int, pad_id: int) -> MBartConfig:
@@ -79,18 +55,45 @@ def translation_config(config, vocab_size: int, pad_id: int) -> MBartConfig:
                                 'pad_token_id': pad_id})
 
 
+@experiments.register('mmtlb')
 class MMTLBExperiment(Experiment):
+  REQUIRED_KEYS = ('stage', 'data.name', 'data.data_dir')
+
+  @classmethod
+  def check_config(cls, config) -> list[str]:
+    problems = []
+    if config.stage not in STAGES:
+      problems.append(f'stage={config.stage!r} must be one of {STAGES}')
+    if config.model.backbone == 'features':
+      if not config.data.get('features_dir'):
+        problems.append('model.backbone="features" trains on a features dataset: set '
+                        'data.features_dir (written by --mode=extract_features into '
+                        '<workdir>/features)')
+      if config.model.backbone_weights:
+        problems.append('model.backbone_weights needs a backbone (s3d or resnet18), not features')
+    if config.stage == 'sign2gloss' and config.eval.best_metric not in GLOSS_METRIC_NAMES:
+      problems.append(f'stage sign2gloss has no translation: eval.best_metric must be one of '
+                      f'{list(GLOSS_METRIC_NAMES)}')
+    return problems
+
+  def capabilities(self) -> frozenset[str]:
+    can = {DECODE_GLOSSES}
+    if self.config.model.backbone != 'features':
+      can |= {TRANSLATE_VIDEOS, EXTRACT_FEATURES}
+    return frozenset(can)
+
+  def describe(self) -> str:
+    return f'MMTLB {self.stage} on {self.config.model.backbone}'
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
-    if config.stage not in STAGES:
-      raise ValueError(f'config.stage={config.stage!r}; expected one of {STAGES}.')
-    if config.model.backbone_weights and config.model.backbone == 'features':
-      raise ValueError('model.backbone_weights needs a backbone (s3d or resnet18), not features.')
+    problems = self.check_config(config)
+    if problems:
+      raise UserError('Invalid config: ' + '; '.join(problems) + '.')
     self.stage = config.stage
     self.translates = config.stage != 'sign2gloss'
     os.makedirs(workdir, exist_ok=True)
-    gloss_file = _shared_file(GLOSS_FILE, workdir, config.init.visual)
+    gloss_file = shared_file(GLOSS_FILE, workdir, config.init.visual)
     if not os.path.exists(gloss_file) and jax.process_index() == 0:
       GlossVocabulary.build(self.train_split.glosses).save(gloss_file)
     multihost_utils.sync_global_devices('gloss vocabulary')
@@ -99,7 +102,7 @@ class MMTLBExperiment(Experiment):
     if tokenizer_config.kind == 'mbart' and not tokenizer_config.path:
       tokenizer_config = tokenizer_config.copy_and_resolve_references()
       tokenizer_config.path = config.init.translation
-    tokenizer_dir = _shared_file(TOKENIZER_DIR, workdir, config.init.translation)
+    tokenizer_dir = shared_file(TOKENIZER_DIR, workdir, config.init.translation)
     self.tokenizer = load_tokenizer(  # built from the training texts on first use only
         tokenizer_config, tokenizer_dir,
         train_texts=[] if os.path.exists(tokenizer_dir) else self.train_split.texts)
@@ -115,7 +118,7 @@ class MMTLBExperiment(Experiment):
                      if self.translates else None),
         dtype=m.dtype, param_dtype=m.param_dtype)
     if self.translates and self.model_config.translation.vocab_size != self.tokenizer.vocab_size:
-      raise ValueError(f'The translation model has {self.model_config.translation.vocab_size} '
+      raise UserError(f'The translation model has {self.model_config.translation.vocab_size} '
                        f'ids but the tokenizer has {self.tokenizer.vocab_size}: use the tokenizer '
                        'saved with init.translation.')
     self.set_model(lambda rngs: MMTLB(self.model_config, rngs=rngs))
@@ -191,7 +194,7 @@ class MMTLBExperiment(Experiment):
         flat[kind][path] = variable.replace(jnp.asarray(value, variable.dtype))
         copied += 1
     if problems:
-      raise ValueError(f'Cannot start {"/".join(prefix)} from {directory}: its architecture '
+      raise UserError(f'Cannot start {"/".join(prefix)} from {directory}: its architecture '
                        'differs from config.model:\n  ' + '\n  '.join(problems[:20]))
     return copied
 
@@ -211,7 +214,7 @@ class MMTLBExperiment(Experiment):
 
   def train_dataset(self):
     if self.stage == 'sign2gloss2text':
-      raise ValueError('stage sign2gloss2text only evaluates: run it with --mode=eval, '
+      raise UserError('stage sign2gloss2text only evaluates: run it with --mode=eval, '
                        'init.visual=<Sign2Gloss workdir> and init.translation=<Gloss2Text workdir>.')
     plan = batching.train_plan(len(self.train_split), self.config.batch_size, self.config.seed)
     return batching.make_dataset(plan, self.loader(self.train_split, train=True),
@@ -341,7 +344,7 @@ class MMTLBExperiment(Experiment):
       params, rest, _ = self.eval_variables()
       return params, rest
     if not (self.config.init.visual or self.config.model.backbone_weights):
-      raise ValueError(f'{self.workdir} has no best checkpoint, and neither init.visual nor '
+      raise UserError(f'{self.workdir} has no best checkpoint, and neither init.visual nor '
                        'model.backbone_weights is set: features of a random backbone are '
                        'meaningless. Train here first or name the weights to extract with.')
     return self.init_variables()
@@ -350,8 +353,7 @@ class MMTLBExperiment(Experiment):
     """Writes the backbone's eval-mode features [T', C] of every split of the dataset into
     workdir/features (sltjax/data/features.py); returns {split: videos written}. Splits already
     complete there are kept as they are."""
-    if self.model_config.backbone == 'features':
-      raise ValueError('model.backbone="features" has no backbone to extract features with.')
+    self.require(EXTRACT_FEATURES, 'extracting features')
     params, rest = self.extraction_variables()
     directory = os.path.join(self.workdir, 'features')
     shardings = sharding.batch_sharding(self.mesh)

@@ -1,0 +1,10 @@
+"""Errors a user can fix (a config key, a path, a workdir): the command-line entry points print
+their message alone and exit with status 2; anything else keeps its traceback."""
+
+
+class UserError(ValueError):
+  """Bad input that the message tells the user how to fix."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+  """A file, folder, dataset or split the run needs is not there (the message says how to make it)."""

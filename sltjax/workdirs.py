@@ -1,0 +1,85 @@
+"""A run's workdir: its default name, and the config.json that ties it to one model and dataset.
+
+Rerunning into a workdir resumes it, so the config must still describe the same run: keys that
+change the model, the data or the optimisation must equal the saved ones; those that only change
+how the run is watched, evaluated or laid out on devices (RESUMABLE_CHANGES) may differ.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+
+from sltjax.errors import UserError
+
+CONFIG_FILE = 'config.json'
+# Dotted prefixes of keys that may change between runs into one workdir.
+RESUMABLE_CHANGES = ('eval.', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+                     'keep_checkpoints', 'total_steps', 'mesh.', 'data.num_workers',
+                     'data.build_if_missing', 'data.data_dir', 'data.features_dir')
+
+
+def default_workdir(config_argument: str, config) -> str:
+  """workdirs/<config file>_<variant>[_<dataset>] for --config=configs/<file>.py[:variant,...]."""
+  path, _, arg = config_argument.partition(':')
+  variant = arg.split(',')[0] if arg and '=' not in arg.split(',')[0] else 'default'
+  parts = [os.path.splitext(os.path.basename(path))[0], variant]
+  dataset = config.get('data', {}).get('name') if 'data' in config else None
+  if dataset:
+    parts.append(dataset)
+  return os.path.join('workdirs', '_'.join(parts))
+
+
+def _flatten(tree, prefix=''):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def config_differences(saved: dict, config: dict) -> list[str]:
+  """'key: saved -> new' for every key in both whose value differs and matters for resuming.
+  A saved config without `system` was written by Gloss2Text, before the key existed."""
+  saved, config = _flatten(saved), _flatten(config)
+  saved.setdefault('system', 'gloss2text')
+  config.setdefault('system', 'gloss2text')
+  return [f'{key}: {saved[key]!r} -> {config[key]!r}' for key in sorted(saved.keys() & config.keys())
+          if saved[key] != config[key]
+          and not any(key == p or key.startswith(p) for p in RESUMABLE_CHANGES)]
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (system 'gloss2text' when it predates the key)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f'{path} not found: this is not a training workdir (python -m sltjax.main '
+                    '... --workdir=DIR writes it).')
+  with open(path, encoding='utf-8') as f:
+    values = json.load(f)
+  values.setdefault('system', 'gloss2text')
+  return ml_collections.ConfigDict(values)
+
+
+def prepare(workdir: str, config, mode: str) -> None:
+  """Creates the workdir and writes config.json, refusing a config that differs from the saved
+  one in what changes the run (the saved file is then left as it is)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.isfile(path):
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+    new = json.loads(config.to_json_best_effort())
+    differences = config_differences(saved, new)
+    if differences:
+      raise UserError(
+          f'{workdir} holds a run with another config ({path}); these keys differ:\n  '
+          + '\n  '.join(differences[:30]) + '\nUse a new --workdir, or the same config to resume.')
+    if mode != 'train':
+      return  # eval and extraction leave the training config as it was
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    os.replace(path + '.tmp', path)

@@ -1,0 +1,153 @@
+"""The system registry, workdirs and user errors: a plug-in system defined in a test module trains
+through sltjax.main with no edit to any shared file; errors a user can fix end with their message
+alone (status 2); a damaged newest checkpoint is skipped on resume and a damaged best/ is named."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sltjax import experiments, workdirs
+from sltjax.config_validation import validate
+from sltjax.errors import UserError
+from sltjax.experiments.base import TRANSLATE_VIDEOS
+from tests.conftest import COMPILATION_CACHE, REPO, read_metrics
+
+PLUGIN_CONFIG = 'tests/plugin/linear_regression_config.py'
+
+
+def main(workdir, *flags, config=PLUGIN_CONFIG):
+  return subprocess.run(
+      [sys.executable, '-m', 'sltjax.main', f'--config={config}', f'--workdir={workdir}',
+       f'--compilation_cache={COMPILATION_CACHE}', *flags],
+      cwd=REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True,
+      timeout=300)
+
+
+def assert_user_error(result, *fragments):
+  """Exit status 2 and one 'error: ...' message, no traceback."""
+  assert result.returncode == 2, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert 'error: ' in result.stderr
+  for fragment in fragments:
+    assert fragment in result.stderr
+
+
+def dev_mse(workdir):
+  return {m['step']: m['mse'] for m in read_metrics(workdir) if m['split'] == 'dev'}
+
+
+def truncate_files(directory):
+  """Cuts every file of a checkpoint item in half, as a disk that filled up would leave it."""
+  count = 0
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      size = os.path.getsize(path)
+      if size > 16:
+        with open(path, 'r+b') as f:
+          f.truncate(size // 2)
+        count += 1
+  assert count
+
+
+@pytest.fixture(scope='module')
+def plugin_runs(tmp_path_factory):
+  """The plug-in trained to 60 steps (checkpoints 30, 60) and a reference run to 90 steps."""
+  root = tmp_path_factory.mktemp('plugin')
+  for name, steps in (('run', 60), ('reference', 90)):
+    result = main(root / name, f'--config.total_steps={steps}')
+    assert result.returncode == 0, result.stderr
+  return root
+
+
+@pytest.mark.slow
+def test_plugin_system_trains_and_keeps_the_lowest_mse_as_best(plugin_runs):
+  mse = dev_mse(plugin_runs / 'run')
+  assert set(mse) == {30, 60} and mse[60] < mse[30] < 5.0  # it learns the weights
+  best_meta = json.loads(next((plugin_runs / 'run' / 'best').glob('*/meta/metadata')).read_text())
+  assert best_meta['mse'] == min(mse.values())  # lower is better: the registered direction
+  saved = json.loads((plugin_runs / 'run' / 'config.json').read_text())
+  assert saved['system'] == 'tests.plugin.linear_regression'
+
+
+@pytest.mark.slow
+def test_resume_skips_a_damaged_newest_checkpoint_and_keeps_it(plugin_runs, tmp_path):
+  workdir = tmp_path / 'run'
+  subprocess.run(['cp', '-r', str(plugin_runs / 'run'), str(workdir)], check=True)
+  truncate_files(workdir / 'checkpoints' / '60' / 'state')
+  result = main(workdir, '--config.total_steps=90')
+  assert result.returncode == 0, result.stderr
+  assert 'checkpoint of step 60 is unreadable' in result.stderr
+  assert 'Resumed from step 30' in result.stderr + result.stdout
+  assert (workdir / 'damaged_checkpoints' / '60' / 'state').is_dir()  # moved, not deleted
+  # Redone from step 30, the run ends exactly where an uninterrupted one does.
+  assert dev_mse(workdir)[90] == dev_mse(plugin_runs / 'reference')[90]
+
+
+@pytest.mark.slow
+def test_eval_on_a_damaged_best_checkpoint_names_it(plugin_runs, tmp_path):
+  workdir = tmp_path / 'run'
+  subprocess.run(['cp', '-r', str(plugin_runs / 'run'), str(workdir)], check=True)
+  best = next((workdir / 'best').iterdir())
+  truncate_files(best / 'params')
+  assert_user_error(main(workdir, '--mode=eval'), f'The best checkpoint {best} cannot be read',
+                    'restore them from a copy')
+
+
+def test_user_errors_print_their_message_alone(tmp_path):
+  assert_user_error(main(tmp_path / 'a', '--config.optimizer.learnig_rate=1'),
+                    'learnig_rate', 'Did you mean "learning_rate"')
+  assert_user_error(main(tmp_path / 'b', '--config.data.train_size=4'),
+                    'data.train_size=4 is smaller than batch_size')
+  assert_user_error(main(tmp_path / 'c', '--config.system=nosuchsystem'),
+                    "config.system='nosuchsystem' is not a registered system; built in: "
+                    'gloss2text, mmtlb')
+  assert not any(tmp_path.iterdir())  # nothing written before the config is valid
+
+
+def test_a_workdir_of_another_run_is_refused_and_left_as_it_was(tmp_path):
+  from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
+  legacy = get_config('runlocal').to_dict()  # written before config.system existed
+  (tmp_path / 'config.json').write_text(json.dumps(legacy))
+  before = (tmp_path / 'config.json').read_text()
+  assert_user_error(main(tmp_path), "these keys differ:\n  batch_size: 32 -> 8",
+                    "system: 'gloss2text' -> 'tests.plugin.linear_regression'")
+  assert (tmp_path / 'config.json').read_text() == before
+
+
+def test_legacy_workdirs_load_as_gloss2text(tmp_path):
+  from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
+  config = get_config('runlocal')
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict()))
+  loaded = workdirs.load_config(str(tmp_path))
+  assert loaded.system == 'gloss2text'
+  assert experiments.experiment_class(loaded.system).system == 'gloss2text'
+  changed = config.copy_and_resolve_references()
+  changed.eval.num_beams, changed.total_steps = 7, 9000  # evaluation and length may change
+  assert workdirs.config_differences(config.to_dict(), json.loads(changed.to_json())) == []
+  changed.model.d_model = 128
+  assert workdirs.config_differences(config.to_dict(), json.loads(changed.to_json())) == [
+      'model.d_model: 64 -> 128']
+
+
+def test_default_workdir_names_config_variant_and_dataset():
+  from configs import gloss2text, mmtlb  # pylint: disable=import-outside-toplevel
+  assert workdirs.default_workdir('configs/mmtlb.py:runlocal', mmtlb.get_config('runlocal')) == (
+      os.path.join('workdirs', 'mmtlb_runlocal_synthetic_signs'))
+  assert workdirs.default_workdir('configs/gloss2text.py', gloss2text.get_config()) == (
+      os.path.join('workdirs', 'gloss2text_default'))
+
+
+def test_commands_ask_the_experiment_what_it_can_do(toy_corpus, tmp_path):
+  from sltjax import translate  # pylint: disable=import-outside-toplevel
+  from tests.conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  config = tiny_config(toy_corpus)
+  validate(config)
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort())
+  with pytest.raises(UserError, match=r"translating videos is not possible with this "
+                     r"'gloss2text' model \(Gloss2Text: gloss sentences -> text\); it can: only "
+                     'train and evaluate'):
+    translate.load_experiment(str(tmp_path))
+  assert TRANSLATE_VIDEOS not in experiments.create(config, str(tmp_path)).capabilities()
