@@ -5,24 +5,32 @@ BIN := $(VENV)/bin
 
 .PHONY: setup train train-gloss2text test
 
+# The main job needs sltjax alone; the tests also need transformers and torch (parity checks).
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 setup: $(BIN)/.installed
 
-# The main job: a small MMTLB Sign2Text model trained end to end on synthetic_signs (built under
-# DATA_DIR on first use), scored on the test split, then translating the videos in VIDEOS.
+# The main job, MMTLB's staged recipe on synthetic_signs (built under DATA_DIR on first use), each
+# stage in its default workdir (workdirs/mmtlb_<variant>_synthetic_signs) and resuming on its own:
+# Sign2Gloss, Gloss2Text on the dataset's labels, then Sign2Text started from both; the test
+# split scored with the best dev checkpoint; then the videos in VIDEOS translated.
 DATA_DIR ?= data
-WORKDIR ?= workdirs/mmtlb_local
+main_job = $(BIN)/python -m sltjax.main --config=configs/mmtlb.py:$(1) --config.data.data_dir=$(DATA_DIR)
+WORKDIR := workdirs/mmtlb_runlocal_staged_synthetic_signs
 VIDEOS ?= ../shared/data/videos
 train: setup
-	$(BIN)/python -m sltjax.main --config=configs/mmtlb.py:runlocal --workdir=$(WORKDIR) \
-	  --config.data.data_dir=$(DATA_DIR)
-	$(BIN)/python -m sltjax.main --config=configs/mmtlb.py:runlocal --workdir=$(WORKDIR) \
-	  --config.data.data_dir=$(DATA_DIR) --mode=eval --config.eval.split=test
+	$(call main_job,runlocal_sign2gloss)
+	$(call main_job,runlocal_gloss2text)
+	$(call main_job,runlocal_staged)
+	$(call main_job,runlocal_staged) --mode=eval --config.eval.split=test
 	@if ls $(VIDEOS)/*.mp4 >/dev/null 2>&1; then \
 	  $(BIN)/python -m sltjax.translate --workdir=$(WORKDIR) $(VIDEOS)/*.mp4; \
 	else echo "No videos in $(VIDEOS): translate your own with"; \
@@ -45,5 +53,5 @@ train-gloss2text: setup
 	    --config.eval_every_steps=500 --config.checkpoint_every_steps=500; \
 	fi
 
-test: setup
+test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests

@@ -1,8 +1,12 @@
 r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per stage.
 
-  runlocal             a small Sign2Text model trained end to end on synthetic_signs (built on
-                       first use under data/), minutes on a laptop CPU; the README's main job
+  runlocal             a small Sign2Text model trained end to end from scratch on synthetic_signs
+                       (built on first use under data/), minutes on a laptop CPU
   runlocal_sign2gloss  the same data and backbone, Sign2Gloss only
+  runlocal_gloss2text  runlocal's translation network trained on synthetic_signs' (gloss, text)
+                       labels
+  runlocal_staged      runlocal started as MMTLB starts Sign2Text, from the two workdirs above
+                       (their default workdirs): the README's main job, `make train`
   sign2gloss           S3D + head, CTC (PHOENIX-2014T recipe); scored by WER
   gloss2text           = configs/gloss2text.py:pretrained (mBART-large-cc25 fine-tuned)
   sign2gloss2text      --mode=eval only: a Sign2Gloss workdir's glosses -> a Gloss2Text workdir
@@ -10,8 +14,10 @@ r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per sta
   sign2text_features   the release's Sign2Text: head + mapper + mBART on frozen S3D features that
                        --mode=extract_features wrote from the Sign2Gloss workdir
 
-  python -m sltjax.main --config=configs/mmtlb.py:runlocal --workdir=workdirs/mmtlb_local
-  python -m sltjax.translate --workdir=workdirs/mmtlb_local my_video.mp4
+  python -m sltjax.main --config=configs/mmtlb.py:runlocal_sign2gloss
+  python -m sltjax.main --config=configs/mmtlb.py:runlocal_gloss2text
+  python -m sltjax.main --config=configs/mmtlb.py:runlocal_staged
+  python -m sltjax.translate --workdir=workdirs/mmtlb_runlocal_staged_synthetic_signs my_video.mp4
 
 The PHOENIX-2014T pipeline (build the dataset first: python -m sltjax.data.build --help):
   python -m sltjax.main --config=configs/mmtlb.py:sign2gloss --workdir=w/s2g \
@@ -34,7 +40,11 @@ import ml_collections
 from sltjax.data import video
 
 VARIANTS = ('sign2text', 'sign2text_features', 'sign2gloss', 'gloss2text', 'sign2gloss2text',
-            'runlocal', 'runlocal_sign2gloss')
+            'runlocal', 'runlocal_sign2gloss', 'runlocal_gloss2text', 'runlocal_staged')
+# Where runlocal_staged finds its two earlier stages: their default workdirs
+# (sltjax/workdirs.py: workdirs/<config>_<variant>_<dataset>).
+RUNLOCAL_STAGE_WORKDIRS = {'visual': 'workdirs/mmtlb_runlocal_sign2gloss_synthetic_signs',
+                           'translation': 'workdirs/mmtlb_runlocal_gloss2text_synthetic_signs'}
 PHOENIX_STEPS_PER_EPOCH = 887  # 7,096 training videos / batch 8
 
 
@@ -45,6 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == 'gloss2text':
     from configs import gloss2text  # pylint: disable=import-outside-toplevel
     return gloss2text.get_config('pretrained')
+  if variant == 'runlocal_gloss2text':
+    return runlocal_gloss2text()
   c = ml_collections.ConfigDict()
   c.system = 'mmtlb'
   c.stage = 'sign2gloss' if 'sign2gloss' in variant and variant != 'sign2gloss2text' else (
@@ -155,4 +167,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule.warmup_steps = 50
     c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24, ctc_beam_size=2,
                   gloss_cleanup='none')
+  if variant in ('runlocal_sign2gloss', 'runlocal_staged'):  # the main job: 20 minutes in all
+    c.total_steps = 300
+    c.eval_every_steps = c.checkpoint_every_steps = 150
+  if variant == 'runlocal_staged':
+    c.init.update(RUNLOCAL_STAGE_WORKDIRS)
+  return c
+
+
+def runlocal_gloss2text() -> ml_collections.ConfigDict:
+  """configs/gloss2text.py with runlocal's translation network, batch, schedule and decoding,
+  on the (gloss, text) labels of runlocal's synthetic_signs."""
+  from configs import gloss2text  # pylint: disable=import-outside-toplevel
+  video_config = get_config('runlocal')
+  c = gloss2text.get_config('runlocal')
+  c.data = ml_collections.ConfigDict({
+      key: video_config.data[key] for key in ('name', 'data_dir', 'build_if_missing',
+                                              'lowercase_gloss', 'length_buckets')})
+  c.data.update(train_split='train', lowercase_source=False, num_workers=0)
+  c.tokenizer.src_lang = c.tokenizer.tgt_lang = video_config.tokenizer.tgt_lang
+  network = video_config.model.translation
+  for key in ('d_model', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads',
+              'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim',
+              'max_position_embeddings', 'dropout', 'attention_dropout'):
+    c.model[key] = network[key]
+  for key in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps'):
+    c[key] = video_config[key]
+  c.optimizer.learning_rate = video_config.optimizer.learning_rate
+  c.schedule.warmup_steps = video_config.schedule.warmup_steps
+  c.eval.num_beams = video_config.eval.num_beams
+  c.eval.max_new_tokens = video_config.eval.max_new_tokens
   return c
