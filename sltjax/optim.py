@@ -5,6 +5,9 @@ expression over parameter paths ('encoder_layers/0/fc1/kernel') to a learning-ra
 multiplier 0 freezes the matching parameters (no update, no optimizer state). The first matching
 pattern wins; unmatched parameters use multiplier 1. `config.optimizer.frozen`, a regular
 expression settable from the command line, freezes what it matches ahead of every group.
+Frozen parameters get no gradient at all: the update step stops gradients at them
+(`frozen_mask`), so XLA drops the backward pass that only they need (a frozen backbone costs its
+forward pass alone), and they are not in the clipping norm.
 """
 import re
 
@@ -67,15 +70,26 @@ def group_multipliers(params, param_groups: dict[str, float]):
   return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
+def learning_rate_multipliers(config, params):
+  """Per parameter, its learning-rate multiplier from config.optimizer (0: frozen)."""
+  opt = config.optimizer
+  groups = dict(opt.param_groups)
+  if opt.get('frozen'):
+    groups = {opt.frozen: 0.0, **{p: m for p, m in groups.items() if p != opt.frozen}}
+  return group_multipliers(params, groups)
+
+
+def frozen_mask(config, params):
+  """Per parameter, True where config.optimizer freezes it."""
+  return jax.tree.map(lambda m: m == 0, learning_rate_multipliers(config, params))
+
+
 def make_optimizer(config, params: nnx.State) -> tuple[optax.GradientTransformation,
                                                        optax.Schedule]:
   """The full gradient transformation (clipping, groups, optimizer) and the base lr schedule."""
   opt = config.optimizer
   schedule = learning_rate_schedule(config)
-  groups = dict(opt.param_groups)
-  if opt.get('frozen'):
-    groups = {opt.frozen: 0.0, **{p: m for p, m in groups.items() if p != opt.frozen}}
-  multipliers = group_multipliers(params, groups)
+  multipliers = learning_rate_multipliers(config, params)
   transforms = {m: optax.set_to_zero() if m == 0 else
                    _base_optimizer(opt, lambda step, m=m: schedule(step) * m)
                 for m in set(jax.tree.leaves(multipliers))}

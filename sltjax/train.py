@@ -19,7 +19,7 @@ from sltjax.checkpointing import Preempted, PreemptionWatcher
 from sltjax.errors import UserError
 from sltjax.experiments.base import EXTRACT_FEATURES, log
 from sltjax.metric_writers import MetricWriter
-from sltjax.optim import make_optimizer
+from sltjax.optim import frozen_mask, make_optimizer
 
 # Step metrics that also get a per-second rate in the logs.
 RATE_METRICS = ('tokens', 'frames')
@@ -41,11 +41,14 @@ def make_train_step(exp, tx: optax.GradientTransformation, schedule, state_shard
   updated and are carried in state['rest'].
   """
   dropout_root = jax.random.key(exp.config.seed + 1)
+  frozen = frozen_mask(exp.config, exp.abstract_params)
 
   def train_step(state, batch):
     dropout_key = jax.random.fold_in(dropout_root, state['step'])
 
     def loss_fn(params):
+      # Frozen parameters are constants of the loss: no backward pass is computed for them.
+      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
       model = nnx.merge(exp.graphdef, params, state["rest"], copy=True)
       loss, metrics = exp.loss(model, batch, nnx.Rngs(dropout=dropout_key))
       return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])

@@ -129,3 +129,34 @@ def test_trains_and_decodes_with_the_pretrained_mbart_vocabulary(toy_corpus, tmp
   assert exp.tokenizer.vocab_size == exp.model_config.vocab_size == 2454
   assert not (tmp_path / 'tokenizer').exists()  # the pretrained vocabulary is used in place
   assert len((tmp_path / 'predictions' / 'dev_step10.txt').read_text().splitlines()) == 24
+
+
+def test_frozen_parameters_get_no_gradient_and_no_backward_pass(toy_corpus, tmp_path):
+  """Freezing the encoder leaves it bitwise unchanged, keeps its gradients out of the clipping
+  norm (grad_norm is the trainable part's), and removes its backward pass from the compiled
+  step (fewer FLOPs)."""
+  from sltjax.optim import make_optimizer  # pylint: disable=import-outside-toplevel,reimported
+
+  def compiled_step(config):
+    exp = train.build_experiment(config, str(tmp_path))
+    tx, schedule = make_optimizer(config, exp.abstract_params)
+    params, rest = exp.init_variables()
+    state = {'params': params, 'rest': rest, 'opt_state': tx.init(params),
+             'step': jnp.array(0, jnp.int32)}
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = train.make_train_step(exp, tx, schedule, shardings)
+    batch = exp.global_batch(next(iter(exp.train_dataset())))
+    return step, state, batch
+
+  no_warmup = {'schedule.warmup_steps': 0}  # step 0 must update
+  free_step, free_state, batch = compiled_step(tiny_config(toy_corpus, **no_warmup))
+  frozen_config = tiny_config(toy_corpus, **no_warmup, **{'optimizer.frozen': '^encoder_'})
+  frozen_step, frozen_state, _ = compiled_step(frozen_config)
+  flops = lambda step, state: step.lower(state, batch).compile().cost_analysis()['flops']
+  assert flops(frozen_step, frozen_state) < 0.9 * flops(free_step, free_state)
+  before = jax.tree.map(np.asarray, frozen_state['params'])
+  after, metrics = frozen_step(frozen_state, batch)
+  for path, value in nnx.to_flat_state(after['params']):
+    unchanged = np.array_equal(value[...], dict(nnx.to_flat_state(before))[path][...])
+    assert unchanged == str(path[0]).startswith('encoder_'), path
+  assert 0 < float(metrics['grad_norm'])
