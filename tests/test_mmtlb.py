@@ -286,3 +286,19 @@ def test_translate_real_videos_and_report_broken_inputs(sign2text_workdir, tmp_p
   assert f'{VIDEOS / "FOOTBALL.mp4"}:' in result.stdout
   ok = _translate(workdir, VIDEOS / 'FOOTBALL.mp4')
   assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.skipif(not VIDEOS.exists(), reason=f'shared videos not found at {VIDEOS}')
+def test_translating_in_batches_gives_each_input_its_result_alone(sign2text_workdir):
+  """Batches mix inputs of one length bucket and fill up with copies; no input's glosses or text
+  may change with its batch (checked on real videos and frames, batches of 1, 2 and 4)."""
+  workdir, _ = sign2text_workdir
+  exp = translate.load_experiment(str(workdir))
+  params, rest, _ = exp.eval_variables()
+  paths = [str(VIDEOS / 'FOOTBALL.mp4'), str(VIDEOS / 'test_video.mp4'),
+           str(VIDEOS / 'phoenix_frames'), str(VIDEOS / 'missing.mp4'), str(VIDEOS / 'FOOTBALL.mp4')]
+  alone = translate.translate_all(exp, params, rest, paths, None, batch_size=1)
+  assert alone[3] == {'input': paths[3], 'error': f'{paths[3]}: no such file or folder.'}
+  assert alone[0] == alone[4]
+  for batch_size in (2, 4):
+    assert translate.translate_all(exp, params, rest, paths, None, batch_size) == alone
