@@ -59,21 +59,29 @@ class MultiHeadAttention(nnx.Module):
     [batch, 1, heads, head_dim]. Each query is scored against every row of its group and the
     row its key position lives in is kept (a one-hot sum over the group): the cache is read
     once per group, with no gather, so XLA updates it in place (a gather from it made XLA copy
-    the whole cache every step). Both products are einsums: as broadcast multiply-reduces,
-    XLA's CPU (YNNPACK) reduce fusion miscompiled them for a single group (jax 0.10.2)."""
+    the whole cache every step)."""
     groups, group, kv_len = kv_slots.shape
     heads, head_dim = q.shape[2:]
-    q = q.reshape(groups, group, heads, head_dim)  # [groups, i, heads, d]
-    keys = keys.reshape(groups, group, kv_len, heads, head_dim)  # [groups, j, kv, heads, d]
-    values = values.reshape(groups, group, kv_len, heads, head_dim)
-    owner = kv_slots[:, :, None, :] == jnp.arange(group)[:, None]  # [groups, i, j, kv]
-    scores = jnp.einsum('gihd,gjkhd->gihjk', q, keys).astype(jnp.float32)
-    logits = jnp.sum(jnp.where(owner[:, :, None], scores, 0.0), axis=3)  # [groups, i, heads, kv]
-    logits = jnp.where(mask.reshape(1, 1, 1, -1), logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    q = q.reshape(groups, group, 1, 1, heads, head_dim)  # [groups, i, 1, 1, heads, d]
+    keys = keys.reshape(groups, 1, group, kv_len, heads, head_dim)  # [groups, 1, j, kv, heads, d]
+    values = values.reshape(groups, 1, group, kv_len, heads, head_dim)
+    owner = (kv_slots[:, :, None, :] == jnp.arange(group)[:, None])[..., None]  # [g, i, j, kv, 1]
+    # Broadcast multiply-reduces are the fastest form on CPU, but XLA's CPU (YNNPACK) reduce
+    # fusion miscompiles them for a single group (jax 0.10.2): einsums there.
+    if groups == 1:
+      scores = jnp.einsum('gaxyhd,gbjkhd->gajkh', q, keys)  # [groups, i, j, kv, heads]
+    else:
+      scores = jnp.sum(q * keys, axis=-1)
+    logits = jnp.sum(jnp.where(owner, scores.astype(jnp.float32), 0.0), axis=2)  # [g, i, kv, h]
+    mask = jnp.broadcast_to(mask, (1, 1, 1, kv_len)).reshape(1, 1, kv_len, 1)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=2).astype(values.dtype)
     probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
-    weights = jnp.where(owner[:, :, None], probs[:, :, :, None], 0.0)  # [groups, i, heads, j, kv]
-    out = jnp.einsum('gihjk,gjkhd->gihd', weights, values)
+    weights = jnp.where(owner, probs[:, :, None], 0.0)  # [groups, i, j, kv, heads]
+    if groups == 1:
+      out = jnp.einsum('gijkh,gbjkhd->gihd', weights, values)  # [groups, i, heads, d]
+    else:
+      out = jnp.sum(weights[..., None] * values, axis=(2, 3))
     return out.reshape(groups * group, 1, heads, head_dim)
 
   def _attend_one_query(self, q, keys, values, mask, rngs):
