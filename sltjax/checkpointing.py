@@ -14,7 +14,6 @@ import sys
 import grain
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 from jax.experimental import multihost_utils
 
 from sltjax.errors import MissingInputError, UserError
@@ -68,8 +67,6 @@ class Checkpointer:
         os.replace(os.path.join(self.latest.directory, str(step)), target)
       multihost_utils.sync_global_devices(f'checkpoint {step} moved')
       self.latest.reload()
-      logging.warning('Checkpoint of step %d is unreadable (%s); moved to %s, resuming from an '
-                      'earlier one.', step, reason, target)
       print(f'warning: checkpoint of step {step} is unreadable ({reason}); moved it to {target} '
             'and resumed from the one before.', file=sys.stderr)
     raise UserError(f'No readable checkpoint under {self.latest.directory} (the unreadable ones '
