@@ -11,7 +11,7 @@ Pretrained (download facebook/mbart-large-cc25 first; the corpus files are the d
       --texts=train.de,dev.de,test.de --glosses=train.gloss,dev.gloss,test.gloss
   python -m sltjax.convert --model=mbart_phoenix --output=pretrained/mbart_phoenix
   python -m sltjax.main --config=configs/gloss2text.py:pretrained --workdir=workdirs/g2t_mbart \
-      --config.model.init_from=pretrained/mbart_phoenix [--config.optimizer.frozen='shared|embed_positions']
+      --config.init.model=pretrained/mbart_phoenix [--config.optimizer.frozen='shared|embed_positions']
 
 data.path holds {split}.gloss and {split}.de, one sentence per line (../shared/data/phoenix2014t
 in this project's development setup; any folder laid out the same way works).
@@ -53,8 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer.src_lang = 'de_DE'
   c.tokenizer.tgt_lang = 'de_DE'
 
+  # Where training starts: a directory written by `python -m sltjax.convert` (pretrained variant)
+  # or an earlier Gloss2Text workdir ('': from scratch).
+  c.init = ml_collections.ConfigDict({'model': ''})
+
   c.model = ml_collections.ConfigDict()
-  c.model.init_from = ''  # a directory written by `python -m sltjax.convert` (pretrained variant)
   c.model.d_model = 256
   c.model.encoder_layers = 2
   c.model.decoder_layers = 2
@@ -105,11 +108,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every_steps = 5 * steps_per_epoch
     c.checkpoint_every_steps = steps_per_epoch
     c.label_smoothing = 0.2
-    c.tokenizer.kind = 'mbart'  # path '' = the tokenizer saved with model.init_from
+    c.tokenizer.kind = 'mbart'  # path '' = the tokenizer saved with init.model
     c.data.lowercase_source = True  # mBART's pieces for glosses are the lowercased words'
-    # The architecture comes from model.init_from; only these apply on top of it.
+    # The architecture comes from init.model; only these apply on top of it.
     c.model = ml_collections.ConfigDict({
-        'init_from': '', 'dropout': 0.3, 'attention_dropout': 0.1, 'activation_dropout': 0.0,
+        'dropout': 0.3, 'attention_dropout': 0.1, 'activation_dropout': 0.0,
         'dtype': 'float32', 'param_dtype': 'float32', 'remat': 'none'})
     c.optimizer.learning_rate = 1e-5
     c.optimizer.weight_decay = 1e-3

@@ -23,7 +23,7 @@ The PHOENIX-2014T pipeline (build the dataset first: python -m sltjax.data.build
   python -m sltjax.main --config=configs/mmtlb.py:sign2gloss --workdir=w/s2g \
       --config.data.data_dir=DATA --config.model.backbone_weights=s3d_kinetics_wlasl.pth
   python -m sltjax.main --config=configs/mmtlb.py:gloss2text --workdir=w/g2t \
-      --config.model.init_from=pretrained/mbart_phoenix
+      --config.init.model=pretrained/mbart_phoenix
   python -m sltjax.main --config=configs/mmtlb.py:sign2gloss2text --workdir=w/s2g2t --mode=eval \
       --config.data.data_dir=DATA --config.init.visual=w/s2g --config.init.translation=w/g2t
   python -m sltjax.main --config=configs/mmtlb.py:sign2text --workdir=w/s2t \

@@ -48,6 +48,10 @@ def initialize_distributed() -> None:
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
+# Config keys that moved, for a message naming the new one.
+MOVED_KEYS = {'model.init_from': 'init.model'}
+
+
 def exit_with_user_error(message: str):
   """Prints a message the user can act on, without a traceback, and exits with status 2."""
   print(f'error: {message}', file=sys.stderr)
@@ -64,6 +68,9 @@ def parse_flags(argv):
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e).strip('\'"').replace("\\'", "'").replace('\\n', ' ')
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    for old, new in MOVED_KEYS.items():
+      if f'--config.{old}' in overrides:
+        exit_with_user_error(f'--config.{old} is now --config.{new}.')
     exit_with_user_error(f'{message} (config {" ".join(overrides) or "file"})')
 
 

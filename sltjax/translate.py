@@ -101,9 +101,9 @@ def translate_batch(exp, params, rest, inputs: list[PreparedInput], batch_size: 
   batch = {'frames': augmentation.normalize(np.stack([item.clip for item in filled]),
                                             data.normalization, data.channel_order),
            'frame_mask': frame_mask}
-  glosses, texts = exp.predict(params, rest, batch)
-  return [{'input': item.path, 'glosses': glosses[row],
-           'translation': texts[row] if texts else None, 'frames': item.frames,
+  predictions = exp.predict(params, rest, batch)
+  return [{'input': item.path, 'glosses': predictions['gloss'][row] if 'gloss' in predictions
+           else None, 'translation': predictions['text'][row], 'frames': item.frames,
            'fps': round(item.fps, 3)} for row, item in enumerate(inputs)]
 
 
@@ -161,7 +161,8 @@ def main(argv):
       tqdm.tqdm.write(f'error: {result["error"]}', file=sys.stderr)
     else:
       tqdm.tqdm.write(f'{result["input"]}: {result["translation"] or ""}')
-      tqdm.tqdm.write(f'  glosses: {result["glosses"]}')
+      if result['glosses'] is not None:
+        tqdm.tqdm.write(f'  glosses: {result["glosses"]}')
 
   start = time.perf_counter()
   results = translate_all(exp, params, rest, paths, FLAGS.frames_fps, FLAGS.batch_size, report)

@@ -40,27 +40,32 @@ def _flatten(tree, prefix=''):
   return flat
 
 
+def upgrade(values: dict) -> dict:
+  """A saved config in today's keys: one without `system` was written by Gloss2Text before the
+  key existed, and Gloss2Text's model.init_from is now init.model."""
+  values = json.loads(json.dumps(values))
+  values.setdefault('system', 'gloss2text')
+  if values['system'] == 'gloss2text' and 'init_from' in values.get('model', {}):
+    values.setdefault('init', {})['model'] = values['model'].pop('init_from')
+  return values
+
+
 def config_differences(saved: dict, config: dict) -> list[str]:
-  """'key: saved -> new' for every key in both whose value differs and matters for resuming.
-  A saved config without `system` was written by Gloss2Text, before the key existed."""
-  saved, config = _flatten(saved), _flatten(config)
-  saved.setdefault('system', 'gloss2text')
-  config.setdefault('system', 'gloss2text')
+  """'key: saved -> new' for every key in both whose value differs and matters for resuming."""
+  saved, config = _flatten(upgrade(saved)), _flatten(upgrade(config))
   return [f'{key}: {saved[key]!r} -> {config[key]!r}' for key in sorted(saved.keys() & config.keys())
           if saved[key] != config[key]
           and not any(key == p or key.startswith(p) for p in RESUMABLE_CHANGES)]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (system 'gloss2text' when it predates the key)."""
+  """The config a workdir was trained with, in today's keys (`upgrade`)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise UserError(f'{path} not found: this is not a training workdir (python -m sltjax.main '
                     '... --workdir=DIR writes it).')
   with open(path, encoding='utf-8') as f:
-    values = json.load(f)
-  values.setdefault('system', 'gloss2text')
-  return ml_collections.ConfigDict(values)
+    return ml_collections.ConfigDict(upgrade(json.load(f)))
 
 
 def prepare(workdir: str, config, mode: str) -> None:

@@ -224,7 +224,7 @@ def test_feature_configs_need_a_features_dir_and_a_trained_backbone(synthetic_si
   with pytest.raises(ValueError, match='set data.features_dir'):
     config_validation.validate(config)
   config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2gloss', **{'model.backbone': 'resnet18'})
-  with pytest.raises(ValueError, match='features of a random backbone are meaningless'):
+  with pytest.raises(ValueError, match='features of a random network are meaningless'):
     train.extract_features(config, str(tmp_path / 'untrained'))
   assert not (tmp_path / 'untrained' / 'features').exists()
 

@@ -1,5 +1,6 @@
 """From a Hugging Face checkpoint to a fine-tuned Gloss2Text model: trim_vocab and convert
-commands, configs/gloss2text.py:pretrained with model.init_from, frozen embeddings."""
+commands, configs/gloss2text.py:pretrained with init.model, frozen embeddings."""
+import json
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs.gloss2text import get_config
-from sltjax import config_validation, train
+from sltjax import config_validation, train, workdirs
 from sltjax.convert.hf import hf_name, load_mbart, to_hf_state_dict
 from sltjax.data.tokenizers import MBartTokenizer, train_sentencepiece
 from tests.conftest import REPO, save_mbart_with_tokenizer
@@ -43,7 +44,7 @@ def pretrained_config(toy_corpus, init_from, **overrides):
   config = get_config('pretrained')
   config.data.path = str(toy_corpus)
   config.data.length_buckets = (16, 32)
-  config.model.init_from = str(init_from)
+  config.init.model = str(init_from)
   config.update(total_steps=30, batch_size=8, log_every_steps=10, eval_every_steps=30,
                 checkpoint_every_steps=30)
   config.optimizer.learning_rate = 3e-3
@@ -69,6 +70,9 @@ def test_fine_tuning_starts_from_the_converted_weights_and_freezes_embeddings(
   config_validation.validate(config)
   best = train.train_and_evaluate(config, str(tmp_path))
   assert set(best) >= {'bleu4', 'rougeL_signjoey'}
+  # The workdir keeps the tokenizer it decodes with, whatever happens to init.model's directory.
+  assert (tmp_path / 'tokenizer' / 'sentencepiece.bpe.model').read_bytes() == (
+      pretrained_dir / 'sltjax' / 'sentencepiece.bpe.model').read_bytes()
   start = to_hf_state_dict(load_mbart(str(pretrained_dir / 'trimmed')))
   params = best_params(tmp_path)
   for frozen in ('shared', 'encoder_embed_positions', 'decoder_embed_positions'):
@@ -78,9 +82,21 @@ def test_fine_tuning_starts_from_the_converted_weights_and_freezes_embeddings(
   assert not np.allclose(trained_fc1, start['model.encoder.layers.0.fc1.weight'].T)
 
 
-def test_the_pretrained_variant_needs_init_from(toy_corpus):
-  with pytest.raises(ValueError, match='model.init_from is empty'):
+def test_the_pretrained_variant_needs_its_start(toy_corpus):
+  with pytest.raises(ValueError, match='init.model is empty'):
     config_validation.validate(get_config('pretrained'))
+
+
+def test_the_moved_init_from_key_is_named_and_old_workdirs_read_it_as_init_model(tmp_path):
+  config = get_config('pretrained')
+  config.model.init_from = '/pretrained/mbart'
+  with pytest.raises(ValueError, match='model.init_from is now init.model'):
+    config_validation.validate(config)
+  (tmp_path / 'config.json').write_text(json.dumps(
+      {'model': {'init_from': '/pretrained/mbart', 'dropout': 0.3}, 'seed': 0}))
+  saved = workdirs.load_config(str(tmp_path))
+  assert saved.system == 'gloss2text' and saved.init.model == '/pretrained/mbart'
+  assert 'init_from' not in saved.model
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused(pretrained_dir, toy_corpus, tmp_path):

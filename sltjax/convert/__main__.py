@@ -2,7 +2,7 @@ r"""Converts a Hugging Face mBART directory into an sltjax pretrained directory.
 
   python -m sltjax.convert --model=mbart-trimmed --output=pretrained/mbart_phoenix [--dtype=bfloat16]
 
-then train from it with `--config.model.init_from=pretrained/mbart_phoenix` (see
+then train from it with `--config.init.model=pretrained/mbart_phoenix` (see
 configs/gloss2text.py:pretrained). Trim the vocabulary first with `python -m sltjax.convert.trim_vocab`.
 """
 from absl import app, flags

@@ -13,9 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sltjax.convert.state_dict import fill_state, read_torch_weights
-from sltjax.models.backbones.resnet import ResNet
-from sltjax.models.backbones.s3d import S3D
+from sltjax.convert.state_dict import fill_state
 
 _LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
          'var': 'running_var'}
@@ -92,11 +90,3 @@ def s3d_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
   return fill_state(abstract_state, state_dict, s3d_torchvision_name, dtype,
                     what='sltjax S3D through Mixed_4f (torchvision names)',
                     ignored=lambda n: _ignored_batch_counter(n) or _beyond_mixed_4f(n))
-
-
-def load_backbone_weights(model: ResNet | S3D, path: str) -> None:
-  """Replaces `model`'s variables (in place) with those of the checkpoint file at `path`."""
-  convert = s3d_state if isinstance(model, S3D) else resnet_state
-  state = convert(read_torch_weights(path), nnx.state(model),
-                  jnp.dtype(model.config.param_dtype))
-  nnx.update(model, state)

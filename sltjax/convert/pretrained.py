@@ -1,5 +1,5 @@
-"""sltjax's pretrained-model directory: what `python -m sltjax.convert` writes and what
-`config.model.init_from` starts training from.
+"""sltjax's pretrained-model directory: what `python -m sltjax.convert` writes and what a
+system's config.init entry (Gloss2Text: init.model; MMTLB: init.translation) starts training from.
 
   DIR/model_config.json   architecture (MBartConfig fields; dropout and dtypes come from config)
   DIR/model/              orbax checkpoint {'params', 'rest'} of the converted model
@@ -13,11 +13,11 @@ import shutil
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sltjax.data.tokenizers import MBART_FILES
 from sltjax.models.mbart import MBartConfig
 
 MODEL_CONFIG = 'model_config.json'
 WEIGHTS = 'model'
-TOKENIZER_FILES = ('sentencepiece.bpe.model', 'tokenizer_config.json', 'id_map.json')
 # Set by the training config, not by the checkpoint.
 TRAINING_FIELDS = ('dropout', 'attention_dropout', 'activation_dropout', 'dtype', 'param_dtype',
                    'remat')
@@ -36,7 +36,7 @@ def save_pretrained(model, directory: str, tokenizer_dir: str | None = None) -> 
   _, params, rest = nnx.split(model, nnx.Param, ...)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(staging, WEIGHTS), {'params': params, 'rest': rest})
-  for name in TOKENIZER_FILES if tokenizer_dir else ():
+  for name in MBART_FILES if tokenizer_dir else ():
     if os.path.isfile(os.path.join(tokenizer_dir, name)):
       shutil.copy(os.path.join(tokenizer_dir, name), staging)
   if os.path.exists(directory):
@@ -47,7 +47,7 @@ def save_pretrained(model, directory: str, tokenizer_dir: str | None = None) -> 
 def read_architecture(directory: str) -> dict:
   path = os.path.join(directory, MODEL_CONFIG)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: model.init_from must be a directory written by '
+    raise FileNotFoundError(f'{path} not found: a pretrained start must be a directory written by '
                             '`python -m sltjax.convert` (see its --help).')
   with open(path, encoding='utf-8') as f:
     return json.load(f)
@@ -59,8 +59,10 @@ def model_config(directory: str, training: dict) -> MBartConfig:
                                 **{k: v for k, v in training.items() if k in TRAINING_FIELDS}})
 
 
-def restore_variables(directory: str, abstract_variables: dict):
-  """{'params', 'rest'} restored onto the shardings of `abstract_variables` (ShapeDtypeStructs)."""
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.join(os.path.abspath(directory), WEIGHTS),
-                                abstract_variables)
+def mbart_config(start: str, section: dict, vocab_size: int, pad_id: int) -> MBartConfig:
+  """The mBART a system builds: the converted model's architecture when `start` (a config.init
+  directory) is a converted directory, with dropout/dtype/remat from the config `section`; else
+  the section's architecture with the tokenizer's vocabulary."""
+  if start and os.path.isfile(os.path.join(start, MODEL_CONFIG)):
+    return model_config(start, section)
+  return MBartConfig.from_dict({**section, 'vocab_size': vocab_size, 'pad_token_id': pad_id})

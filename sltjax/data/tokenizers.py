@@ -7,6 +7,7 @@ the loss), decoder input `tgt_lang X </s>` (decoding starts from the language co
 """
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -14,6 +15,8 @@ import sentencepiece as spm
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ('<s>', '<pad>', '</s>', '<unk>')
+# What an mBART tokenizer directory holds (id_map.json: the trimmed vocabulary's, when trimmed).
+MBART_FILES = ('sentencepiece.bpe.model', 'tokenizer_config.json', 'id_map.json')
 
 # mBART-large-cc25's language codes, in the order their ids follow the SentencePiece pieces.
 MBART_CC25_LANGUAGE_CODES = (
@@ -140,11 +143,21 @@ def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokeni
   An existing vocabulary under `directory` is reused, so resumed and eval runs see the same ids.
   """
   languages = sorted({config.src_lang, config.tgt_lang})
-  if config.kind == 'mbart':
-    if not config.path:
-      raise ValueError('config.tokenizer.path must point at an mBART tokenizer directory '
-                       '(holding sentencepiece.bpe.model) when tokenizer.kind="mbart".')
-    return MBartTokenizer(config.path)
+  if config.kind == 'mbart':  # copied into `directory`, so the workdir holds what it decodes with
+    if not os.path.isfile(os.path.join(directory, MBART_FILES[0])):
+      if not config.path:
+        raise ValueError('config.tokenizer.path must point at an mBART tokenizer directory '
+                         '(holding sentencepiece.bpe.model) when tokenizer.kind="mbart".')
+      MBartTokenizer(config.path)  # a clear error when config.path holds no tokenizer
+      staging = f'{directory}.tmp{os.getpid()}'
+      os.makedirs(staging, exist_ok=True)
+      for name in MBART_FILES:
+        if os.path.isfile(os.path.join(config.path, name)):
+          shutil.copy(os.path.join(config.path, name), staging)
+      if os.path.isdir(directory):  # a partial copy of an earlier, interrupted run
+        shutil.rmtree(directory)
+      os.replace(staging, directory)
+    return MBartTokenizer(directory)
   if config.kind == 'word':
     vocab_file = os.path.join(directory, 'vocab.json')
     if not os.path.exists(vocab_file):

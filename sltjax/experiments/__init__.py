@@ -12,6 +12,8 @@ from sltjax.errors import UserError
 
 # Workdirs written before config.system existed trained Gloss2Text.
 LEGACY_SYSTEM = 'gloss2text'
+# Modules of this package that hold what systems share, not a system.
+SHARED_MODULES = ('base', 'video', 'warm_start')
 _REGISTRY: dict[str, type] = {}
 
 
@@ -50,7 +52,7 @@ def experiment_class(name: str) -> type:
 def builtin_systems() -> list[str]:
   """Names of the systems shipped in sltjax/experiments/."""
   import pkgutil  # pylint: disable=import-outside-toplevel
-  return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in ('base', 'video')]
+  return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SHARED_MODULES]
 
 
 def create(config, workdir: str):

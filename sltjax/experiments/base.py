@@ -1,4 +1,6 @@
-"""The part of an experiment every system shares: mesh, checkpoints, the abstract sharded model."""
+"""The part of an experiment every system shares: mesh, checkpoints, the abstract sharded model,
+and starting from earlier runs (config.init, sltjax/experiments/warm_start.py)."""
+import os
 from collections.abc import Callable
 
 import jax
@@ -7,8 +9,9 @@ import tqdm
 from flax import nnx
 
 from sltjax import sharding
-from sltjax.checkpointing import Checkpointer
+from sltjax.checkpointing import Checkpointer, read_best_variables
 from sltjax.errors import UserError
+from sltjax.experiments import warm_start
 from sltjax.metrics import selection_score
 
 # What an experiment can do beyond training and evaluating (Experiment.capabilities); the command
@@ -28,7 +31,7 @@ def log(message: str) -> None:
 class Experiment:
   """Subclasses are registered with sltjax.experiments.register, set the model with `set_model`
   and implement `train_dataset`, `loss` and `evaluate`; `check_config`, `capabilities`,
-  `init_variables` and `eval_variables` may be overridden."""
+  `warm_starts`, `converted_parts` and `eval_variables` may be overridden."""
 
   system = ''  # set by sltjax.experiments.register
   # Config keys the system reads beyond the shared ones (config_validation.REQUIRED_KEYS).
@@ -37,8 +40,13 @@ class Experiment:
   @classmethod
   def check_config(cls, config) -> list[str]:
     """Problems with this system's part of `config` (empty when valid), each saying what to
-    set; run before any work starts."""
-    return []
+    set; run before any work starts. Overrides extend super()'s list."""
+    return warm_start.check_names(cls.warm_starts(config), config.get('init'))
+
+  @classmethod
+  def warm_starts(cls, config) -> dict[str, warm_start.WarmStart]:
+    """What each config.init.<name> fills and brings along (sltjax/experiments/warm_start.py)."""
+    return {}
 
   def capabilities(self) -> frozenset[str]:
     """What this experiment, as configured, can do (TRANSLATE_VIDEOS, EXTRACT_FEATURES, ...)."""
@@ -61,6 +69,15 @@ class Experiment:
     log(f'Mesh {dict(self.mesh.shape)} over {jax.device_count()} devices in '
         f'{jax.process_count()} processes.')
     self.checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+    os.makedirs(workdir, exist_ok=True)
+    warm_start.bring_files(self.warm_starts(config), config.get('init'), workdir)
+
+  def start_directory(self, file_name: str) -> str:
+    """The config.init directory that brings `file_name` along ('' when none is set)."""
+    table = self.warm_starts(self.config)
+    return next((directory for name, directory in
+                 warm_start.sources(table, self.config.get('init')).items()
+                 if file_name in table[name].files), '')
 
   # ------------------------------------------------------------------ model
   def set_model(self, make_model: Callable[[nnx.Rngs], nnx.Module]) -> None:
@@ -83,9 +100,33 @@ class Experiment:
       return nnx.split(self.make_model(nnx.Rngs(self.config.seed)), nnx.Param, ...)[1:]
     return jax.jit(init, out_shardings=(self.param_shardings, self.rest_shardings))()
 
+  def converted_parts(self) -> dict[tuple[str, ...], nnx.State]:
+    """{parameter path prefix: state} read from converted weights other than sltjax
+    directories (a torchvision backbone, say); applied before config.init's starts."""
+    return {}
+
   def init_variables(self):
-    """The variables training starts from (fresh unless the config names a pretrained start)."""
-    return self.fresh_variables()
+    """The variables training starts from: fresh, with `converted_parts` and config.init's
+    starts (a workdir's best checkpoint or a converted directory) written over them."""
+    params, rest = self.fresh_variables()
+    table = self.warm_starts(self.config)
+    starts = warm_start.sources(table, self.config.get('init'))
+    parts = self.converted_parts()
+    if not (starts or parts):
+      return params, rest
+    flat = {'params': dict(nnx.to_flat_state(params)), 'rest': dict(nnx.to_flat_state(rest))}
+    for prefix, state in parts.items():
+      for sub_path, variable in nnx.to_flat_state(state):
+        flat['params' if isinstance(variable, nnx.Param) else 'rest'][(*prefix, *sub_path)] = (
+            variable)
+    for name, directory in starts.items():
+      source = read_best_variables(directory)
+      for prefix in table[name].prefixes:
+        copied = warm_start.graft(flat, source, prefix, directory)
+        log(f'init.{name}: {"/".join(prefix) or "the model"} <- {directory} ({copied} tensors)')
+    return (jax.device_put(nnx.from_flat_state(list(flat['params'].items())),
+                           self.param_shardings),
+            jax.device_put(nnx.from_flat_state(list(flat['rest'].items())), self.rest_shardings))
 
   def eval_variables(self):
     """(params, rest, step) that --mode=eval scores: the best checkpoint of the workdir."""
@@ -129,7 +170,8 @@ class Experiment:
     """(metrics, {kind: predictions in split order}) for `split`."""
     raise NotImplementedError
 
-  def predict(self, params, rest, local_batch) -> tuple[list[str], list[str]]:
-    """(gloss lines, translations) of every row of a batch of eval-prepared clips ('frames',
-    'frame_mask'), for experiments with TRANSLATE_VIDEOS (python -m sltjax.translate)."""
+  def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
+    """{kind ('text', 'gloss', ...): one string per row} for a batch of eval-prepared clips
+    ('frames', 'frame_mask'); experiments with TRANSLATE_VIDEOS give 'text' (python -m
+    sltjax.translate), with DECODE_GLOSSES also 'gloss'."""
     raise NotImplementedError

@@ -1,5 +1,5 @@
 """Gloss2Text: gloss sentences -> spoken sentences with the mBART-shaped transformer, from
-scratch or fine-tuned from a converted mBART (config.model.init_from).
+scratch or started (config.init.model) from a converted mBART or an earlier Gloss2Text workdir.
 
 The sentence pairs come from text files (data.path: {split}.gloss / {split}.de) or from the labels
 of a built video dataset (data.name, data.data_dir), so that MMTLB's Gloss2Text stage trains on
@@ -8,7 +8,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax.experimental import multihost_utils
 
 from sltjax import sharding
@@ -18,11 +17,12 @@ from sltjax.data.tokenizers import load_tokenizer
 from sltjax.decoding import encoder_decoder_search
 from sltjax import experiments
 from sltjax.errors import UserError
+from sltjax.experiments import warm_start
 from sltjax.experiments.base import Experiment
-from sltjax.experiments.video import open_dataset_split
+from sltjax.experiments.video import TOKENIZER_DIR, open_dataset_split
 from sltjax.losses import label_smoothed_cross_entropy
 from sltjax.metrics import translation_metrics
-from sltjax.models.mbart import MBart, MBartConfig
+from sltjax.models.mbart import MBart
 
 
 def read_split(data_config, split: str) -> tuple[list[str], list[str]]:
@@ -40,19 +40,26 @@ def read_split(data_config, split: str) -> tuple[list[str], list[str]]:
 @experiments.register('gloss2text')
 class Gloss2TextExperiment(Experiment):
   @classmethod
+  def warm_starts(cls, config) -> dict[str, warm_start.WarmStart]:
+    return {'model': warm_start.WarmStart(prefixes=((),), files=(TOKENIZER_DIR,))}
+
+  @classmethod
   def check_config(cls, config) -> list[str]:
-    if not (config.data.get('path') or config.data.get('name')):
-      return ['data.path is empty: point it at the folder of {split}.gloss / {split}.<lang> '
-              'files, or set data.name and data.data_dir to train on a built video dataset\'s '
-              'labels']
+    problems = super().check_config(config)
     if config.model.get('init_from'):
-      return []
+      problems.append('model.init_from is now init.model: pass --config.init.model=DIR')
+    if not (config.data.get('path') or config.data.get('name')):
+      problems.append('data.path is empty: point it at the folder of {split}.gloss / '
+                      '{split}.<lang> files, or set data.name and data.data_dir to train on a '
+                      'built video dataset\'s labels')
+    if problems or config.get('init', {}).get('model'):
+      return problems
     if 'd_model' not in config.model:
-      return ['model.init_from is empty: this variant fine-tunes a pretrained model; pass '
-              '--config.model.init_from=DIR (written by python -m sltjax.convert)']
+      return ['init.model is empty: this variant fine-tunes a pretrained model; pass '
+              '--config.init.model=DIR (written by python -m sltjax.convert)']
     if config.tokenizer.kind == 'mbart' and not config.tokenizer.path:
       return ['tokenizer.kind="mbart" needs tokenizer.path (an mBART tokenizer directory) or '
-              'model.init_from']
+              'init.model']
     return []
 
   def describe(self) -> str:
@@ -60,35 +67,22 @@ class Gloss2TextExperiment(Experiment):
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
-    init_from = config.model.get('init_from')
+    start = config.init.model
     sources, targets = read_split(config.data, config.data.train_split)
     self.train_lines = (sources, targets)
-    tokenizer_config = config.tokenizer
-    if tokenizer_config.kind == 'mbart' and not tokenizer_config.path and init_from:
-      tokenizer_config = ml_collections.ConfigDict({**config.tokenizer.to_dict(),
-                                                    'path': init_from})
-    self.tokenizer = load_tokenizer(tokenizer_config, os.path.join(workdir, 'tokenizer'),
+    tokenizer_config = warm_start.tokenizer_config(config.tokenizer, start)
+    self.tokenizer = load_tokenizer(tokenizer_config, os.path.join(workdir, TOKENIZER_DIR),
                                     train_texts=sources + targets)
-    if init_from:  # architecture from the pretrained checkpoint; dropout and dtypes from config
-      self.model_config = pretrained.model_config(init_from, config.model.to_dict())
-      if self.model_config.vocab_size != self.tokenizer.vocab_size:
-        raise UserError(
-            f'The pretrained model in {init_from} has {self.model_config.vocab_size} ids but the '
-            f'tokenizer ({tokenizer_config.path or tokenizer_config.kind}) has '
-            f'{self.tokenizer.vocab_size}: use the tokenizer that was trimmed with it.')
-    else:
-      self.model_config = MBartConfig.from_dict({**config.model.to_dict(),
-                                                 'vocab_size': self.tokenizer.vocab_size,
-                                                 'pad_token_id': self.tokenizer.pad_id})
+    # A converted model gives the architecture (dropout and dtypes come from config.model).
+    self.model_config = pretrained.mbart_config(start, config.model.to_dict(),
+                                                self.tokenizer.vocab_size, self.tokenizer.pad_id)
+    if self.model_config.vocab_size != self.tokenizer.vocab_size:
+      raise UserError(
+          f'The pretrained model in {start} has {self.model_config.vocab_size} ids but the '
+          f'tokenizer ({tokenizer_config.path or tokenizer_config.kind}) has '
+          f'{self.tokenizer.vocab_size}: use the tokenizer that was trimmed with it.')
     self.set_model(lambda rngs: MBart(self.model_config, rngs=rngs))
     self._decode_fn = None
-
-  def init_variables(self):
-    init_from = self.config.model.get('init_from')
-    if not init_from:
-      return self.fresh_variables()
-    restored = pretrained.restore_variables(init_from, self.abstract_variables())
-    return restored['params'], restored['rest']
 
   def tokenized_split(self, split: str) -> text.TokenizedCorpus:
     sources, targets = (self.train_lines if split == self.config.data.train_split else

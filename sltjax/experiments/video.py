@@ -1,14 +1,30 @@
-"""What every video system shares: opening a built dataset (building synthetic_signs on first
-use) and files a workdir takes along from the workdir it starts from (gloss list, tokenizer)."""
+"""What every video system shares (VideoExperiment): opening a built dataset (building
+synthetic_signs on first use) or a features dataset, the gloss vocabulary and the tokenizer, the
+train and evaluation loaders, the evaluation loop that returns predictions in dataset order, and
+feature extraction. A system adds its model, its loss, `predict` and its metrics.
+
+Config keys read here: data (sltjax/data/video.py's, plus data.features_dir), tokenizer,
+model.backbone, model.input_normalization, eval.batch_size, batch_size, seed.
+"""
+import collections
+import functools
 import os
-import shutil
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.experimental import multihost_utils
 
-from sltjax.data import video
-from sltjax.errors import MissingInputError
-from sltjax.experiments.base import log
+from sltjax import sharding
+from sltjax.data import augmentation, batching, features, video
+from sltjax.data.tokenizers import GlossVocabulary, Tokenizer, load_tokenizer
+from sltjax.errors import MissingInputError, UserError
+from sltjax.experiments import warm_start
+from sltjax.experiments.base import EXTRACT_FEATURES, Experiment, log
+
+GLOSS_FILE = 'glosses.json'  # the gloss vocabulary, in the workdir
+TOKENIZER_DIR = 'tokenizer'  # the text tokenizer, in the workdir
+FEATURES_DIR = 'features'  # --mode=extract_features writes workdir/features
 
 
 def open_dataset_split(data_config, split: str) -> video.VideoSplit:
@@ -27,11 +43,167 @@ def open_dataset_split(data_config, split: str) -> video.VideoSplit:
   return video.open_split(data_config, split)
 
 
-def shared_file(name: str, workdir: str, source_workdir: str) -> str:
-  """workdir/name, copied from source_workdir/name when that exists and this does not."""
-  target, source = os.path.join(workdir, name), os.path.join(source_workdir or '', name)
-  if source_workdir and os.path.exists(source) and not os.path.exists(target):
-    if jax.process_index() == 0:
-      (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, target)
-    multihost_utils.sync_global_devices(f'copied {name}')
-  return target
+class VideoExperiment(Experiment):
+  """A system trained on video clips (or on features extracted from them)."""
+
+  REQUIRED_KEYS = ('data.name', 'data.data_dir')
+
+  @classmethod
+  def check_config(cls, config) -> list[str]:
+    problems = super().check_config(config)
+    if config.model.backbone == 'features':
+      if not config.data.get('features_dir'):
+        problems.append('model.backbone="features" trains on a features dataset: set '
+                        'data.features_dir (written by --mode=extract_features into '
+                        '<workdir>/features)')
+      if config.model.get('backbone_weights'):
+        problems.append('model.backbone_weights needs a backbone network, not features')
+    return problems
+
+  @property
+  def on_features(self) -> bool:
+    return self.config.model.backbone == 'features'
+
+  # ------------------------------------------------------------------ data
+  @functools.cached_property
+  def train_split(self) -> video.VideoSplit | features.FeatureSplit:
+    """Opened only when needed: translating from a workdir does not need the dataset."""
+    return self.open_split(self.config.data.train_split)
+
+  def open_split(self, split: str) -> video.VideoSplit | features.FeatureSplit:
+    """A split of the video dataset, or of data.features_dir for backbone='features'."""
+    if self.on_features:
+      return features.open_split(self.config.data.features_dir, split,
+                                 self.config.model.feature_dim)
+    return open_dataset_split(self.config.data, split)
+
+  @functools.cached_property
+  def eval_splits(self) -> dict[str, video.VideoSplit | features.FeatureSplit]:
+    """Evaluation splits opened so far, reused by later evaluations."""
+    return {}
+
+  @functools.cached_property
+  def glosses(self) -> GlossVocabulary:
+    """The workdir's gloss vocabulary: brought from a start, else built from the train split."""
+    gloss_file = os.path.join(self.workdir, GLOSS_FILE)
+    if not os.path.exists(gloss_file) and jax.process_index() == 0:
+      GlossVocabulary.build(self.train_split.glosses).save(gloss_file)
+    multihost_utils.sync_global_devices('gloss vocabulary')
+    return GlossVocabulary.load(gloss_file)
+
+  @functools.cached_property
+  def tokenizer(self) -> Tokenizer:
+    """The workdir's tokenizer: brought from a start (a workdir's tokenizer/, or the one a
+    converted mBART holds), else built from the train split's sentences."""
+    directory = os.path.join(self.workdir, TOKENIZER_DIR)
+    config = warm_start.tokenizer_config(self.config.tokenizer, self.start_directory(TOKENIZER_DIR))
+    return load_tokenizer(config, directory,
+                          train_texts=[] if os.path.exists(directory) else self.train_split.texts)
+
+  def loader(self, split, train: bool):
+    """The batch loader of a video split (augmented when `train`) or of a features split."""
+    common = (self.config.data, self.tokenizer, self.glosses, self.config.tokenizer.tgt_lang)
+    if isinstance(split, features.FeatureSplit):
+      return features.FeatureBatchLoader(split, *common, jax.process_index(), jax.process_count())
+    return video.VideoBatchLoader(split, *common, train, jax.process_index(), jax.process_count())
+
+  def train_dataset(self):
+    plan = batching.train_plan(len(self.train_split), self.config.batch_size, self.config.seed)
+    return batching.make_dataset(plan, self.loader(self.train_split, train=True),
+                                 self.config.data.num_workers, seed=self.config.seed)
+
+  def model_inputs(self, batch):
+    """(frames, frame_mask): uint8 frames (already in data.channel_order) are normalised on the
+    device as model.input_normalization says; float frames were normalised on the host."""
+    frames = batch['frames']
+    if frames.dtype == jnp.uint8:
+      frames = augmentation.normalize(frames, self.config.model.input_normalization,
+                                      self.config.data.channel_order, xp=jnp, reorder=False)
+    return frames, batch['frame_mask']
+
+  # ------------------------------------------------------------------ evaluation
+  def eval_batches(self, data):
+    """This process's evaluation batches of `data` (padded rows carry batching.PAD_INDEX)."""
+    plan = batching.eval_plan(len(data), self.config.eval.batch_size)
+    return batching.make_dataset(plan, self.loader(data, train=False), num_workers=0)
+
+  def predictions(self, params, rest, split: str):
+    """(the opened split, {kind: one prediction per video in the split's order}) from `predict`
+    over every batch of `split` (all processes call this)."""
+    if split not in self.eval_splits:
+      self.eval_splits[split] = self.open_split(split)
+    data = self.eval_splits[split]
+    columns = {}
+    for local_batch in self.eval_batches(data):
+      indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
+      for kind, values in self.predict(params, rest, local_batch).items():
+        column = columns.setdefault(kind, [''] * len(data))
+        for row, index in enumerate(indices):
+          if index != batching.PAD_INDEX:
+            column[index] = values[row]
+    return data, columns
+
+  # ------------------------------------------------------------------ feature extraction
+  def encode_features(self, model, frames, frame_mask):
+    """(features [B, T', C], mask [B, T']) that --mode=extract_features writes; by default the
+    backbone's, in eval mode."""
+    return model.backbone(frames, frame_mask, train=False)
+
+  def extraction_variables(self):
+    """(params, rest): the workdir's best checkpoint, else the start config.init or converted
+    weights give; a fresh random network is refused."""
+    if self.checkpointer.best.latest_step() is not None:
+      params, rest, _ = self.eval_variables()
+      return params, rest
+    if not (warm_start.sources(self.warm_starts(self.config), self.config.get('init'))
+            or self.converted_parts()):
+      raise UserError(f'{self.workdir} has no best checkpoint, and the config names no weights '
+                      'to start from (config.init, model.backbone_weights): features of a random '
+                      'network are meaningless. Train here first or name the weights to extract '
+                      'with.')
+    return self.init_variables()
+
+  def extract_features(self) -> dict[str, int]:
+    """Writes `encode_features` of every video of every split of the dataset into
+    workdir/features (sltjax/data/features.py); returns {split: videos written}. Splits already
+    complete there are kept as they are."""
+    self.require(EXTRACT_FEATURES, 'extracting features')
+    params, rest = self.extraction_variables()
+    directory = os.path.join(self.workdir, FEATURES_DIR)
+    shardings = sharding.batch_sharding(self.mesh)
+
+    def run(params, rest, batch):
+      frames, frame_mask = self.model_inputs(batch)
+      values, mask = self.encode_features(self.merge(params, rest), frames, frame_mask)
+      return {'features': values.astype(jnp.float32),
+              'lengths': jnp.sum(mask, axis=1).astype(jnp.int32)}
+
+    extract = jax.jit(run, in_shardings=(self.param_shardings, self.rest_shardings, shardings),
+                      out_shardings=shardings)
+    written = {}
+    for split in video.split_names(self.config.data):
+      if features.split_complete(directory, split):
+        log(f'extract_features: {split} already complete in {directory}; kept.')
+        continue
+      data = open_dataset_split(self.config.data, split)
+
+      def rows(data=data):  # [T', C] per video, in the split's order
+        for local_batch in self.eval_batches(data):
+          indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
+          out = multihost_utils.process_allgather(
+              extract(params, rest, self.global_batch(local_batch)), tiled=True)
+          for row, index in enumerate(indices):
+            if index != batching.PAD_INDEX:
+              yield np.asarray(out['features'][row, :out['lengths'][row]])
+
+      index = {'dataset': data.name, 'id': data.ids, 'gloss': data.glosses, 'text': data.texts,
+               'extracted_by': {'workdir': os.path.abspath(self.workdir),
+                                'model': self.describe()}}
+      if jax.process_index() == 0:
+        written[split] = features.write_split(directory, split, rows(), index)
+      else:  # every process runs the collectives; only process 0 writes
+        collections.deque(rows(), maxlen=0)
+      multihost_utils.sync_global_devices(f'features {split}')
+      log(f'extract_features: {split}: {len(data)} videos -> {directory}')
+    return written
+

@@ -16,20 +16,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sltjax.models.backbones.resnet import ResNet, ResNetConfig
-from sltjax.models.backbones.s3d import S3D, S3DConfig
+from sltjax.models.backbones import registry as backbones
 from sltjax.models.layers.conv import BatchNorm
 from sltjax.models.layers.dense import dense, layer_norm
 from sltjax.models.mbart import MBart, MBartConfig
 
-BACKBONES = ('s3d', 'resnet18', 'features')
 MAPPERS = ('mlp', 'gloss_probs')
 
 
 @dataclasses.dataclass(frozen=True)
 class MMTLBConfig:
   num_glosses: int  # CTC classes, blank (0) included
-  backbone: str = 's3d'  # BACKBONES; 'features': inputs are pre-extracted [B, T', feature_dim]
+  backbone: str = 's3d'  # a registered backbone; 'features': inputs are [B, T', feature_dim]
   backbone_width: float = 1.0  # S3D channel multiplier (ResNet: width 64 * this)
   feature_dim: int = 832  # input size of the head when backbone='features'
   frozen_bn: bool = False  # backbone BatchNorms use their running statistics
@@ -45,30 +43,19 @@ class MMTLBConfig:
   param_dtype: str = 'float32'
 
   def __post_init__(self):
-    if self.backbone not in BACKBONES:
-      raise ValueError(f'model.backbone={self.backbone!r}; expected one of {BACKBONES}.')
+    backbones.get(self.backbone)  # raises naming the registered ones
     if self.mapper not in MAPPERS:
       raise ValueError(f'model.mapper={self.mapper!r}; expected one of {MAPPERS}.')
 
-  def backbone_config(self) -> S3DConfig | ResNetConfig | None:
-    kw = dict(frozen_bn=self.frozen_bn, dtype=self.dtype, param_dtype=self.param_dtype)
-    if self.bn_momentum:
-      kw['bn_momentum'] = self.bn_momentum
-    if self.backbone == 's3d':
-      return S3DConfig(width=self.backbone_width, **kw)
-    if self.backbone == 'resnet18':
-      return ResNetConfig(width=round(64 * self.backbone_width), **kw)
-    return None
-
-  def make_backbone(self, rngs: nnx.Rngs):
-    config = self.backbone_config()
-    backbone_class = {S3DConfig: S3D, ResNetConfig: ResNet}.get(type(config))
-    return backbone_class(config, rngs=rngs) if backbone_class else None
+  @property
+  def backbone_options(self) -> backbones.BackboneOptions:
+    return backbones.BackboneOptions(
+        width=self.backbone_width, frozen_bn=self.frozen_bn, bn_momentum=self.bn_momentum,
+        feature_dim=self.feature_dim, dtype=self.dtype, param_dtype=self.param_dtype)
 
   @property
   def backbone_features(self) -> int:
-    config = self.backbone_config()
-    return self.feature_dim if config is None else config.features
+    return backbones.output_dim(self.backbone, self.backbone_options)
 
 
 def sinusoidal_positions(length: int, dim: int):
@@ -145,7 +132,7 @@ class MMTLB(nnx.Module):
 
   def __init__(self, cfg: MMTLBConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.backbone = cfg.make_backbone(rngs)
+    self.backbone = backbones.build(cfg.backbone, cfg.backbone_options, rngs)
     self.head = VisualHead(cfg.backbone_features, cfg, rngs=rngs)
     translates = cfg.translation is not None
     d = cfg.translation.d_model if translates else 0

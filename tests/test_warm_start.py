@@ -1,0 +1,60 @@
+"""config.init's table (sltjax/experiments/warm_start.py): which names a system starts from, what a
+start fills (with or without the part's prefix in the source), what it brings along."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sltjax.errors import UserError
+from sltjax.experiments import warm_start
+from sltjax.experiments.warm_start import WarmStart
+
+TABLE = {'visual': WarmStart(prefixes=(('head',),), files=('glosses.json',)),
+         'translation': WarmStart(prefixes=(('translation',),), files=('tokenizer',))}
+
+
+def fresh_flat():
+  return {'params': {('head', 'kernel'): nnx.Param(jnp.zeros((2, 3))),
+                     ('translation', 'shared', 'embedding'): nnx.Param(jnp.zeros((5, 4)))},
+          'rest': {}}
+
+
+def test_only_names_of_the_table_may_be_set():
+  assert warm_start.check_names(TABLE, {'visual': 'w/s2g', 'translation': ''}) == []
+  assert warm_start.check_names(TABLE, {'visaul': 'w/s2g'}) == [
+      'init.visaul is not a start of this system (it starts from: init.visual, '
+      'init.translation)']
+  assert warm_start.check_names(TABLE, {'unused': ''}) == []
+
+
+def test_a_start_fills_its_prefix_from_a_source_with_or_without_it():
+  flat = fresh_flat()
+  workdir_source = {('params', 'head', 'kernel'): np.ones((2, 3))}
+  assert warm_start.graft(flat, workdir_source, ('head',), 'w/s2g') == 1
+  np.testing.assert_array_equal(flat['params'][('head', 'kernel')].value, np.ones((2, 3)))
+  assert not flat['params'][('translation', 'shared', 'embedding')].value.any()
+  converted_mbart = {('params', 'shared', 'embedding'): np.full((5, 4), 2.0)}
+  assert warm_start.graft(flat, converted_mbart, ('translation',), 'pretrained/mbart') == 1
+  np.testing.assert_array_equal(flat['params'][('translation', 'shared', 'embedding')].value, 2.0)
+
+
+def test_a_start_of_another_architecture_names_every_difference():
+  with pytest.raises(UserError, match=r'Cannot start head from w/s2g: its architecture differs '
+                     r'from config.model:\n  params/head/kernel has shape \(3, 3\), expected '
+                     r'\(2, 3\)'):
+    warm_start.graft(fresh_flat(), {('params', 'head', 'kernel'): np.ones((3, 3))}, ('head',),
+                     'w/s2g')
+  with pytest.raises(UserError, match='missing params/head/kernel'):
+    warm_start.graft(fresh_flat(), {('params', 'head', 'bias'): np.ones(3)}, ('head',), 'w/s2g')
+
+
+def test_files_come_along_once_and_a_resumed_run_keeps_its_own(tmp_path):
+  source, workdir = tmp_path / 'source', tmp_path / 'workdir'
+  (source / 'tokenizer').mkdir(parents=True)
+  (source / 'tokenizer' / 'vocab.json').write_text('{"a": 4}')
+  (source / 'glosses.json').write_text('["A"]')
+  workdir.mkdir()
+  (workdir / 'glosses.json').write_text('["MINE"]')
+  warm_start.bring_files(TABLE, {'visual': str(source), 'translation': str(source)}, str(workdir))
+  assert (workdir / 'tokenizer' / 'vocab.json').read_text() == '{"a": 4}'
+  assert (workdir / 'glosses.json').read_text() == '["MINE"]'
