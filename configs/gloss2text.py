@@ -1,8 +1,12 @@
-r"""Gloss2Text on PHOENIX-2014T: glosses -> German with an mBART-shaped transformer, trained from
-scratch (default, runlocal) or fine-tuned from mBART-large-cc25 (pretrained: MMTLB's recipe).
+r"""Gloss2Text: glosses -> spoken language with an mBART-shaped transformer, trained from scratch
+(default; runlocal: a small one on synthetic_signs' labels, built on first use) or fine-tuned
+from mBART-large-cc25 (pretrained: MMTLB's recipe). The dataset follows the variant
+(configs/common.py): PHOENIX-2014T by default, e.g. `:pretrained,dataset=csl_daily` for
+CSL-Daily's text files (pass --config.data.path) scored by character.
 
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t
-  python -m sltjax.main --config=configs/gloss2text.py:runlocal --workdir=workdirs/g2t_local
+  python -m sltjax.main --config=configs/gloss2text.py:runlocal
+  python -m sltjax.main --config=configs/gloss2text.py:runlocal,dataset=phoenix2014t
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t \
       --mode=eval --config.eval.split=dev
 
@@ -18,12 +22,15 @@ in this project's development setup; any folder laid out the same way works).
 """
 import ml_collections
 
+from configs import common
+
+VARIANTS = ('default', 'runlocal', 'pretrained')
+# Where each dataset's text files are ({split}.gloss, {split}.<suffix>); '' = pass data.path.
+TEXT_DATA = {'phoenix2014t': ('../shared/data/phoenix2014t', 'de'), 'csl_daily': ('', 'zh')}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or 'default'
-  if variant not in ('default', 'runlocal', 'pretrained'):
-    raise ValueError(f'Unknown variant {variant!r} of configs/gloss2text.py; use "", "runlocal" or '
-                     '"pretrained".')
+  variant, dataset = common.parse_argument(arg, VARIANTS, 'default', 'configs/gloss2text.py')
   c = ml_collections.ConfigDict()
   c.system = 'gloss2text'
   c.seed = 0
@@ -37,21 +44,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
 
   c.data = ml_collections.ConfigDict()
-  c.data.path = '../shared/data/phoenix2014t'
-  c.data.source_suffix = 'gloss'
-  c.data.target_suffix = 'de'
+  if dataset in TEXT_DATA:  # text files
+    c.data.corpus = dataset  # names the workdir
+    c.data.path, c.data.target_suffix = TEXT_DATA[dataset]
+    c.data.source_suffix = 'gloss'
+  else:  # the (gloss, text) labels of the built video dataset, built on first use if it can be
+    c.data.name = dataset
+    c.data.data_dir = 'data'
+    c.data.build_if_missing = dataset == 'synthetic_signs'
+    c.data.lowercase_gloss = False
   c.data.train_split = 'train'
   c.data.lowercase_source = False
   c.data.length_buckets = (16, 24, 32, 48, 64, 96, 128)  # padded lengths (few XLA programs)
   c.data.num_workers = 0  # grain worker processes (0: load in the main process)
 
-  c.tokenizer = ml_collections.ConfigDict()
-  c.tokenizer.kind = 'word'  # 'word' | 'sentencepiece' (trained on train) | 'mbart' (pretrained)
-  c.tokenizer.path = ''  # the mBART tokenizer directory, for kind='mbart'
-  c.tokenizer.vocab_size = 4000  # for kind='sentencepiece'
-  c.tokenizer.min_count = 1  # for kind='word'
-  c.tokenizer.src_lang = 'de_DE'
-  c.tokenizer.tgt_lang = 'de_DE'
+  c.tokenizer = common.tokenizer('word', dataset)
 
   # Where training starts: a directory written by `python -m sltjax.convert` (pretrained variant)
   # or an earlier Gloss2Text workdir ('': from scratch).
@@ -74,35 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.param_dtype = 'float32'
   c.model.remat = 'none'  # 'none' | 'full' | 'dots': activation rematerialisation per layer
 
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'adam'  # 'adam' (coupled L2) | 'adamw' | 'sgd'
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.998
-  c.optimizer.eps = 1e-8
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.momentum = 0.0  # sgd only
-  c.optimizer.grad_clip_norm = 1.0  # 0 disables
-  c.optimizer.param_groups = {}  # {path regex: lr multiplier}; 0 freezes (see sltjax/optim.py)
-  c.optimizer.frozen = ''  # path regex of parameters to freeze, e.g. 'shared|embed_positions'
-
-  c.schedule = ml_collections.ConfigDict()
-  c.schedule.kind = 'cosine'  # 'cosine' | 'constant'
-  c.schedule.warmup_steps = 300
-  c.schedule.end_factor = 0.0  # final lr = end_factor * learning_rate
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.split = 'dev'
-  c.eval.batch_size = 128
-  c.eval.num_beams = 5
-  c.eval.max_new_tokens = 64
-  c.eval.length_penalty = 1.0
-  c.eval.length_penalty_style = 'hf'  # 'hf': score / len**lp; 'gnmt': score / ((5+len)/6)**lp
-  c.eval.early_stopping = False
-  c.eval.best_metric = 'bleu4'
+  c.optimizer = common.optimizer('adam', 1e-3, b2=0.998, grad_clip_norm=1.0)
+  c.schedule = common.schedule('cosine', warmup_steps=300)
+  c.eval = common.evaluation(dataset, batch_size=128, max_new_tokens=64)
 
   if variant == 'pretrained':  # MMTLB's Gloss2Text recipe (released code)
-    steps_per_epoch = 887  # 7,096 PHOENIX-2014T training sentences / batch 8
+    steps_per_epoch = common.steps_per_epoch(dataset, 8)
     c.total_steps = 80 * steps_per_epoch
     c.batch_size = 8
     c.eval_every_steps = 5 * steps_per_epoch

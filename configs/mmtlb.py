@@ -19,6 +19,11 @@ r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per sta
   python -m sltjax.main --config=configs/mmtlb.py:runlocal_staged
   python -m sltjax.translate --workdir=workdirs/mmtlb_runlocal_staged_synthetic_signs my_video.mp4
 
+Every variant takes the dataset after it (configs/common.py; default phoenix2014t, runlocal
+variants synthetic_signs), e.g. --config=configs/mmtlb.py:sign2text,dataset=csl_daily: CSL-Daily
+scores Chinese by character and maps gloss probabilities (model.mapper='gloss_probs') through rows
+started from the glosses' mBART embeddings.
+
 The PHOENIX-2014T pipeline (build the dataset first: python -m sltjax.data.build --help):
   python -m sltjax.main --config=configs/mmtlb.py:sign2gloss --workdir=w/s2g \
       --config.data.data_dir=DATA --config.model.backbone_weights=s3d_kinetics_wlasl.pth
@@ -37,35 +42,34 @@ Or, as released, Sign2Text on frozen features of the Sign2Gloss S3D (written to 
 """
 import ml_collections
 
+from configs import common
 from sltjax.data import video
 
 VARIANTS = ('sign2text', 'sign2text_features', 'sign2gloss', 'gloss2text', 'sign2gloss2text',
             'runlocal', 'runlocal_sign2gloss', 'runlocal_gloss2text', 'runlocal_staged')
 # Where runlocal_staged finds its two earlier stages: their default workdirs
 # (sltjax/workdirs.py: workdirs/<config>_<variant>_<dataset>).
-RUNLOCAL_STAGE_WORKDIRS = {'visual': 'workdirs/mmtlb_runlocal_sign2gloss_synthetic_signs',
-                           'translation': 'workdirs/mmtlb_runlocal_gloss2text_synthetic_signs'}
-PHOENIX_STEPS_PER_EPOCH = 887  # 7,096 training videos / batch 8
+RUNLOCAL_STAGE_WORKDIRS = {'visual': 'workdirs/mmtlb_runlocal_sign2gloss_{dataset}',
+                           'translation': 'workdirs/mmtlb_runlocal_gloss2text_{dataset}'}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or 'sign2text'
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown variant {variant!r} of configs/mmtlb.py; use one of {VARIANTS}.')
+  variant, dataset = common.parse_argument(arg, VARIANTS, 'sign2text', 'configs/mmtlb.py')
   if variant == 'gloss2text':
     from configs import gloss2text  # pylint: disable=import-outside-toplevel
-    return gloss2text.get_config('pretrained')
+    return gloss2text.get_config(f'pretrained,dataset={dataset}')
   if variant == 'runlocal_gloss2text':
-    return runlocal_gloss2text()
+    return runlocal_gloss2text(dataset)
   c = ml_collections.ConfigDict()
   c.system = 'mmtlb'
   c.stage = 'sign2gloss' if 'sign2gloss' in variant and variant != 'sign2gloss2text' else (
       'sign2gloss2text' if variant == 'sign2gloss2text' else 'sign2text')
+  epoch = common.steps_per_epoch(dataset, 8)
   c.seed = 0
-  c.total_steps = 40 * PHOENIX_STEPS_PER_EPOCH
+  c.total_steps = 40 * epoch
   c.batch_size = 8
   c.log_every_steps = 50
-  c.eval_every_steps = 2 * PHOENIX_STEPS_PER_EPOCH
+  c.eval_every_steps = 2 * epoch
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   c.label_smoothing = 0.2
@@ -73,20 +77,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = video.default_config()
   c.data.update(video.RECIPES['mmtlb'])
-  c.data.name = 'phoenix2014t'
+  c.data.name = dataset
   c.data.normalization = 'none'  # uint8 leave the host; model.input_normalization on the device
   c.data.build_if_missing = False  # only synthetic_signs can be built without a download
   c.data.lowercase_source = True  # Gloss2Text inputs (sign2gloss2text): mBART's lowercase pieces
   c.data.features_dir = ''  # backbone='features': a dataset written by --mode=extract_features
 
-  c.tokenizer = ml_collections.ConfigDict({
-      'kind': 'mbart', 'path': '', 'vocab_size': 4000, 'min_count': 1,
-      'src_lang': 'de_DE', 'tgt_lang': 'de_DE'})  # mbart: path '' = init.translation's tokenizer
+  c.tokenizer = common.tokenizer('mbart', dataset)  # path '' = init.translation's tokenizer
 
   c.init = ml_collections.ConfigDict({'visual': '', 'translation': ''})
 
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = 's3d'  # 's3d' | 'resnet18' | 'features'
+  c.model.backbone = 's3d'  # a registered backbone (sltjax/models/backbones/registry.py)
   c.model.backbone_width = 1.0
   c.model.backbone_weights = ''  # torchvision-format S3D / ResNet checkpoint (Kinetics, WLASL)
   c.model.feature_dim = 832
@@ -99,7 +101,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.head_ffn_dim = 2048
   c.model.head_kernel = 3
   c.model.head_dropout = 0.1
-  c.model.mapper = 'mlp'  # 'mlp' (PHOENIX) | 'gloss_probs' (CSL-Daily)
+  # 'mlp' (PHOENIX) | 'gloss_probs' (CSL-Daily: a bias-free Linear over gloss probabilities,
+  # its rows started from the glosses' mBART embeddings of init.translation when
+  # mapper_init='gloss_embeddings')
+  c.model.mapper = 'gloss_probs' if dataset == 'csl_daily' else 'mlp'
+  c.model.mapper_init = 'gloss_embeddings' if dataset == 'csl_daily' else ''
   c.model.mapper_hidden = 1024
   c.model.dtype = 'float32'
   c.model.param_dtype = 'float32'
@@ -113,19 +119,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict({'ctc_weight': 1.0, 'translation_weight': 1.0})
 
-  c.optimizer = ml_collections.ConfigDict({
-      'name': 'adam', 'learning_rate': 1e-3, 'b1': 0.9, 'b2': 0.998, 'eps': 1e-8,
-      'weight_decay': 1e-3, 'momentum': 0.0, 'grad_clip_norm': 0.0,
-      # The release: head/mapper at 1e-3, mBART at 1e-5; S3D block 0 frozen.
-      'param_groups': {'^translation/': 0.01}, 'frozen': '^backbone/features/0/'})
-  c.schedule = ml_collections.ConfigDict({'kind': 'cosine', 'warmup_steps': 0,
-                                          'end_factor': 0.0})
-
-  c.eval = ml_collections.ConfigDict({
-      'split': 'dev', 'batch_size': 8, 'num_beams': 5, 'max_new_tokens': 100,
-      'length_penalty': 1.0, 'length_penalty_style': 'hf', 'early_stopping': False,
-      'ctc_beam_size': 5, 'gloss_cleanup': 'phoenix2014t',
-      'best_metric': 'wer' if c.stage == 'sign2gloss' else 'bleu4'})
+  # The release: head/mapper at 1e-3, mBART at 1e-5; S3D block 0 frozen.
+  c.optimizer = common.optimizer('adam', 1e-3, b2=0.998, weight_decay=1e-3,
+                                 param_groups={'^translation/': 0.01},
+                                 frozen='^backbone/features/0/')
+  c.schedule = common.schedule('cosine')
+  c.eval = common.evaluation(dataset, ctc_beam_size=5,
+                             best_metric='wer' if c.stage == 'sign2gloss' else 'bleu4')
 
   if variant == 'sign2text_features':  # frame_buckets then bucket the feature lengths T/4
     c.model.backbone = 'features'
@@ -134,7 +134,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.param_groups = {}
     c.eval.ctc_beam_size = 1  # the release validates greedily; test with beam 5
   if variant.startswith('runlocal'):  # minutes on a 2-core CPU
-    c.data.name = 'synthetic_signs'
     c.data.data_dir = 'data'
     c.data.build_if_missing = True
     c.data.crop_size = 64
@@ -145,7 +144,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.lowercase_source = False
     c.data.colour_jitter_prob = 0.0  # hue jitter would move the marker colours that name glosses
     c.tokenizer.kind = 'word'
-    c.tokenizer.src_lang = c.tokenizer.tgt_lang = 'en_XX'
     c.total_steps = 400
     c.batch_size = 8
     c.log_every_steps = 50
@@ -165,27 +163,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # merges a dict into the existing one, which would keep the release's '^translation/': 0.01.
     c.optimizer.param_groups = {}
     c.schedule.warmup_steps = 50
-    c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24, ctc_beam_size=2,
-                  gloss_cleanup='none')
+    c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24, ctc_beam_size=2)
   if variant == 'runlocal_sign2gloss':  # the main job's visual training: most of its 20 minutes
     c.total_steps = 550
     c.eval_every_steps = c.checkpoint_every_steps = 275
   if variant == 'runlocal_staged':
     # As the release trains Sign2Text on frozen S3D features: the backbone from Sign2Gloss stays
     # fixed (no backward pass through it: 6x faster steps), head and translation train.
-    c.init.update(RUNLOCAL_STAGE_WORKDIRS)
+    c.init.update({name: path.format(dataset=dataset)
+                   for name, path in RUNLOCAL_STAGE_WORKDIRS.items()})
     c.optimizer.frozen = '^backbone/'
     c.total_steps = 300
     c.eval_every_steps = c.checkpoint_every_steps = 150
   return c
 
 
-def runlocal_gloss2text() -> ml_collections.ConfigDict:
+def runlocal_gloss2text(dataset: str) -> ml_collections.ConfigDict:
   """configs/gloss2text.py with runlocal's translation network, batch, schedule and decoding,
-  on the (gloss, text) labels of runlocal's synthetic_signs."""
+  on the (gloss, text) labels of runlocal's video dataset."""
   from configs import gloss2text  # pylint: disable=import-outside-toplevel
-  video_config = get_config('runlocal')
-  c = gloss2text.get_config('runlocal')
+  video_config = get_config(f'runlocal,dataset={dataset}')
+  c = gloss2text.get_config(f'runlocal,dataset={dataset}')
   c.data = ml_collections.ConfigDict({
       key: video_config.data[key] for key in ('name', 'data_dir', 'build_if_missing',
                                               'lowercase_gloss', 'length_buckets')})

@@ -2,7 +2,10 @@
 
 - `bleu1`..`bleu4`: sacrebleu corpus BLEU with tokenize='none' on the already tokenized,
   lowercased text (signjoey / MMTLB convention); cumulative n-gram orders 1..4.
-- `bleu4_13a`: sacrebleu's default signature (13a tokenizer), comparable with MT papers.
+- `bleu4_13a`: sacrebleu's default signature (13a tokenizer), comparable with MT papers; for
+  Chinese `bleu4_zh`, sacrebleu's zh tokenizer.
+- Chinese (CSL-Daily, `char_level`): BLEU-1..4 and ROUGE over characters, every character a
+  token, punctuation included.
 - `chrf`: sacrebleu chrF (character 6-grams, beta 2).
 - `rougeL_signjoey`: sentence ROUGE-L F with beta=1.2 (signjoey/COCO), averaged, x100.
 - `rougeL_f`: rouge-score's ROUGE-L F1 (beta=1, whitespace tokens), averaged, x100.
@@ -21,8 +24,8 @@ import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer, tokenizers
 
-METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'chrf', 'rougeL_signjoey',
-                'rougeL_f')
+METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'bleu4_zh', 'chrf',
+                'rougeL_signjoey', 'rougeL_f')
 GLOSS_METRIC_NAMES = ('wer', 'sub_rate', 'del_rate', 'ins_rate')
 # Every metric an evaluation may report, with its direction: True where higher is better.
 # Best-checkpoint selection and config validation read it; a system adds its own with
@@ -69,14 +72,26 @@ def rouge_l_signjoey(hypothesis: str, reference: str, beta: float = 1.2) -> floa
   return (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
 
 
-def translation_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-  """All metrics above for parallel lists of hypothesis and reference sentences."""
+def characters(text: str) -> str:
+  """Every non-space character as a token: '今天 下雨。' -> '今 天 下 雨 。'."""
+  return ' '.join(ch for ch in text if not ch.isspace())
+
+
+def translation_metrics(hypotheses: Sequence[str], references: Sequence[str], *,
+                        char_level: bool = False,
+                        sacrebleu_tokenize: str = '13a') -> dict[str, float]:
+  """All metrics above for parallel lists of hypothesis and reference sentences; `char_level`
+  and `sacrebleu_tokenize` as the dataset's protocol says (config.eval, configs/common.py)."""
   if len(hypotheses) != len(references):
     raise ValueError(f'{len(hypotheses)} hypotheses for {len(references)} references.')
+  raw_hypotheses, raw_references = list(hypotheses), list(references)
+  tokens = characters if char_level else (lambda text: text)
+  hypotheses, references = map(tokens, raw_hypotheses), map(tokens, raw_references)
   hypotheses, references = list(hypotheses), list(references)
   scores = {f'bleu{n}': _bleu(hypotheses, references, n, 'none') for n in range(1, 5)}
-  scores['bleu4_13a'] = sacrebleu.corpus_bleu(hypotheses, [references], force=True).score
-  scores['chrf'] = sacrebleu.corpus_chrf(hypotheses, [references]).score
+  scores[f'bleu4_{sacrebleu_tokenize}'] = _bleu(raw_hypotheses, raw_references, 4,
+                                                sacrebleu_tokenize)
+  scores['chrf'] = sacrebleu.corpus_chrf(raw_hypotheses, [raw_references]).score
   scores['rougeL_signjoey'] = 100 * float(np.mean(
       [rouge_l_signjoey(h, r) for h, r in zip(hypotheses, references)]))
   # Whitespace tokens, so non-ASCII words (umlauts, Chinese) are kept as rouge-score would drop them.
@@ -84,6 +99,12 @@ def translation_metrics(hypotheses: Sequence[str], references: Sequence[str]) ->
   scores['rougeL_f'] = 100 * float(np.mean(
       [scorer.score(r, h)['rougeL'].fmeasure for h, r in zip(hypotheses, references)]))
   return scores
+
+
+def protocol(eval_config) -> dict:
+  """translation_metrics' keyword arguments from config.eval (older configs: word level, 13a)."""
+  return {'char_level': eval_config.get('char_level', False),
+          'sacrebleu_tokenize': eval_config.get('sacrebleu_tokenize', '13a')}
 
 
 class _WhitespaceTokenizer(tokenizers.Tokenizer):

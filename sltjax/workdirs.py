@@ -24,7 +24,8 @@ def default_workdir(config_argument: str, config) -> str:
   path, _, arg = config_argument.partition(':')
   variant = arg.split(',')[0] if arg and '=' not in arg.split(',')[0] else 'default'
   parts = [os.path.splitext(os.path.basename(path))[0], variant]
-  dataset = config.get('data', {}).get('name') if 'data' in config else None
+  # A video dataset's name, or the corpus that Gloss2Text's text files come from.
+  dataset = (config.data.get('name') or config.data.get('corpus')) if 'data' in config else None
   if dataset:
     parts.append(dataset)
   return os.path.join('workdirs', '_'.join(parts))

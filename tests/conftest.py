@@ -32,7 +32,7 @@ def toy_corpus(tmp_path_factory):
 def tiny_config(data_path, **overrides):
   """configs/gloss2text.py shrunk to seconds; overrides use dotted keys ('eval.num_beams')."""
   from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
-  config = get_config('runlocal')
+  config = get_config('runlocal,dataset=phoenix2014t')  # text files
   config.data.path = str(data_path)
   config.data.length_buckets = (16, 32)
   config.total_steps = 40
@@ -65,9 +65,9 @@ def apply_overrides(config, overrides: dict):
 
 
 def config_flags(config) -> list[str]:
-  """--config.* flags that turn configs/gloss2text.py:runlocal into `config`."""
+  """--config.* flags that turn configs/gloss2text.py:runlocal,dataset=phoenix2014t into `config`."""
   from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
-  base = get_config('runlocal').to_dict()
+  base = get_config('runlocal,dataset=phoenix2014t').to_dict()
   out = []
 
   def walk(prefix, want, have):
@@ -102,7 +102,8 @@ def save_mbart_with_tokenizer(directory, vocab_size, seed=0):
 
 def run_main(config, workdir, *extra, env=None, background=False, devices=1):
   """Runs `python -m sltjax.main` on `config` in a subprocess; returns the CompletedProcess/Popen."""
-  cmd = [sys.executable, '-m', 'sltjax.main', '--config=configs/gloss2text.py:runlocal',
+  cmd = [sys.executable, '-m', 'sltjax.main',
+         '--config=configs/gloss2text.py:runlocal,dataset=phoenix2014t',
          f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}',
          *config_flags(config), *extra]
   full_env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',

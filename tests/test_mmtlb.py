@@ -168,6 +168,17 @@ def test_sign2text_and_sign2gloss2text_take_translation_from_a_gloss2text_workdi
     np.testing.assert_array_equal(translation[path], g2t_params[('params', *path)])
   config.stage = 'sign2gloss2text'
   assert {'bleu4', 'wer'} <= set(train.evaluate_checkpoint(config, str(tmp_path / 's2g2t')))
+  # CSL-Daily's mapper: each gloss's row starts at the mean embedding of its lowercased words.
+  config.stage = 'sign2text'
+  config.model.update(mapper='gloss_probs', mapper_init='gloss_embeddings')
+  exp = train.build_experiment(config, str(tmp_path / 's2t_csl'))
+  kernel = np.asarray(exp.init_variables()[0]['mapper']['linear']['kernel'][...])
+  embedding = np.asarray(g2t_params[('params', 'shared', 'embedding')])
+  assert kernel.shape == (exp.glosses.size, embedding.shape[1])
+  np.testing.assert_array_equal(kernel[:2], 0)  # blank, <unk>
+  for row, gloss in enumerate(exp.glosses.glosses, start=2):
+    ids = exp.tokenizer.encode(gloss.lower())
+    np.testing.assert_allclose(kernel[row], embedding[ids].mean(axis=0), rtol=1e-6)
 
 
 def test_extract_features_then_sign2text_on_them(sign2gloss_workdir, synthetic_signs_dir,

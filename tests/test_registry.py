@@ -137,7 +137,37 @@ def test_default_workdir_names_config_variant_and_dataset():
   assert workdirs.default_workdir('configs/mmtlb.py:runlocal', mmtlb.get_config('runlocal')) == (
       os.path.join('workdirs', 'mmtlb_runlocal_synthetic_signs'))
   assert workdirs.default_workdir('configs/gloss2text.py', gloss2text.get_config()) == (
-      os.path.join('workdirs', 'gloss2text_default'))
+      os.path.join('workdirs', 'gloss2text_default_phoenix2014t'))
+  argument = 'configs/mmtlb.py:sign2text,dataset=csl_daily'
+  assert workdirs.default_workdir(argument, mmtlb.get_config(argument.partition(':')[2])) == (
+      os.path.join('workdirs', 'mmtlb_sign2text_csl_daily'))
+
+
+def test_the_dataset_choice_sets_names_languages_and_the_metric_protocol():
+  from configs import gloss2text, mmtlb  # pylint: disable=import-outside-toplevel
+  phoenix, csl = mmtlb.get_config('sign2text'), mmtlb.get_config('sign2text,dataset=csl_daily')
+  assert (phoenix.data.name, phoenix.tokenizer.tgt_lang, phoenix.model.mapper) == (
+      'phoenix2014t', 'de_DE', 'mlp')
+  assert (phoenix.eval.char_level, phoenix.eval.sacrebleu_tokenize, phoenix.eval.gloss_cleanup) == (
+      False, '13a', 'phoenix2014t')
+  assert (csl.data.name, csl.tokenizer.src_lang, csl.tokenizer.tgt_lang) == (
+      'csl_daily', 'zh_CN', 'zh_CN')
+  assert (csl.eval.char_level, csl.eval.sacrebleu_tokenize, csl.eval.gloss_cleanup) == (
+      True, 'zh', 'none')
+  assert (csl.model.mapper, csl.model.mapper_init) == ('gloss_probs', 'gloss_embeddings')
+  assert csl.total_steps == 40 * 2301  # 18,401 training videos, batch 8
+  with pytest.raises(UserError, match='reads the glosses\' embeddings from the translation model'):
+    validate(csl)
+  assert mmtlb.get_config('runlocal').data.name == 'synthetic_signs'
+  assert mmtlb.get_config('runlocal_staged,dataset=phoenix2014t').init.visual == (
+      'workdirs/mmtlb_runlocal_sign2gloss_phoenix2014t')
+  text_csl = gloss2text.get_config('pretrained,dataset=csl_daily')
+  assert (text_csl.data.target_suffix, text_csl.eval.char_level) == ('zh', True)
+  for bad, message in (('sign2text,datset=csl_daily', "unknown option 'datset'"),
+                       ('sign2text,dataset=csl', "unknown dataset 'csl'"),
+                       ('sign2text,runlocal', 'two variants')):
+    with pytest.raises(ValueError, match=message):
+      mmtlb.get_config(bad)
 
 
 def test_commands_ask_the_experiment_what_it_can_do(toy_corpus, tmp_path):

@@ -21,7 +21,7 @@ from sltjax.experiments import warm_start
 from sltjax.experiments.base import Experiment
 from sltjax.experiments.video import TOKENIZER_DIR, open_dataset_split
 from sltjax.losses import label_smoothed_cross_entropy
-from sltjax.metrics import translation_metrics
+from sltjax.metrics import protocol, translation_metrics
 from sltjax.models.mbart import MBart
 
 
@@ -139,4 +139,5 @@ class Gloss2TextExperiment(Experiment):
       for index, sequence in zip(indices, sequences):
         if index != batching.PAD_INDEX:
           hypotheses[index] = self.tokenizer.decode(sequence[1:])
-    return translation_metrics(hypotheses, corpus.references), {'text': hypotheses}
+    return (translation_metrics(hypotheses, corpus.references, **protocol(self.config.eval)),
+            {'text': hypotheses})

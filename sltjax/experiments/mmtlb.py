@@ -16,19 +16,21 @@ workdir, or a converted mBART, with its tokenizer), so that `python -m sltjax.tr
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from sltjax import experiments, sharding
 from sltjax.convert import pretrained
+from sltjax.convert.gloss_embeddings import gloss_embeddings
 from sltjax.ctc_decoding import ctc_decode_batch
 from sltjax.data import batching
 from sltjax.decoding import encoder_decoder_search
 from sltjax.errors import UserError
-from sltjax.experiments.base import DECODE_GLOSSES, EXTRACT_FEATURES, TRANSLATE_VIDEOS
+from sltjax.experiments.base import DECODE_GLOSSES, EXTRACT_FEATURES, TRANSLATE_VIDEOS, log
 from sltjax.experiments.video import GLOSS_FILE, TOKENIZER_DIR, VideoExperiment
 from sltjax.experiments.warm_start import WarmStart
 from sltjax.losses import sign_translation_loss
-from sltjax.metrics import GLOSS_METRIC_NAMES, gloss_metrics, translation_metrics
+from sltjax.metrics import GLOSS_METRIC_NAMES, gloss_metrics, protocol, translation_metrics
 from sltjax.models.backbones import registry as backbones
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
 
@@ -52,6 +54,13 @@ class MMTLBExperiment(VideoExperiment):
     if config.stage not in STAGES:
       return [f'stage={config.stage!r} must be one of {STAGES}']
     problems = super().check_config(config)
+    if config.model.get('mapper_init') == 'gloss_embeddings' and config.stage != 'sign2gloss':
+      if config.model.mapper != 'gloss_probs':
+        problems.append('model.mapper_init="gloss_embeddings" starts the gloss_probs mapper: set '
+                        'model.mapper="gloss_probs" or model.mapper_init=""')
+      if not config.init.translation:
+        problems.append('model.mapper_init="gloss_embeddings" reads the glosses\' embeddings from '
+                        'the translation model: set init.translation (a converted mBART)')
     if config.stage == 'sign2gloss' and config.eval.best_metric not in GLOSS_METRIC_NAMES:
       problems.append(f'stage sign2gloss has no translation: eval.best_metric must be one of '
                       f'{list(GLOSS_METRIC_NAMES)}')
@@ -100,6 +109,23 @@ class MMTLBExperiment(VideoExperiment):
       return {}
     return {('backbone',): backbones.read_weights(self.model_config.backbone,
                                                    self.model_config.backbone_options, path)}
+
+  def init_variables(self):
+    """config.init's starts; then, with model.mapper_init='gloss_embeddings' (CSL-Daily), the
+    gloss-probability mapper's row of every gloss set to the mean embedding of its lowercased
+    subwords in the started translation model (blank and <unk> rows zero)."""
+    params, rest = super().init_variables()
+    if not (self.translates and self.config.model.get('mapper_init') == 'gloss_embeddings'):
+      return params, rest
+    flat = dict(nnx.to_flat_state(params))
+    kernel_path = ('mapper', 'linear', 'kernel')
+    embeddings = gloss_embeddings(np.asarray(flat[('translation', 'shared', 'embedding')].value),
+                                  self.tokenizer, self.glosses.glosses)  # [glosses, d]
+    kernel = np.zeros(flat[kernel_path].shape, np.float32)  # [blank, <unk>, glosses..., d]
+    kernel[len(self.glosses.SPECIALS):] = embeddings
+    flat[kernel_path] = flat[kernel_path].replace(jnp.asarray(kernel, flat[kernel_path].dtype))
+    log(f'init: mapper <- the mBART embeddings of {len(self.glosses.glosses)} glosses')
+    return jax.device_put(nnx.from_flat_state(list(flat.items())), self.param_shardings), rest
 
   def eval_variables(self):
     if self.stage == 'sign2gloss2text':  # assembled from the two stages' best checkpoints
@@ -205,5 +231,6 @@ class MMTLBExperiment(VideoExperiment):
       metrics.update(gloss_metrics(predictions['gloss'], data.glosses,
                                    self.config.eval.gloss_cleanup))
     if self.translates:
-      metrics.update(translation_metrics(predictions['text'], data.texts))
+      metrics.update(translation_metrics(predictions['text'], data.texts,
+                                         **protocol(self.config.eval)))
     return metrics, predictions

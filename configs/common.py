@@ -1,0 +1,103 @@
+"""What every system's config shares: the dataset choice of the config argument, the datasets'
+constants, and the optimizer, schedule and evaluation blocks.
+
+  --config=configs/<system>.py[:variant][,dataset=<name>]
+
+`dataset` (DATASETS) sets the data name, the languages, the gloss clean-up and the translation
+metrics' protocol (CSL-Daily: character-level BLEU and ROUGE, sacrebleu's `zh` tokenizer); it
+defaults to phoenix2014t, and to synthetic_signs for runlocal variants.
+"""
+import dataclasses
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train_videos: int  # training split size, for steps per epoch
+  mbart_language: str  # mBART-cc25 code of the spoken language
+  gloss_cleanup: str = 'none'  # sltjax.metrics.gloss_metrics clean-up before WER
+  char_level: bool = False  # BLEU / ROUGE over characters (every character a token)
+  sacrebleu_tokenize: str = '13a'  # the tokenizer of the sacrebleu-signature BLEU
+  has_glosses: bool = True
+
+
+DATASETS = {
+    'phoenix2014t': Dataset(7096, 'de_DE', gloss_cleanup='phoenix2014t'),
+    'csl_daily': Dataset(18401, 'zh_CN', char_level=True, sacrebleu_tokenize='zh'),
+    'how2sign': Dataset(31128, 'en_XX', has_glosses=False),
+    'openasl': Dataset(96476, 'en_XX', has_glosses=False),
+    'synthetic_signs': Dataset(1200, 'en_XX'),
+}
+DEFAULT_DATASET = 'phoenix2014t'
+LOCAL_DATASET = 'synthetic_signs'  # runlocal variants: built on first use, no download
+
+
+def parse_argument(arg: str | None, variants: tuple[str, ...], default: str, config_file: str):
+  """(variant, dataset) of 'variant[,dataset=name]' (either part may be left out)."""
+  variant, dataset = '', ''
+  for part in (arg or '').split(','):
+    key, equals, value = part.partition('=')
+    if not equals:
+      if variant:
+        raise ValueError(f'{config_file}: two variants in {arg!r}; give one, then ,dataset=NAME.')
+      variant = key.strip()
+    elif key.strip() == 'dataset':
+      dataset = value.strip()
+    else:
+      raise ValueError(f'{config_file}: unknown option {key.strip()!r} in {arg!r}; the config '
+                       'argument takes a variant and dataset=NAME.')
+  variant = variant or default
+  if variant not in variants:
+    raise ValueError(f'Unknown variant {variant!r} of {config_file}; use one of {variants}.')
+  dataset = dataset or (LOCAL_DATASET if variant.startswith('runlocal') else DEFAULT_DATASET)
+  if dataset not in DATASETS:
+    raise ValueError(f'{config_file}: unknown dataset {dataset!r}; use one of '
+                     f'{tuple(DATASETS)}.')
+  return variant, dataset
+
+
+def steps_per_epoch(dataset: str, batch_size: int) -> int:
+  return -(-DATASETS[dataset].train_videos // batch_size)
+
+
+def optimizer(name: str, learning_rate: float, **overrides) -> ml_collections.ConfigDict:
+  """The optimizer block sltjax/optim.py reads."""
+  return ml_collections.ConfigDict({
+      'name': name,  # 'adam' (coupled L2) | 'adamw' | 'sgd'
+      'learning_rate': learning_rate, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,
+      'weight_decay': 0.0, 'momentum': 0.0,  # momentum: sgd only
+      'grad_clip_norm': 0.0,  # 0 disables
+      'param_groups': {},  # {path regex: lr multiplier}; 0 freezes (see sltjax/optim.py)
+      'frozen': '',  # path regex of parameters to freeze
+      **overrides})
+
+
+def schedule(kind: str = 'cosine', warmup_steps: int = 0,
+             end_factor: float = 0.0) -> ml_collections.ConfigDict:
+  """'cosine' | 'constant', after a linear warmup; final lr = end_factor * learning_rate."""
+  return ml_collections.ConfigDict({'kind': kind, 'warmup_steps': warmup_steps,
+                                    'end_factor': end_factor})
+
+
+def evaluation(dataset: str, **overrides) -> ml_collections.ConfigDict:
+  """The eval block: beam search and the dataset's metric protocol."""
+  info = DATASETS[dataset]
+  return ml_collections.ConfigDict({
+      'split': 'dev', 'batch_size': 8, 'num_beams': 5, 'max_new_tokens': 100,
+      'length_penalty': 1.0,
+      'length_penalty_style': 'hf',  # 'hf': score / len**lp; 'gnmt': ((5 + len) / 6)**lp
+      'early_stopping': False, 'best_metric': 'bleu4',
+      'gloss_cleanup': info.gloss_cleanup, 'char_level': info.char_level,
+      'sacrebleu_tokenize': info.sacrebleu_tokenize, **overrides})
+
+
+def tokenizer(kind: str, dataset: str, **overrides) -> ml_collections.ConfigDict:
+  """The tokenizer block (sltjax/data/tokenizers.py) with the dataset's language codes."""
+  language = DATASETS[dataset].mbart_language
+  return ml_collections.ConfigDict({
+      'kind': kind,  # 'word' | 'sentencepiece' (trained on train) | 'mbart' (pretrained)
+      'path': '',  # kind='mbart': the tokenizer directory ('' = the one init brings)
+      'vocab_size': 4000,  # kind='sentencepiece'
+      'min_count': 1,  # kind='word'
+      'src_lang': language, 'tgt_lang': language, **overrides})
