@@ -1,4 +1,4 @@
-"""Training losses: label-smoothed cross entropy and CTC (C2RL adds InfoNCE and IP-SLT distillation)."""
+"""Training losses: label-smoothed cross entropy, CTC, and the CLCL contrastive loss (C2RL)."""
 import jax
 import jax.numpy as jnp
 import optax
@@ -51,3 +51,93 @@ def sign_translation_loss(out, batch, *, ctc_weight: float, translation_weight: 
     loss = loss + translation_weight * ce
     metrics.update(ce=ce, tokens=tokens)
   return loss, metrics
+
+
+# ------------------------------------------------------------------ contrastive (C2RL / CiCo)
+_MASKED = -1e30  # the logit of a masked entry
+def _l2_normalize(x):
+  """Rows of x [n, len, dim] scaled to unit norm (zero rows stay zero)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def _clcl_block(video, video_mask, text, text_mask, temperature: float, mask_padding: bool):
+  """(v2t, t2v) [num_videos, block] for one block of texts; see clcl_similarity."""
+  s = jnp.einsum('vtd,wld->vwtl', video, text)  # [Bv, bt, T, L]
+  vm = video_mask[:, None, :, None] > 0  # [Bv, 1, T, 1]
+  tm = text_mask[None, :, None, :] > 0  # [1, bt, 1, L]
+  # V2T: each frame attends over the tokens; T2V: each token attends over the frames. Masked
+  # entries get a large negative logit, not where=: a row with nothing valid (a padded text)
+  # then stays finite, and so do its gradients.
+  logits = s / temperature
+  over_tokens = jax.nn.softmax(jnp.where(tm, logits, _MASKED) if mask_padding else logits, axis=3)
+  over_frames = jax.nn.softmax(jnp.where(vm, logits, _MASKED) if mask_padding else logits, axis=2)
+  frame_scores = jnp.sum(s * over_tokens, axis=3)  # [Bv, bt, T]
+  token_scores = jnp.sum(s * over_frames, axis=2)  # [Bv, bt, L]
+  frames = jnp.maximum(jnp.sum(video_mask, axis=1), 1)[:, None]  # [Bv, 1]
+  tokens = jnp.maximum(jnp.sum(text_mask, axis=1), 1)[None, :]  # [1, bt]
+  v2t = jnp.sum(frame_scores * video_mask[:, None, :], axis=2) / frames
+  t2v = jnp.sum(token_scores * text_mask[None, :, :], axis=2) / tokens
+  return v2t, t2v
+
+
+def clcl_similarity(video, video_mask, text, text_mask, *, temperature: float = 0.07,
+                    mask_padding: bool = True, text_block: int = 0):
+  """CiCo's cross-lingual contrastive similarities of every (video, text) pair.
+
+  video [num_videos, frames, dim], text [num_texts, tokens, dim], masks 1 where valid; features
+  are L2-normalised here. Returns (v2t, t2v), both [num_videos, num_texts], before the logit
+  scale: v2t[i, j] = mean over video i's valid frames of sum_k s * softmax_k(s / temperature)
+  over text j's tokens; t2v the same with frames and tokens swapped. mask_padding=False is CiCo:
+  padded frames and tokens, with the features the encoders gave them, stay in the softmax
+  denominators (padding only out of the outer mean).
+
+  The [num_videos, num_texts, frames, tokens] similarity grows with the square of the batch:
+  text_block > 0 computes it for that many texts at a time, recomputed in the backward pass
+  instead of stored, so memory grows as num_videos * text_block. Under jit, a video batch
+  sharded over devices splits it further.
+  """
+  video_mask, text_mask = video_mask.astype(jnp.float32), text_mask.astype(jnp.float32)
+  if mask_padding:  # else CiCo: padded positions keep whatever features the encoders gave them
+    video, text = video * video_mask[..., None], text * text_mask[..., None]
+  video, text = _l2_normalize(video), _l2_normalize(text)
+  block = jax.checkpoint(lambda t, tm: _clcl_block(video, video_mask, t, tm, temperature,
+                                                   mask_padding))
+  num_texts = text.shape[0]
+  if not text_block or text_block >= num_texts:
+    return block(text, text_mask)
+  pad = -num_texts % text_block
+  text = jnp.pad(text, ((0, pad), (0, 0), (0, 0)))
+  text_mask = jnp.pad(text_mask, ((0, pad), (0, 0)))
+  blocks = (text.reshape(-1, text_block, *text.shape[1:]),
+            text_mask.reshape(-1, text_block, text_mask.shape[1]))
+  v2t, t2v = jax.lax.map(lambda b: block(*b), blocks)  # [blocks, Bv, text_block]
+  def join(x):
+    return jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)[:, :num_texts]
+  return join(v2t), join(t2v)
+
+
+def contrastive_loss(v2t, t2v, positives, logit_scale, *, label_smoothing: float = 0.0,
+                     cico_mix: bool = False):
+  """Symmetric InfoNCE over the batch on CLCL similarities [num_videos, num_texts].
+
+  positives [num_videos, num_texts] is 1 where a video shows the text's sentence (several per
+  row when clips repeat a sentence); each direction's target spreads its mass evenly over the
+  positives, then label smoothing over all candidates. logit_scale: the log of the learned
+  scale. Default (C2RL): [CE(V2T) + CE(T2V^T)] / 2, videos ranking texts and texts ranking
+  videos; cico_mix: CiCo's 1/2 [(CE(V2T) + CE(V2T^T)) / 2 + (CE(T2V^T) + CE(T2V)) / 2].
+  """
+  scale = jnp.exp(logit_scale)
+  positives = positives.astype(jnp.float32)
+
+  def ce(logits, targets):  # rows rank their columns
+    targets = targets / jnp.maximum(jnp.sum(targets, axis=1, keepdims=True), 1.0)
+    targets = optax.smooth_labels(targets, label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+  video_to_text = ce(scale * v2t, positives)
+  text_to_video = ce(scale * t2v.T, positives.T)
+  if not cico_mix:
+    return (video_to_text + text_to_video) / 2
+  return ((video_to_text + ce(scale * v2t.T, positives.T)) / 2
+          + (text_to_video + ce(scale * t2v, positives)) / 2) / 2

@@ -1,0 +1,106 @@
+"""The CLCL similarity and contrastive loss (C2RL's ICL, CiCo's CLCL) against a direct numpy
+transcription of REFERENCE.md's formulas, pair by pair, frame by frame."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sltjax.losses import clcl_similarity, contrastive_loss
+
+
+def reference_similarity(video, video_mask, text, text_mask, temperature, mask_padding):
+  """Loops over pairs: v2t = mean over valid frames of sum_j s_ij softmax_j(s_i / t), t2v the
+  same over tokens; masked entries out of the softmax unless CiCo's behaviour is asked."""
+  def unit(x):
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(norms > 0, x / np.maximum(norms, 1e-30), 0)
+
+  def softmax(x, keep):
+    x = np.where(keep, x, -np.inf) if mask_padding else x
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+  v2t = np.zeros((len(video), len(text)))
+  t2v = np.zeros_like(v2t)
+  for a, (v, vm) in enumerate(zip(video, video_mask)):
+    for b, (t, tm) in enumerate(zip(text, text_mask)):
+      if mask_padding:
+        v, t = v * vm[:, None], t * tm[:, None]
+      s = unit(v) @ unit(t).T  # [T, L]
+      frames = [s[i] @ softmax(s[i] / temperature, tm > 0) for i in np.flatnonzero(vm)]
+      tokens = [s[:, j] @ softmax(s[:, j] / temperature, vm > 0) for j in np.flatnonzero(tm)]
+      v2t[a, b], t2v[a, b] = np.mean(frames), np.mean(tokens)
+  return v2t, t2v
+
+
+def random_pairs(seed, videos=5, texts=4, frames=7, tokens=6, dim=16):
+  rng = np.random.default_rng(seed)
+  video = rng.normal(size=(videos, frames, dim)).astype(np.float32)
+  text = rng.normal(size=(texts, tokens, dim)).astype(np.float32)
+  video_mask = (np.arange(frames) < rng.integers(2, frames + 1, videos)[:, None]).astype(np.float32)
+  text_mask = (np.arange(tokens) < rng.integers(1, tokens + 1, texts)[:, None]).astype(np.float32)
+  return video, video_mask, text, text_mask
+
+
+@pytest.mark.parametrize('mask_padding', [True, False])
+@pytest.mark.parametrize('text_block', [0, 3])
+def test_similarity_matches_the_formula_pair_by_pair(mask_padding, text_block):
+  video, video_mask, text, text_mask = random_pairs(0)
+  got = jax.jit(lambda *a: clcl_similarity(*a, temperature=0.07, mask_padding=mask_padding,
+                                           text_block=text_block))(
+      video, video_mask, text, text_mask)
+  want = reference_similarity(video, video_mask, text, text_mask, 0.07, mask_padding)
+  for g, w in zip(got, want):
+    assert g.shape == (5, 4)
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_cicos_padding_changes_the_scores_and_padded_values_do_not_leak():
+  video, video_mask, text, text_mask = random_pairs(1)
+  masked = clcl_similarity(video, video_mask, text, text_mask)
+  cico = clcl_similarity(video, video_mask, text, text_mask, mask_padding=False)
+  assert not np.allclose(masked[0], cico[0])
+  noisy_video = np.where(video_mask[..., None] > 0, video, 1e3)
+  noisy_text = np.where(text_mask[..., None] > 0, text, -1e3)
+  again = clcl_similarity(noisy_video, video_mask, noisy_text, text_mask)
+  for a, b in zip(masked, again):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_blocks_give_the_same_loss_and_gradients_with_finite_padding():
+  video, video_mask, text, text_mask = random_pairs(2, videos=6, texts=6)
+  positives = np.eye(6)
+  positives[0, 3] = positives[3, 0] = 1  # clips 0 and 3 show the same sentence
+
+  def loss(video, text, block):
+    v2t, t2v = clcl_similarity(video, video_mask, text, text_mask, text_block=block)
+    return contrastive_loss(v2t, t2v, positives, jnp.log(1 / 0.07), label_smoothing=0.2)
+
+  whole = jax.value_and_grad(loss, argnums=(0, 1))(video, text, 0)
+  blocked = jax.value_and_grad(loss, argnums=(0, 1))(video, text, 4)  # 6 texts: 4 + 2 padded
+  np.testing.assert_allclose(whole[0], blocked[0], rtol=1e-6)
+  for a, b in zip(whole[1], blocked[1]):
+    assert np.all(np.isfinite(b))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_loss_is_symmetric_infonce_with_shared_positives_and_smoothing():
+  rng = np.random.default_rng(3)
+  v2t, t2v = rng.normal(size=(2, 4, 4))
+  positives = np.eye(4)
+  positives[1, 2] = positives[2, 1] = 1
+  scale = np.log(20.0)
+
+  def ce(logits, targets, smoothing):
+    targets = targets / targets.sum(1, keepdims=True)
+    targets = targets * (1 - smoothing) + smoothing / targets.shape[1]
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -np.mean(np.sum(targets * log_p, axis=1))
+
+  want = (ce(20 * v2t, positives, 0.2) + ce(20 * t2v.T, positives.T, 0.2)) / 2
+  np.testing.assert_allclose(contrastive_loss(v2t, t2v, positives, scale, label_smoothing=0.2),
+                             want, rtol=1e-5)
+  cico = ((ce(20 * v2t, positives, 0) + ce(20 * v2t.T, positives.T, 0)) / 2
+          + (ce(20 * t2v.T, positives.T, 0) + ce(20 * t2v, positives, 0)) / 2) / 2
+  np.testing.assert_allclose(contrastive_loss(v2t, t2v, positives, scale, cico_mix=True), cico,
+                             rtol=1e-5)
