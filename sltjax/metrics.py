@@ -10,6 +10,10 @@
 - `rougeL_signjoey`: sentence ROUGE-L F with beta=1.2 (signjoey/COCO), averaged, x100.
 - `rougeL_f`: rouge-score's ROUGE-L F1 (beta=1, whitespace tokens), averaged, x100.
 
+Retrieval (`retrieval_metrics`, `sign_retrieval_metrics`): R@1/5/10 in percent and the median
+and mean rank (1-based) of each query's match, ties counted against the model, on CiCo's fused
+score with the videos of one sentence grouped (REFERENCE.md).
+
 Gloss recognition (`gloss_metrics`): corpus WER = (substitutions + deletions + insertions) /
 reference glosses (jiwer), x100, with PHOENIX-2014T's standard clean-up applied to hypotheses and
 references first when asked.
@@ -27,11 +31,15 @@ from rouge_score import rouge_scorer, tokenizers
 METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'bleu4_zh', 'chrf',
                 'rougeL_signjoey', 'rougeL_f')
 GLOSS_METRIC_NAMES = ('wer', 'sub_rate', 'del_rate', 'ins_rate')
+RETRIEVAL_METRIC_NAMES = tuple(f'{direction}_{name}' for direction in ('t2v', 'v2t')
+                               for name in ('r1', 'r5', 'r10', 'medr', 'mnr'))
 # Every metric an evaluation may report, with its direction: True where higher is better.
 # Best-checkpoint selection and config validation read it; a system adds its own with
 # register_metric.
 HIGHER_IS_BETTER: dict[str, bool] = {**{name: True for name in METRIC_NAMES},
-                                     **{name: False for name in GLOSS_METRIC_NAMES}}
+                                     **{name: False for name in GLOSS_METRIC_NAMES},
+                                     **{name: not name.endswith(('medr', 'mnr'))
+                                        for name in RETRIEVAL_METRIC_NAMES}}
 
 
 def register_metric(name: str, higher_is_better: bool) -> None:
@@ -162,3 +170,38 @@ def gloss_metrics(hypotheses: Sequence[str], references: Sequence[str],
   return {'wer': 100 * (out.substitutions + out.deletions + out.insertions) / words,
           'sub_rate': 100 * out.substitutions / words, 'del_rate': 100 * out.deletions / words,
           'ins_rate': 100 * out.insertions / words}
+
+
+def retrieval_metrics(scores, matches=None) -> dict[str, float]:
+  """{'r1', 'r5', 'r10', 'medr', 'mnr'} of scores [queries, items] (higher = better match),
+  where matches[q] is the index of query q's correct item (default: q). An item scored equal
+  to the match ranks before it (ties count against the model)."""
+  scores = np.asarray(scores, np.float64)
+  matches = np.arange(len(scores)) if matches is None else np.asarray(matches)
+  if scores.ndim != 2 or len(matches) != len(scores):
+    raise ValueError(f'scores {scores.shape} and {len(matches)} matches: expected [queries, '
+                     'items] and one match per query.')
+  correct = scores[np.arange(len(scores)), matches][:, None]
+  others = np.ones(scores.shape, bool)
+  others[np.arange(len(scores)), matches] = False
+  ranks = 1 + np.sum((scores >= correct) & others, axis=1)  # [queries], 1 = first
+  return {**{f'r{k}': 100.0 * float(np.mean(ranks <= k)) for k in (1, 5, 10)},
+          'medr': float(np.median(ranks)), 'mnr': float(np.mean(ranks))}
+
+
+def sign_retrieval_metrics(v2t, t2v, video_sentences: Sequence[str]) -> dict[str, float]:
+  """t2v_* and v2t_* (RETRIEVAL_METRIC_NAMES) of video-to-text and text-to-video scores
+  [videos, texts] of a split whose video i shows sentence video_sentences[i] and whose texts are
+  the same list. Scores are fused, 0.5 * v2t + 0.5 * t2v, as CiCo does; a sentence shown by
+  several videos is one text: each video ranks the distinct sentences, and each sentence ranks
+  the sentence groups of videos, a group scoring as its best video."""
+  fused = 0.5 * np.asarray(v2t, np.float64) + 0.5 * np.asarray(t2v, np.float64)
+  sentences = sorted(set(video_sentences))
+  sentence_index = {s: i for i, s in enumerate(sentences)}
+  group = np.array([sentence_index[s] for s in video_sentences])  # [videos]
+  first_text = np.array([video_sentences.index(s) for s in sentences])  # a column per sentence
+  video_vs_sentence = fused[:, first_text]  # [videos, sentences]
+  sentence_vs_group = np.stack([video_vs_sentence[group == g].max(axis=0)
+                                for g in range(len(sentences))], axis=1)  # [sentences, groups]
+  return {**{f'v2t_{k}': v for k, v in retrieval_metrics(video_vs_sentence, group).items()},
+          **{f't2v_{k}': v for k, v in retrieval_metrics(sentence_vs_group).items()}}

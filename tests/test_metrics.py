@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from sltjax.metrics import METRIC_NAMES, rouge_l_signjoey, translation_metrics
+from sltjax.metrics import (METRIC_NAMES, RETRIEVAL_METRIC_NAMES, retrieval_metrics,
+                            rouge_l_signjoey, sign_retrieval_metrics, translation_metrics)
 
 
 def test_perfect_and_disjoint():
@@ -67,3 +68,37 @@ def test_chinese_is_scored_over_characters_with_sacrebleus_zh_tokenizer():
   assert translation_metrics(['今天 下雨。'], ['今天下雨 。'])['bleu1'] == 0  # word level
   assert scores['rougeL_signjoey'] == pytest.approx(100 * np.mean([
       rouge_l_signjoey(' '.join(h.replace(' ', '')), ' '.join(r)) for h, r in zip(hyps, refs)]))
+
+
+def test_retrieval_ranks_count_ties_against_the_model():
+  scores = np.array([[0.9, 0.1, 0.2],   # match first: rank 1
+                     [0.5, 0.5, 0.1],   # a tie with the match: rank 2, not 1
+                     [0.7, 0.8, 0.3]])  # two items above the match: rank 3
+  assert retrieval_metrics(scores) == {'r1': pytest.approx(100 / 3), 'r5': 100.0, 'r10': 100.0,
+                                       'medr': 2.0, 'mnr': 2.0}
+  ranks = retrieval_metrics(scores, matches=[1, 0, 1])  # ranks 3, 2 (a tie), 1
+  assert ranks == {'r1': pytest.approx(100 / 3), 'r5': 100.0, 'r10': 100.0, 'medr': 2.0,
+                   'mnr': 2.0}
+  assert retrieval_metrics(scores, matches=[0, 1, 1])['mnr'] == pytest.approx(4 / 3)  # 1, 2, 1
+  assert retrieval_metrics(np.zeros((12, 12)))['r10'] == 0.0  # all tied: every match last
+  with pytest.raises(ValueError, match='one match per query'):
+    retrieval_metrics(scores, matches=[0, 1])
+
+
+def test_sign_retrieval_groups_the_videos_of_a_sentence():
+  """Videos 0 and 2 show sentence 'a'; texts are the videos' sentences (column 2 repeats 'a')."""
+  sentences = ['a', 'b', 'a', 'c']
+  v2t = np.array([[0.9, 0.1, 0.9, 0.2],
+                  [0.2, 0.8, 0.2, 0.7],
+                  [0.1, 0.3, 0.1, 0.6],   # the second 'a' video prefers 'c'
+                  [0.0, 0.6, 0.0, 0.5]])  # the 'c' video prefers 'b'
+  scores = sign_retrieval_metrics(v2t, v2t, sentences)
+  # V2T: each video ranks the 3 distinct sentences: ranks 1, 1, 3, 2.
+  assert scores['v2t_r1'] == 50.0 and scores['v2t_medr'] == 1.5 and scores['v2t_mnr'] == 1.75
+  # T2V: 'a' ranks groups {0, 2} (best 0.9), {1}, {3}: 1; 'b': group {1} 0.8 vs {3} 0.6: 1;
+  # 'c': group {3} 0.5 against {1} 0.7 and {0, 2} 0.6: 3.
+  assert scores['t2v_r1'] == pytest.approx(200 / 3) and scores['t2v_medr'] == 1.0
+  assert scores['t2v_mnr'] == pytest.approx(5 / 3)
+  assert set(scores) == set(RETRIEVAL_METRIC_NAMES)
+  fused = sign_retrieval_metrics(v2t, np.zeros_like(v2t), sentences)  # 0.5 * v2t: same ranks
+  assert fused == scores
