@@ -169,3 +169,37 @@ def test_frozen_batch_norm_keeps_running_statistics():
   trainable(jnp.ones((1, 4, 32, 32, 3)), jnp.ones((1, 4)), train=True)
   moved = nnx.state(trainable, nnx.BatchStat)['bn1']['mean'][...]
   assert np.abs(np.asarray(moved)).max() > 0
+
+
+def test_backbones_are_chosen_by_name_and_read_their_weights_through_the_registry(
+    hf_resnet18, tmp_path):
+  """A system names its backbone; the registry builds it and converts its PyTorch weights.
+  A backbone registered from outside sltjax is usable by MMTLB without editing it."""
+  from sltjax.models.backbones import registry  # pylint: disable=import-outside-toplevel
+  from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig  # pylint: disable=import-outside-toplevel
+  options = registry.BackboneOptions(width=1.0)
+  assert registry.output_dim('resnet18', options) == 512
+  assert registry.output_dim('s3d', registry.BackboneOptions(width=0.5)) == 416
+  torch.save(hf_resnet18.state_dict(), tmp_path / 'resnet18.pt')
+  state = registry.read_weights('resnet18', options, str(tmp_path / 'resnet18.pt'))
+  model = ResNet(ResNetConfig(), rngs=nnx.Rngs(1))
+  nnx.update(model, state)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = hf_resnet18(torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
+  np.testing.assert_allclose(model.images(jnp.asarray(images)), want.reshape(2, 512), atol=1e-4)
+
+  class MeanColour(nnx.Module):  # frames [B, T, H, W, 3] -> [B, T, 3]
+    def __call__(self, frames, mask, train=False):
+      return jnp.mean(frames, axis=(2, 3)), mask
+
+  registry.register_backbone('test_mean_colour', registry.Backbone(
+      build=lambda options, rngs: MeanColour(), output_dim=lambda options: 3))
+  mmtlb = MMTLB(MMTLBConfig(num_glosses=5, backbone='test_mean_colour', head_dim=8,
+                            head_ffn_dim=16), rngs=nnx.Rngs(0))
+  out = mmtlb.visual(jnp.ones((2, 4, 8, 8, 3)), jnp.ones((2, 4)))
+  assert out['gloss_logits'].shape == (2, 4, 5)
+  with pytest.raises(ValueError, match="model.backbone='vit'; expected one of"):
+    MMTLBConfig(num_glosses=5, backbone='vit')
+  with pytest.raises(ValueError, match="Backbone 'features' has no weights to load"):
+    registry.read_weights('features', options, str(tmp_path / 'resnet18.pt'))
