@@ -64,7 +64,11 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    exit_with_user_error(f'{e}\nPass --helpfull for every flag.')
+    message = str(e)
+    if 'Traceback (most recent call last)' in message:  # raised by the config file's get_config
+      last = [line for line in message.splitlines() if line.strip()][-1]
+      exit_with_user_error(last.split(': ', 1)[-1])
+    exit_with_user_error(f'{message}\nPass --helpfull for every flag.')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e).strip('\'"').replace("\\'", "'").replace('\\n', ' ')
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]

@@ -55,7 +55,7 @@ def make_train_step(exp, tx: optax.GradientTransformation, schedule, state_shard
 
     (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    params = exp.constrain(optax.apply_updates(state['params'], updates))
     new_state = dict(state, params=params, rest=rest, opt_state=opt_state, step=state['step'] + 1)
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads),
                'learning_rate': schedule(state['step']),

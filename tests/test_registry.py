@@ -104,6 +104,11 @@ def test_user_errors_print_their_message_alone(tmp_path):
   assert_user_error(main(tmp_path / 'c', '--config.system=nosuchsystem'),
                     "config.system='nosuchsystem' is not a registered system; built in: "
                     'gloss2text, mmtlb')
+  assert_user_error(main(tmp_path / 'd', '--config.model.init_from=/pretrained/mbart',
+                         config='configs/gloss2text.py:pretrained'),
+                    '--config.model.init_from is now --config.init.model.')
+  assert_user_error(main(tmp_path / 'e', config='configs/mmtlb.py:sign2text,datset=csl_daily'),
+                    "unknown option 'datset'")
   assert not any(tmp_path.iterdir())  # nothing written before the config is valid
 
 

@@ -128,6 +128,11 @@ class Experiment:
                            self.param_shardings),
             jax.device_put(nnx.from_flat_state(list(flat['rest'].items())), self.rest_shardings))
 
+  def constrain(self, params):
+    """The parameters after an optimizer update, brought back where the system keeps them (C2RL
+    clamps its logit scale at ln 100); runs inside the jitted train step. Default: unchanged."""
+    return params
+
   def eval_variables(self):
     """(params, rest, step) that --mode=eval scores: the best checkpoint of the workdir."""
     restored, meta = self.checkpointer.restore_best(self.abstract_variables())
