@@ -56,8 +56,8 @@ def sign_translation_loss(out, batch, *, ctc_weight: float, translation_weight: 
 # ------------------------------------------------------------------ contrastive (C2RL / CiCo)
 _MASKED = -1e30  # the logit of a masked entry
 def _l2_normalize(x):
-  """Rows of x [n, len, dim] scaled to unit norm (zero rows stay zero)."""
-  x = x.astype(jnp.float32)
+  """Rows of x [n, len, dim] scaled to unit norm (zero rows stay zero), in float32 or wider."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 

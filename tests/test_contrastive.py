@@ -104,3 +104,24 @@ def test_loss_is_symmetric_infonce_with_shared_positives_and_smoothing():
           + (ce(20 * t2v.T, positives.T, 0) + ce(20 * t2v, positives, 0)) / 2) / 2
   np.testing.assert_allclose(contrastive_loss(v2t, t2v, positives, scale, cico_mix=True), cico,
                              rtol=1e-5)
+
+
+def test_gradients_match_finite_differences():
+  """float64 central differences of the smoothed loss in a few random directions."""
+  with jax.enable_x64(True):
+    video, video_mask, text, text_mask = (x.astype(np.float64) for x in random_pairs(4))
+    positives = np.eye(5, 4)
+
+    def loss(video, text):
+      v2t, t2v = clcl_similarity(video, video_mask, text, text_mask, text_block=3)
+      return contrastive_loss(v2t, t2v, positives, np.log(1 / 0.07), label_smoothing=0.2)
+
+    grads = jax.grad(loss, argnums=(0, 1))(video, text)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+      dv, dt = rng.normal(size=video.shape), rng.normal(size=text.shape)
+      eps = 1e-5
+      numeric = (loss(video + eps * dv, text + eps * dt)
+                 - loss(video - eps * dv, text - eps * dt)) / (2 * eps)
+      analytic = np.sum(grads[0] * dv) + np.sum(grads[1] * dt)
+      np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
