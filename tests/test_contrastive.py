@@ -125,3 +125,53 @@ def test_gradients_match_finite_differences():
                  - loss(video - eps * dv, text - eps * dt)) / (2 * eps)
       analytic = np.sum(grads[0] * dv) + np.sum(grads[1] * dt)
       np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+
+
+SHARDED_LOSS = '''
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from sltjax.losses import clcl_similarity, contrastive_loss
+inputs = dict(np.load(sys.argv[1]))
+mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+rows = NamedSharding(mesh, P('data'))
+
+def loss(video, text):
+  # Each device holds its clips' videos and texts; every text is a negative for every video.
+  text = jax.lax.with_sharding_constraint(text, NamedSharding(mesh, P()))
+  v2t, t2v = clcl_similarity(video, inputs['video_mask'], text, inputs['text_mask'], text_block=4)
+  return contrastive_loss(v2t, t2v, inputs['positives'], np.log(1 / 0.07), label_smoothing=0.2)
+
+step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), in_shardings=(rows, rows))
+value, (dv, dt) = step(inputs['video'], inputs['text'])
+np.savez(sys.argv[2], loss=value, dv=dv, dt=dt)
+'''
+
+
+def test_eight_devices_give_the_one_device_loss_and_gradients(tmp_path):
+  """The global batch's negatives under sharding: 16 clips over 8 fake CPU devices."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tests.conftest import REPO  # pylint: disable=import-outside-toplevel
+  video, video_mask, text, text_mask = random_pairs(6, videos=16, texts=16)
+  positives = np.eye(16)
+  positives[2, 9] = positives[9, 2] = 1
+  np.savez(tmp_path / 'inputs.npz', video=video, video_mask=video_mask, text=text,
+           text_mask=text_mask, positives=positives)
+  result = subprocess.run(
+      [sys.executable, '-c', SHARDED_LOSS, str(tmp_path / 'inputs.npz'), str(tmp_path / 'out.npz')],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  sharded = np.load(tmp_path / 'out.npz')
+
+  def loss(video, text):
+    v2t, t2v = clcl_similarity(video, video_mask, text, text_mask)
+    return contrastive_loss(v2t, t2v, positives, np.log(1 / 0.07), label_smoothing=0.2)
+
+  value, (dv, dt) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(video, text)
+  np.testing.assert_allclose(sharded['loss'], value, rtol=1e-5)
+  np.testing.assert_allclose(sharded['dv'], dv, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(sharded['dt'], dt, rtol=1e-4, atol=1e-7)
