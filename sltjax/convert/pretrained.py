@@ -13,7 +13,7 @@ import shutil
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from sltjax.data.tokenizers import MBART_FILES
+from sltjax.data.tokenizers import copy_mbart_files
 from sltjax.models.mbart import MBartConfig
 
 MODEL_CONFIG = 'model_config.json'
@@ -36,9 +36,8 @@ def save_pretrained(model, directory: str, tokenizer_dir: str | None = None) -> 
   _, params, rest = nnx.split(model, nnx.Param, ...)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(staging, WEIGHTS), {'params': params, 'rest': rest})
-  for name in MBART_FILES if tokenizer_dir else ():
-    if os.path.isfile(os.path.join(tokenizer_dir, name)):
-      shutil.copy(os.path.join(tokenizer_dir, name), staging)
+  if tokenizer_dir:
+    copy_mbart_files(tokenizer_dir, staging)
   if os.path.exists(directory):
     shutil.rmtree(directory)
   os.replace(staging, directory)

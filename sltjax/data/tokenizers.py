@@ -134,6 +134,13 @@ def train_sentencepiece(texts: Iterable[str], directory: str, vocab_size: int) -
       unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
 
 
+def copy_mbart_files(source: str, target: str) -> None:
+  """Copies the MBART_FILES that `source` holds into the folder `target`."""
+  for name in MBART_FILES:
+    if os.path.isfile(os.path.join(source, name)):
+      shutil.copy(os.path.join(source, name), target)
+
+
 def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokenizer:
   """The tokenizer named by `config` (config.tokenizer), created once and kept under `directory`.
 
@@ -151,9 +158,7 @@ def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokeni
       MBartTokenizer(config.path)  # a clear error when config.path holds no tokenizer
       staging = f'{directory}.tmp{os.getpid()}'
       os.makedirs(staging, exist_ok=True)
-      for name in MBART_FILES:
-        if os.path.isfile(os.path.join(config.path, name)):
-          shutil.copy(os.path.join(config.path, name), staging)
+      copy_mbart_files(config.path, staging)
       if os.path.isdir(directory):  # a partial copy of an earlier, interrupted run
         shutil.rmtree(directory)
       os.replace(staging, directory)

@@ -119,8 +119,10 @@ class Experiment:
       for sub_path, variable in nnx.to_flat_state(state):
         flat['params' if isinstance(variable, nnx.Param) else 'rest'][(*prefix, *sub_path)] = (
             variable)
+    sources = {directory: read_best_variables(directory)  # each directory read once
+               for directory in set(starts.values())}
     for name, directory in starts.items():
-      source = read_best_variables(directory)
+      source = sources[directory]
       for prefix in table[name].prefixes:
         copied = warm_start.graft(flat, source, prefix, directory)
         log(f'init.{name}: {"/".join(prefix) or "the model"} <- {directory} ({copied} tensors)')
