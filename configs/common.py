@@ -11,6 +11,8 @@ import dataclasses
 
 import ml_collections
 
+from sltjax.data import video
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -101,3 +103,15 @@ def tokenizer(kind: str, dataset: str, **overrides) -> ml_collections.ConfigDict
       'vocab_size': 4000,  # kind='sentencepiece'
       'min_count': 1,  # kind='word'
       'src_lang': language, 'tgt_lang': language, **overrides})
+
+
+def video_data(recipe: str, dataset: str, **overrides) -> ml_collections.ConfigDict:
+  """The data block of a video system: the published recipe (sltjax/data/video.py's RECIPES)
+  on `dataset`, uint8 frames normalised on the device (model.input_normalization)."""
+  c = video.default_config()
+  c.update(video.RECIPES[recipe])
+  c.update(name=dataset, normalization='none',
+           build_if_missing=False,  # only synthetic_signs can be built without a download
+           features_dir='',  # a features dataset written by --mode=extract_features
+           **overrides)
+  return c

@@ -43,7 +43,6 @@ Or, as released, Sign2Text on frozen features of the Sign2Gloss S3D (written to 
 import ml_collections
 
 from configs import common
-from sltjax.data import video
 
 VARIANTS = ('sign2text', 'sign2text_features', 'sign2gloss', 'gloss2text', 'sign2gloss2text',
             'runlocal', 'runlocal_sign2gloss', 'runlocal_gloss2text', 'runlocal_staged')
@@ -75,13 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.label_smoothing = 0.2
   c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
 
-  c.data = video.default_config()
-  c.data.update(video.RECIPES['mmtlb'])
-  c.data.name = dataset
-  c.data.normalization = 'none'  # uint8 leave the host; model.input_normalization on the device
-  c.data.build_if_missing = False  # only synthetic_signs can be built without a download
-  c.data.lowercase_source = True  # Gloss2Text inputs (sign2gloss2text): mBART's lowercase pieces
-  c.data.features_dir = ''  # backbone='features': a dataset written by --mode=extract_features
+  # features_dir: with backbone='features', a dataset written by --mode=extract_features.
+  c.data = common.video_data('mmtlb', dataset,
+                             # Gloss2Text inputs (sign2gloss2text): mBART's lowercase pieces
+                             lowercase_source=True)
 
   c.tokenizer = common.tokenizer('mbart', dataset)  # path '' = init.translation's tokenizer
 

@@ -59,10 +59,11 @@ def read_frames(path: str, target_fps: float, frames_fps: float | None):
   return [frames[i] for i in picks], fps
 
 
-def load_experiment(workdir: str):
-  """The experiment of a training workdir, if its model translates videos (else UserError)."""
+def load_experiment(workdir: str, capability: str = TRANSLATE_VIDEOS,
+                    action: str = 'translating videos'):
+  """The experiment of a training workdir, if its model can do `capability` (else UserError)."""
   exp = experiments.create(workdirs.load_config(workdir), workdir)
-  exp.require(TRANSLATE_VIDEOS, 'translating videos')
+  exp.require(capability, action)
   return exp
 
 
@@ -87,39 +88,41 @@ def prepare(exp, path: str, frames_fps: float | None) -> PreparedInput:
   return PreparedInput(path, clip, valid, len(frames), fps)
 
 
-def translate_batch(exp, params, rest, inputs: list[PreparedInput], batch_size: int) -> list[dict]:
-  """{'input', 'glosses', 'translation', 'frames', 'fps'} of inputs whose clips share one length
-  bucket, decoded together. Every call has batch_size rows (rounded up to the data-parallel
-  width; missing rows repeat the first input), so each bucket compiles once, and a row's result
-  does not depend on the others (evaluation mode, masked frames, per-row beam search)."""
+def clip_batch(exp, inputs: list[PreparedInput], batch_size: int) -> dict[str, np.ndarray]:
+  """{'frames', 'frame_mask'} of inputs whose clips share one length bucket, as the model's eval
+  batches are. It has batch_size rows (rounded up to the data-parallel width; missing rows
+  repeat the first input), so each bucket compiles once; in evaluation mode, with masked frames,
+  a row's result does not depend on the others."""
   data = exp.config.data
   rows = -(-batch_size // exp.data_parallel_rows()) * exp.data_parallel_rows()
   filled = inputs + [inputs[0]] * (rows - len(inputs))
   frame_mask = np.zeros((rows, len(inputs[0].clip)), np.int32)
   for row, item in enumerate(filled):
     frame_mask[row, :item.valid] = 1
-  batch = {'frames': augmentation.normalize(np.stack([item.clip for item in filled]),
-                                            data.normalization, data.channel_order),
-           'frame_mask': frame_mask}
-  predictions = exp.predict(params, rest, batch)
+  return {'frames': augmentation.normalize(np.stack([item.clip for item in filled]),
+                                           data.normalization, data.channel_order),
+          'frame_mask': frame_mask}
+
+
+def translate_batch(exp, params, rest, inputs: list[PreparedInput], batch_size: int) -> list[dict]:
+  """{'input', 'glosses', 'translation', 'frames', 'fps'} of inputs of one length bucket."""
+  predictions = exp.predict(params, rest, clip_batch(exp, inputs, batch_size))
   return [{'input': item.path, 'glosses': predictions['gloss'][row] if 'gloss' in predictions
            else None, 'translation': predictions['text'][row], 'frames': item.frames,
            'fps': round(item.fps, 3)} for row, item in enumerate(inputs)]
 
 
-def translate_all(exp, params, rest, paths: list[str], frames_fps: float | None,
-                  batch_size: int, on_result=lambda result: None) -> list[dict]:
+def run_batched(exp, paths: list[str], frames_fps: float | None, batch_size: int,
+                run_batch, on_result=lambda result: None) -> list[dict]:
   """One result per path, in order ({'input', 'error'} for an input that cannot be read).
-  Inputs are read one by one and decoded in batches of batch_size clips of one length bucket,
-  each batch as soon as it is full."""
+  Inputs are read one by one and given to run_batch(inputs) -> [result per input] batch_size
+  clips of one length bucket at a time, each batch as soon as it is full."""
   results: list[dict | None] = [None] * len(paths)
   pending: dict[int, list[tuple[int, PreparedInput]]] = {}  # bucket length -> waiting inputs
 
   def flush(bucket):
     waiting = pending.pop(bucket)
-    for (index, _), result in zip(waiting, translate_batch(exp, params, rest,
-                                                           [item for _, item in waiting],
-                                                           batch_size)):
+    for (index, _), result in zip(waiting, run_batch([item for _, item in waiting])):
       results[index] = result
       on_result(result)
 
@@ -136,6 +139,14 @@ def translate_all(exp, params, rest, paths: list[str], frames_fps: float | None,
   for bucket in list(pending):
     flush(bucket)
   return results
+
+
+def translate_all(exp, params, rest, paths: list[str], frames_fps: float | None,
+                  batch_size: int, on_result=lambda result: None) -> list[dict]:
+  """One translation result per path, in order (see run_batched)."""
+  return run_batched(exp, paths, frames_fps, batch_size,
+                     lambda inputs: translate_batch(exp, params, rest, inputs, batch_size),
+                     on_result)
 
 
 def main(argv):

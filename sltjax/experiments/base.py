@@ -64,6 +64,9 @@ class Experiment:
     return self.system
 
   def __init__(self, config, workdir: str):
+    problems = self.check_config(config)
+    if problems:
+      raise UserError('Invalid config: ' + '; '.join(problems) + '.')
     self.config, self.workdir = config, workdir
     self.mesh = sharding.make_mesh(config.mesh)
     log(f'Mesh {dict(self.mesh.shape)} over {jax.device_count()} devices in '

@@ -24,7 +24,6 @@ from sltjax.convert import pretrained
 from sltjax.convert.gloss_embeddings import gloss_embeddings
 from sltjax.ctc_decoding import ctc_decode_batch
 from sltjax.data import batching
-from sltjax.decoding import encoder_decoder_search
 from sltjax.errors import UserError
 from sltjax.experiments.base import DECODE_GLOSSES, EXTRACT_FEATURES, TRANSLATE_VIDEOS, log
 from sltjax.experiments.video import GLOSS_FILE, TOKENIZER_DIR, VideoExperiment
@@ -77,9 +76,6 @@ class MMTLBExperiment(VideoExperiment):
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
-    problems = self.check_config(config)
-    if problems:
-      raise UserError('Invalid config: ' + '; '.join(problems) + '.')
     self.stage = config.stage
     self.translates = config.stage != 'sign2gloss'
     m = config.model
@@ -153,15 +149,6 @@ class MMTLBExperiment(VideoExperiment):
     return loss, metrics
 
   # ------------------------------------------------------------------ evaluation
-  def _search(self, model, input_ids, attention_mask, inputs_embeds=None):
-    ev, tok = self.config.eval, self.tokenizer
-    return encoder_decoder_search(
-        model.translation, input_ids, attention_mask, inputs_embeds=inputs_embeds,
-        decoder_start_token_id=tok.lang_id(self.config.tokenizer.tgt_lang),
-        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=ev.num_beams,
-        max_new_tokens=ev.max_new_tokens, length_penalty=ev.length_penalty,
-        length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping)[:, 0]
-
   def visual_fn(self):
     """Jitted (params, rest, batch) -> {'gloss_log_probs', 'gloss_lengths'[, 'sequences']}:
     for Sign2Text the translation is beam-searched from the visual encoder inputs."""
@@ -177,7 +164,7 @@ class MMTLBExperiment(VideoExperiment):
         if self.stage == 'sign2text':
           embeds, mask = model.encoder_inputs(
               out, self.tokenizer.eos_id, self.tokenizer.lang_id(self.config.tokenizer.src_lang))
-          result['sequences'] = self._search(model, None, mask, embeds)
+          result['sequences'] = self.beam_search(model.translation, None, mask, embeds)
         return result
 
       self._eval_fns['visual'] = jax.jit(
@@ -190,8 +177,8 @@ class MMTLBExperiment(VideoExperiment):
     if 'gloss2text' not in self._eval_fns:
       shardings = sharding.batch_sharding(self.mesh)
       self._eval_fns['gloss2text'] = jax.jit(
-          lambda params, rest, batch: self._search(self.merge(params, rest), batch['input_ids'],
-                                                   batch['attention_mask']),
+          lambda params, rest, batch: self.beam_search(self.merge(params, rest).translation,
+                                                       batch['input_ids'], batch['attention_mask']),
           in_shardings=(self.param_shardings, self.rest_shardings, shardings),
           out_shardings=shardings)
     return self._eval_fns['gloss2text']

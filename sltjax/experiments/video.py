@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from sltjax import sharding
 from sltjax.data import augmentation, batching, features, video
+from sltjax.decoding import encoder_decoder_search
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer, load_tokenizer
 from sltjax.errors import MissingInputError, UserError
 from sltjax.experiments import warm_start
@@ -51,7 +52,7 @@ class VideoExperiment(Experiment):
   @classmethod
   def check_config(cls, config) -> list[str]:
     problems = super().check_config(config)
-    if config.model.backbone == 'features':
+    if config.model.get('backbone') == 'features':
       if not config.data.get('features_dir'):
         problems.append('model.backbone="features" trains on a features dataset: set '
                         'data.features_dir (written by --mode=extract_features into '
@@ -62,7 +63,13 @@ class VideoExperiment(Experiment):
 
   @property
   def on_features(self) -> bool:
-    return self.config.model.backbone == 'features'
+    """Whether the model reads a features dataset (data.features_dir) instead of frames."""
+    return self.config.model.get('backbone') == 'features'
+
+  @property
+  def feature_dim(self) -> int:
+    """The width of the features the model reads when `on_features`."""
+    return self.config.model.feature_dim
 
   # ------------------------------------------------------------------ data
   @functools.cached_property
@@ -73,8 +80,7 @@ class VideoExperiment(Experiment):
   def open_split(self, split: str) -> video.VideoSplit | features.FeatureSplit:
     """A split of the video dataset, or of data.features_dir for backbone='features'."""
     if self.on_features:
-      return features.open_split(self.config.data.features_dir, split,
-                                 self.config.model.feature_dim)
+      return features.open_split(self.config.data.features_dir, split, self.feature_dim)
     return open_dataset_split(self.config.data, split)
 
   @functools.cached_property
@@ -122,6 +128,17 @@ class VideoExperiment(Experiment):
     return frames, batch['frame_mask']
 
   # ------------------------------------------------------------------ evaluation
+  def beam_search(self, mbart, input_ids, attention_mask, inputs_embeds=None):
+    """The best sequence [B, length] of config.eval's beam search in `mbart` (starting with the
+    target language code), from token ids or `inputs_embeds` [B, T, d]."""
+    ev, tok = self.config.eval, self.tokenizer
+    return encoder_decoder_search(
+        mbart, input_ids, attention_mask, inputs_embeds=inputs_embeds,
+        decoder_start_token_id=tok.lang_id(self.config.tokenizer.tgt_lang),
+        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=ev.num_beams,
+        max_new_tokens=ev.max_new_tokens, length_penalty=ev.length_penalty,
+        length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping)[:, 0]
+
   def eval_batches(self, data):
     """This process's evaluation batches of `data` (padded rows carry batching.PAD_INDEX)."""
     plan = batching.eval_plan(len(data), self.config.eval.batch_size)

@@ -1,0 +1,127 @@
+r"""Does C2RL learn, and does its pretraining ablation order hold? On synthetic_signs, 2 seeds.
+
+  .venv/bin/python benchmarks/learning_c2rl.py --workdir=/tmp/c2rl_learning [--data_dir=data]
+
+For each seed, one run after another (a rerun on the same WORKDIR resumes: finished runs are only
+scored again):
+  pretrain_{both,icl,ecl}  configs/c2rl.py:runlocal with alpha=beta=1, ECL off (beta=0), ICL off
+                           (alpha=0): the paper's ablation (PHOENIX-2014T BLEU-4 26.75 / 24.83 /
+                           25.72 for both / ICL only / ECL only)
+  slt_<pretraining>        configs/c2rl.py:runlocal_slt from that pretraining workdir (encoder
+                           frozen): Sign2Text
+  slret_<pretraining>      configs/c2rl.py:runlocal_slret from it: retrieval
+  slt_scratch              runlocal_slt without pretraining: the encoder trains from scratch with
+                           the translation network, for as many steps
+Every best checkpoint (chosen on dev) is scored on the test split. Chance rows: each test video
+gets the training split's most frequent sentence (translation), and uniformly random scores
+(retrieval, mean over 100 draws). Prints a table of means and per-seed values; rows are also
+written to WORKDIR/results.json.
+"""
+import argparse
+import collections
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+from absl import flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
+
+PRETRAININGS = {'both': {}, 'icl': {'loss.beta': 0.0}, 'ecl': {'loss.alpha': 0.0}}
+COLUMNS = ('bleu4', 'rougeL_signjoey', 't2v_r1', 'v2t_r1', 't2v_medr')
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='Runs go to WORKDIR/seed<N>/<run>.')
+  parser.add_argument('--data_dir', default='data', help='Where synthetic_signs is (or is built).')
+  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+  return parser.parse_args()
+
+
+def configure(variant: str, data_dir: str, seed: int, overrides: dict):
+  from configs import c2rl  # pylint: disable=import-outside-toplevel
+  config = c2rl.get_config(variant)
+  config.data.data_dir = data_dir
+  config.seed = seed
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def runs(data_dir: str, seed: int, root: str):
+  """(name, config, workdir) of one seed's runs, in the order they must train."""
+  out = []
+  for name, overrides in PRETRAININGS.items():
+    out.append((f'pretrain_{name}', configure('runlocal', data_dir, seed, overrides),
+                os.path.join(root, f'pretrain_{name}')))
+  for name in PRETRAININGS:
+    start = {'init.visual': os.path.join(root, f'pretrain_{name}')}
+    for stage in ('slt', 'slret'):
+      out.append((f'{stage}_{name}', configure(f'runlocal_{stage}', data_dir, seed, start),
+                  os.path.join(root, f'{stage}_{name}')))
+  out.append(('slt_scratch', configure('runlocal_slt', data_dir, seed,
+                                       {'init.visual': '', 'optimizer.frozen': ''}),
+              os.path.join(root, 'slt_scratch')))
+  return out
+
+
+def chance_rows(data_dir: str):
+  from sltjax.experiments.video import open_dataset_split  # pylint: disable=import-outside-toplevel
+  from sltjax.metrics import sign_retrieval_metrics, translation_metrics  # pylint: disable=import-outside-toplevel
+  data = configure('runlocal', data_dir, 0, {}).data
+  train_split, test = (open_dataset_split(data, s) for s in ('train', 'test'))
+  common = collections.Counter(train_split.texts).most_common(1)[0][0]
+  rng = np.random.default_rng(0)
+  draws = [sign_retrieval_metrics(rng.random((len(test), len(test))),
+                                  rng.random((len(test), len(test))), test.texts)
+           for _ in range(100)]
+  return [{'run': 'chance: most frequent training sentence', 'seed': '-',
+           **translation_metrics([common] * len(test), test.texts)},
+          {'run': 'chance: random retrieval scores', 'seed': '-',
+           **{k: float(np.mean([d[k] for d in draws])) for k in draws[0]}}], len(test)
+
+
+def main():
+  args = parse_args()
+  flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+  from sltjax import train  # pylint: disable=import-outside-toplevel
+
+  rows, test_size = chance_rows(args.data_dir)
+  for seed in args.seeds:
+    for name, config, workdir in runs(args.data_dir, seed, os.path.join(args.workdir,
+                                                                         f'seed{seed}')):
+      start = time.perf_counter()
+      train.train_and_evaluate(config, workdir)
+      test_config = config.copy_and_resolve_references()
+      test_config.eval.split = 'test'
+      scores = train.evaluate_checkpoint(test_config, workdir)
+      rows.append({'run': name, 'seed': seed, 'steps': config.total_steps,
+                   'minutes': round((time.perf_counter() - start) / 60, 1), **scores})
+      with open(os.path.join(args.workdir, 'results.json'), 'w', encoding='utf-8') as f:
+        json.dump(rows, f, indent=1)
+  print(f'\nsynthetic_signs test split ({test_size} videos), best dev checkpoints; '
+        f'mean over seeds {args.seeds} [per seed]:')
+  print('| run | ' + ' | '.join(COLUMNS) + ' |')
+  print('|---|' + '---|' * len(COLUMNS))
+  by_run = collections.defaultdict(list)
+  for row in rows:
+    by_run[row['run']].append(row)
+  for run, group in by_run.items():
+    cells = []
+    for column in COLUMNS:
+      values = [r[column] for r in group if column in r]
+      cells.append('-' if not values else f'{np.mean(values):.2f}' if len(values) == 1 else
+                   f'{np.mean(values):.2f} [{", ".join(f"{v:.2f}" for v in values)}]')
+    print(f'| {run} | ' + ' | '.join(cells) + ' |')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,271 @@
+"""C2RL end to end on a small synthetic_signs build: the model's masking, the logit-scale clamp
+inside the update, same-sentence positives, pretraining that resumes bitwise and scores
+retrieval, Sign2Text and SLRet started from it (on extracted features and on frames), and the
+translate and retrieve commands on real and broken videos."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sltjax import config_validation, train, workdirs
+from sltjax.checkpointing import read_best_variables
+from sltjax.errors import UserError
+from sltjax.experiments.c2rl import same_sentence
+from sltjax.metrics import RETRIEVAL_METRIC_NAMES
+from sltjax.models.mbart import MBartConfig
+from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTranslator,
+                                        VisualEncoderConfig)
+from sltjax.optim import make_optimizer
+from tests.conftest import REPO, SHARED_DATA, apply_overrides
+
+pytestmark = pytest.mark.xdist_group('c2rl')  # one worker builds the shared workdirs once
+VIDEOS = SHARED_DATA / 'videos'
+
+
+def tiny_c2rl_config(data_dir, variant='runlocal', **overrides):
+  """configs/c2rl.py's runlocal variants shrunk to seconds."""
+  from configs.c2rl import get_config  # pylint: disable=import-outside-toplevel
+  config = get_config(variant)
+  config.data.data_dir = str(data_dir)
+  config.data.crop_size = config.data.eval_resize = 32
+  config.data.frame_buckets = (16,)
+  config.total_steps = 4
+  config.batch_size = 4
+  config.log_every_steps = 2
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 2
+  config.eval.batch_size = 6
+  config.eval.max_new_tokens = 8
+  return apply_overrides(config, overrides)
+
+
+VISUAL = VisualEncoderConfig(backbone_width=0.125, d_model=16, layers=1, heads=2, ffn_dim=32,
+                             max_frames=16)
+TEXT = MBartConfig(vocab_size=30, d_model=16, encoder_layers=1, decoder_layers=1,
+                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                   decoder_ffn_dim=32, max_position_embeddings=32)
+
+
+def test_padded_frames_change_nothing_valid_and_shapes_follow_the_configs():
+  rng = np.random.default_rng(0)
+  frames = jnp.asarray(rng.normal(size=(2, 6, 32, 32, 3)), jnp.float32)
+  mask = jnp.array([[1] * 6, [1, 1, 1, 0, 0, 0]])
+  changed = frames.at[1, 3:].set(5.0)
+  model = C2RLPretraining(VISUAL, TEXT, rngs=nnx.Rngs(0))
+  assert float(model.logit_scale[...]) == pytest.approx(math.log(1 / 0.07))
+  video, video_mask = model.visual(frames, mask)
+  assert video.shape == (2, 6, 16)
+  np.testing.assert_array_equal(video_mask, mask)
+  np.testing.assert_allclose(model.visual(changed, mask)[0][1, :3], video[1, :3], atol=1e-5)
+  ids = jnp.array([[5, 6, 2, 27], [7, 2, 27, 1]])
+  out = model(frames, mask, ids, (ids != 1).astype(jnp.int32), ids)
+  assert out['text'].shape == (2, 4, 16) and out['logits'].shape == (2, 4, 30)
+  np.testing.assert_allclose(model(changed, mask, ids, (ids != 1).astype(jnp.int32), ids)
+                             ['logits'][1], out['logits'][1], atol=1e-4)
+  with pytest.raises(ValueError, match='must equal the visual'):
+    C2RLPretraining(VISUAL, MBartConfig(**{**TEXT.__dict__, 'd_model': 8,
+                                           'encoder_attention_heads': 2}), rngs=nnx.Rngs(0))
+
+  wide = MBartConfig(**{**TEXT.__dict__, 'd_model': 24})
+  translator = SignTranslator(VISUAL, wide, rngs=nnx.Rngs(0))
+  features = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)
+  assert translator(features, mask, ids).shape == (2, 4, 30)
+  assert translator(frames, mask, ids).shape == (2, 4, 30)
+  retriever = SignRetriever(VISUAL, wide, rngs=nnx.Rngs(0))
+  assert len(retriever.video_encoder.decoder_layers) == 0  # encoders only
+  assert retriever.encode_video(features, mask)[0].shape == (2, 6, 24)
+  assert retriever.encode_text(ids, (ids != 1).astype(jnp.int32)).shape == (2, 4, 24)
+
+
+def test_clips_of_one_sentence_are_positives():
+  ids = jnp.array([[5, 6, 2], [7, 2, 1], [5, 6, 2], [5, 6, 1]])
+  np.testing.assert_array_equal(same_sentence(ids), [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0],
+                                                     [0, 0, 0, 1]])
+
+
+def test_configs_give_the_papers_recipes_and_clear_errors(synthetic_signs_dir, tmp_path):
+  from configs.c2rl import get_config  # pylint: disable=import-outside-toplevel
+  pretrain = get_config()
+  assert (pretrain.stage, pretrain.optimizer.name, pretrain.optimizer.momentum,
+          pretrain.optimizer.learning_rate, pretrain.batch_size) == ('pretrain', 'sgd', 0.9,
+                                                                     1e-2, 64)
+  assert pretrain.total_steps == 200 * math.ceil(7096 / 64)
+  assert pretrain.data.sampling == 'c2rl' and pretrain.eval.best_metric == 't2v_r1'
+  assert get_config('slt,dataset=csl_daily').eval.char_level
+  assert dict(get_config('slt').optimizer.param_groups) == {'^translation/': 0.01}
+  slt = tiny_c2rl_config(synthetic_signs_dir, 'runlocal_slt', **{'init.visual': ''})
+  with pytest.raises(UserError, match='set init.visual to a C2RL pretraining workdir'):
+    config_validation.validate(slt)
+  slt.optimizer.frozen = ''  # Sign2Text without pretraining: the encoder trains from scratch
+  config_validation.validate(slt)
+  wrong = tiny_c2rl_config(synthetic_signs_dir, **{'eval.best_metric': 'bleu4'})
+  with pytest.raises(UserError, match='eval.best_metric must be one of'):
+    config_validation.validate(wrong)
+  missing = tiny_c2rl_config(tmp_path / 'nothing', **{'data.name': 'phoenix2014t',
+                                                      'tokenizer.kind': 'word'})
+  with pytest.raises(Exception, match='python -m sltjax.data.build --dataset=phoenix2014t'):
+    train.train_and_evaluate(missing, str(tmp_path / 'w'))
+
+
+def test_logit_scale_is_clamped_at_ln_100_inside_the_train_step(synthetic_signs_dir, tmp_path):
+  config = tiny_c2rl_config(synthetic_signs_dir)
+  exp = train.build_experiment(config, str(tmp_path))
+  params, rest = exp.init_variables()
+  params['logit_scale'] = params['logit_scale'].replace(jnp.asarray(6.0))
+  tx, schedule = make_optimizer(config, exp.abstract_params)
+  state = {'params': params, 'rest': rest, 'opt_state': tx.init(params),
+           'step': jnp.array(0, jnp.int32)}
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  step = train.make_train_step(exp, tx, schedule, shardings)
+  state, metrics = step(state, exp.global_batch(next(iter(exp.train_dataset()))))
+  assert float(metrics['logit_scale']) == 6.0  # the loss saw the unclamped value
+  assert float(state['params']['logit_scale'][...]) == pytest.approx(math.log(100), abs=1e-6)
+
+
+@pytest.fixture(scope='module')
+def pretraining_workdir(synthetic_signs_dir, tmp_path_factory):
+  """4 pretraining steps; then the step-4 checkpoint is removed (a kill after step 2's) and
+  the run resumed: its step-4 model and logs must equal the uninterrupted ones."""
+  workdir = tmp_path_factory.mktemp('c2rl_pretrain')
+  config = tiny_c2rl_config(synthetic_signs_dir)
+  best = train.train_and_evaluate(config, str(workdir))
+  uninterrupted = read_best_variables(str(workdir))
+  logs = (workdir / 'metrics.jsonl').read_text()
+  shutil.rmtree(workdir / 'checkpoints' / '4')
+  shutil.rmtree(workdir / 'best')
+  assert train.train_and_evaluate(config, str(workdir)) == best
+  return workdir, best, uninterrupted, logs
+
+
+def _timeless(text):
+  drop = ('steps_per_sec', 'tokens_per_sec', 'frames_per_sec')
+  return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in text.splitlines()]
+
+
+def test_pretraining_resumes_bitwise_and_scores_retrieval(pretraining_workdir):
+  workdir, best, uninterrupted, logs = pretraining_workdir
+  assert set(best) == set(RETRIEVAL_METRIC_NAMES)
+  resumed = read_best_variables(str(workdir))
+  assert resumed.keys() == uninterrupted.keys()
+  for key, value in uninterrupted.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=str(key))
+  assert _timeless((workdir / 'metrics.jsonl').read_text()) == _timeless(logs)
+  train_logs = [l for l in _timeless(logs) if l['split'] == 'train']
+  assert {'icl', 'ecl', 'logit_scale', 'loss'} <= set(train_logs[-1])
+  assert all(np.isfinite(l['loss']) for l in train_logs)
+  # Each dev video's top-ranked sentence is a dev sentence.
+  predictions = (workdir / 'predictions' / 'dev_step4.txt').read_text().splitlines()
+  assert len(predictions) == 6
+
+
+@pytest.fixture(scope='module')
+def slret_workdir(pretraining_workdir, synthetic_signs_dir, tmp_path_factory):
+  """SLRet on the frames, through the frozen pretrained encoder."""
+  pretraining, *_ = pretraining_workdir
+  workdir = tmp_path_factory.mktemp('c2rl_slret')
+  config = tiny_c2rl_config(synthetic_signs_dir, 'runlocal_slret',
+                            **{'init.visual': str(pretraining)})
+  workdirs.prepare(str(workdir), config, 'train')
+  return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_slret_keeps_the_pretrained_encoder_and_scores_retrieval(slret_workdir,
+                                                                 pretraining_workdir):
+  workdir, best = slret_workdir
+  assert set(best) == set(RETRIEVAL_METRIC_NAMES)
+  pretrained = read_best_variables(str(pretraining_workdir[0]))
+  trained = read_best_variables(str(workdir))
+  visual = [k for k in pretrained if k[1] == 'visual']
+  assert visual
+  for key in visual:  # frozen: the encoder (and its BatchNorm statistics) as pretraining left it
+    np.testing.assert_array_equal(trained[key], pretrained[key], err_msg=str(key))
+  assert os.path.isfile(workdir / 'tokenizer' / 'vocab.json')
+
+
+def test_slt_on_extracted_features_translates_videos(pretraining_workdir, synthetic_signs_dir,
+                                                     tmp_path):
+  pretraining, *_ = pretraining_workdir
+  config = tiny_c2rl_config(synthetic_signs_dir)
+  written = train.extract_features(config, str(pretraining))
+  assert written == {'dev': 6, 'test': 4, 'train': 24}
+  slt_config = tiny_c2rl_config(synthetic_signs_dir, 'runlocal_slt', **{
+      'init.visual': str(pretraining), 'data.features_dir': str(pretraining / 'features')})
+  workdir = tmp_path / 'slt'
+  workdirs.prepare(str(workdir), slt_config, 'train')  # config.json, as sltjax.main writes it
+  best = train.train_and_evaluate(slt_config, str(workdir))
+  assert 'bleu4' in best
+  # Features of another workdir than init.visual are refused.
+  other = apply_overrides(slt_config.copy_and_resolve_references(),
+                          {'init.visual': str(workdir)})
+  with pytest.raises(UserError, match='start from the workdir that extracted them'):
+    train.train_and_evaluate(other, str(tmp_path / 'other'))
+  # The workdir holds the encoder: translating goes from frames, as evaluation on features does.
+  from sltjax import translate  # pylint: disable=import-outside-toplevel
+  exp = translate.load_experiment(str(workdir))
+  params, rest, _ = exp.eval_variables()
+  from sltjax.experiments.video import open_dataset_split  # pylint: disable=import-outside-toplevel
+  dev = open_dataset_split(exp.config.data, 'dev')
+  batch = next(iter(exp.eval_batches(dev)))
+  from_frames = exp.predict(params, rest, batch)['text']
+  expected = (workdir / 'predictions' / 'dev_step4.txt').read_text().splitlines()
+  assert from_frames == expected
+
+
+def _retrieve(workdir, *args):
+  command = [sys.executable, '-m', 'sltjax.retrieve', f'--workdir={workdir}', *map(str, args)]
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.skipif(not VIDEOS.exists(), reason=f'shared videos not found at {VIDEOS}')
+def test_retrieve_indexes_videos_resumes_reports_broken_ones_and_refuses_a_stale_index(
+    slret_workdir, tmp_path):
+  workdir, _ = slret_workdir
+  index = tmp_path / 'index'
+  broken = tmp_path / 'broken.mp4'
+  broken.write_bytes(b'not a video')
+  first = _retrieve(workdir, 'index', f'--index={index}', VIDEOS / 'FOOTBALL.mp4', broken)
+  assert first.returncode == 1, first.stderr
+  errors = [l for l in first.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1 and str(broken) in errors[0]
+  meta = json.loads((index / 'index.json').read_text())
+  assert meta['workdir'] == str(workdir) and meta['step'] == 4
+  assert [v['input'] for v in meta['videos']] == [str(VIDEOS / 'FOOTBALL.mp4')]
+  # Rerun over the whole folder: FOOTBALL.mp4 is kept, the other video is added.
+  second = _retrieve(workdir, 'index', f'--index={index}', VIDEOS)
+  assert second.returncode == 0, second.stderr
+  meta = json.loads((index / 'index.json').read_text())
+  assert [v['input'] for v in meta['videos']] == [str(VIDEOS / 'FOOTBALL.mp4'),
+                                                  str(VIDEOS / 'test_video.mp4')]
+  assert '1 videos added, 0 failed, 2 indexed' in second.stderr
+  search = _retrieve(workdir, 'search', f'--index={index}', 'the weather is nice', '--top=5')
+  assert search.returncode == 0, search.stderr
+  ranked = [json.loads(l) for l in search.stdout.splitlines()]
+  assert [r['rank'] for r in ranked] == [1, 2]
+  assert {r['input'] for r in ranked} == {v['input'] for v in meta['videos']}
+  assert ranked[0]['score'] >= ranked[1]['score']
+  texts = tmp_path / 'texts.txt'
+  texts.write_text('the weather is nice\nrain in the north\nsnow tomorrow\n')
+  per_video = [json.loads(l) for l in _retrieve(
+      workdir, 'search', f'--index={index}', f'--texts={texts}', '--top=2').stdout.splitlines()]
+  assert [v['input'] for v in per_video] == [v['input'] for v in meta['videos']]
+  assert all(len(v['texts']) == 2 for v in per_video)
+  # The sentence's score against FOOTBALL.mp4 is the same both ways.
+  football = next(r for r in ranked if r['input'].endswith('FOOTBALL.mp4'))
+  nice = [t for t in per_video[0]['texts'] if t['text'] == 'the weather is nice']
+  if nice:
+    assert nice[0]['score'] == pytest.approx(football['score'], rel=1e-5)
+  # An index of another checkpoint is refused.
+  meta['step'] = 2
+  (index / 'index.json').write_text(json.dumps(meta))
+  stale = _retrieve(workdir, 'search', f'--index={index}', 'the weather is nice')
+  assert stale.returncode == 2
+  assert 'checkpoint step 2' in stale.stderr and 'Build a new index' in stale.stderr
