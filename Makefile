@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train train-gloss2text test
+.PHONY: setup train train-c2rl train-gloss2text test
 
 # The main job needs sltjax alone; the tests also need transformers and torch (parity checks).
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -35,6 +35,27 @@ train: setup
 	  $(BIN)/python -m sltjax.translate --workdir=$(WORKDIR) $(VIDEOS)/*.mp4; \
 	else echo "No videos in $(VIDEOS): translate your own with"; \
 	  echo "  $(BIN)/python -m sltjax.translate --workdir=$(WORKDIR) VIDEO..."; fi
+
+# C2RL at laptop size on synthetic_signs: pretraining (ICL + ECL), then Sign2Text and retrieval
+# from its frozen encoder, each scored on the test split; then the videos in VIDEOS translated,
+# indexed and searched for a sentence.
+c2rl = $(BIN)/python -m sltjax.main --config=configs/c2rl.py:$(1) --config.data.data_dir=$(DATA_DIR)
+C2RL_SLT := workdirs/c2rl_runlocal_slt_synthetic_signs
+C2RL_SLRET := workdirs/c2rl_runlocal_slret_synthetic_signs
+train-c2rl: setup
+	$(call c2rl,runlocal)
+	$(call c2rl,runlocal_slt)
+	$(call c2rl,runlocal_slt) --mode=eval --config.eval.split=test
+	$(call c2rl,runlocal_slret)
+	$(call c2rl,runlocal_slret) --mode=eval --config.eval.split=test
+	@if ls $(VIDEOS)/*.mp4 >/dev/null 2>&1; then \
+	  $(BIN)/python -m sltjax.translate --workdir=$(C2RL_SLT) $(VIDEOS)/*.mp4 && \
+	  $(BIN)/python -m sltjax.retrieve --workdir=$(C2RL_SLRET) index \
+	    --index=$(C2RL_SLRET)/video_index $(VIDEOS) && \
+	  $(BIN)/python -m sltjax.retrieve --workdir=$(C2RL_SLRET) search \
+	    --index=$(C2RL_SLRET)/video_index "$$(cat $(C2RL_SLRET)/predictions/test_best_step*.txt | head -1)"; \
+	else echo "No videos in $(VIDEOS): translate and index your own with sltjax.translate and"; \
+	  echo "sltjax.retrieve (see README.md, C2RL)."; fi
 
 # Gloss2Text on PHOENIX-2014T (G2T_DATA=folder with {train,dev}.{gloss,de}); without it, on the
 # embedded synthetic corpus (generated, a shorter schedule, its own workdir).

@@ -269,3 +269,46 @@ def test_retrieve_indexes_videos_resumes_reports_broken_ones_and_refuses_a_stale
   stale = _retrieve(workdir, 'search', f'--index={index}', 'the weather is nice')
   assert stale.returncode == 2
   assert 'checkpoint step 2' in stale.stderr and 'Build a new index' in stale.stderr
+
+
+def _main(workdir, *flags, env=None, background=False, devices=1):
+  """python -m sltjax.main on configs/c2rl.py:runlocal shrunk as tiny_c2rl_config does."""
+  from tests.conftest import COMPILATION_CACHE  # pylint: disable=import-outside-toplevel
+  command = [sys.executable, '-m', 'sltjax.main', '--config=configs/c2rl.py:runlocal',
+             f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}',
+             '--config.data.crop_size=32', '--config.data.eval_resize=32',
+             '--config.data.frame_buckets=(16,)', '--config.total_steps=4',
+             '--config.batch_size=4', '--config.log_every_steps=1',
+             '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4',
+             '--config.eval.batch_size=6', *flags]
+  full_env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+              'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', **(env or {})}
+  if background:
+    return subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_as_one_with_negatives_from_the_global_batch(synthetic_signs_dir,
+                                                                           tmp_path):
+  """Each process holds half of every batch; ICL's negatives still span the global batch, so
+  the losses and the dev retrieval scores equal a 2-device single-process run."""
+  from tests.test_main import free_port  # pylint: disable=import-outside-toplevel
+  data = f'--config.data.data_dir={synthetic_signs_dir}'
+  single = _main(tmp_path / 'single', data, devices=2)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = free_port()
+  workers = [_main(tmp_path / 'multi', data, f'--coordinator_address=localhost:{port}',
+                   '--num_processes=2', f'--process_id={i}', background=True) for i in range(2)]
+  outputs = [w.communicate(timeout=600)[0] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:]
+  assert 'over 2 devices in 2 processes' in outputs[0]
+  multi = _timeless((tmp_path / 'multi' / 'metrics.jsonl').read_text())
+  ref = _timeless((tmp_path / 'single' / 'metrics.jsonl').read_text())
+  assert [m['step'] for m in multi] == [m['step'] for m in ref]
+  for m, r in zip(multi, ref):
+    for key in ('loss', 'icl', 'ecl', *RETRIEVAL_METRIC_NAMES):
+      if key in r:
+        assert m[key] == pytest.approx(r[key], rel=2e-5, abs=1e-6), (m['step'], key)

@@ -275,12 +275,13 @@ class C2RLExperiment(VideoExperiment):
     """(v2t, t2v) [len(videos), len(texts)] CLCL scores of [T_i, d] video features against
     [L_j, d] text features, computed SIMILARITY_BLOCK x SIMILARITY_BLOCK pairs at a time."""
     loss_config = self.config.loss
-    replicated = sharding.replicated(self.mesh)
+    # Host-side scoring: every process computes all of it on its first local device.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if 'similarity' not in self._jitted:
       self._jitted['similarity'] = jax.jit(
           lambda v, vm, t, tm: clcl_similarity(v, vm, t, tm, temperature=loss_config.temperature,
                                                mask_padding=loss_config.mask_padding),
-          in_shardings=(replicated,) * 4, out_shardings=(replicated, replicated))
+          in_shardings=(local,) * 4, out_shardings=(local, local))
     score = self._jitted['similarity']
     frames = batching.bucket_length(max(len(v) for v in videos), self.config.data.frame_buckets)
     frames = max(frames, max(len(v) for v in videos))
