@@ -24,7 +24,8 @@ from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTranslator,
                                         VisualEncoderConfig)
 from sltjax.optim import make_optimizer
-from tests.conftest import REPO, SHARED_DATA, apply_overrides
+from tests.conftest import (MBART_DIR, REPO, SHARED_DATA, apply_overrides,
+                            save_mbart_with_tokenizer)
 
 pytestmark = pytest.mark.xdist_group('c2rl')  # one worker builds the shared workdirs once
 VIDEOS = SHARED_DATA / 'videos'
@@ -312,3 +313,46 @@ def test_two_processes_pretrain_as_one_with_negatives_from_the_global_batch(synt
     for key in ('loss', 'icl', 'ecl', *RETRIEVAL_METRIC_NAMES):
       if key in r:
         assert m[key] == pytest.approx(r[key], rel=2e-5, abs=1e-6), (m['step'], key)
+
+
+@pytest.mark.skipif(not MBART_DIR.exists(), reason=f'mBART tokenizer not found at {MBART_DIR}')
+def test_downstream_stages_start_from_a_converted_mbart_with_the_pretraining_tokenizer(
+    synthetic_signs_dir, tmp_path):
+  """Pretraining tokenizes with the converted mBART's tokenizer; Sign2Text fills `translation/`
+  from it and SLRet both of its encoders, each an exact copy of the converted weights."""
+  from sltjax.convert.hf import load_mbart  # pylint: disable=import-outside-toplevel
+  from sltjax.convert.pretrained import save_pretrained  # pylint: disable=import-outside-toplevel
+  from sltjax.data.tokenizers import MBART_FILES, MBartTokenizer  # pylint: disable=import-outside-toplevel
+  hf = tmp_path / 'hf'
+  hf.mkdir()
+  for name in MBART_FILES:
+    if (MBART_DIR / name).exists():
+      shutil.copy(MBART_DIR / name, hf)
+  save_mbart_with_tokenizer(hf, MBartTokenizer(str(hf)).vocab_size)
+  converted = tmp_path / 'mbart'
+  save_pretrained(load_mbart(str(hf)), str(converted), str(hf))
+  language = {'tokenizer.src_lang': 'de_DE', 'tokenizer.tgt_lang': 'de_DE'}
+  pretraining = tmp_path / 'pretrain'
+  train.train_and_evaluate(tiny_c2rl_config(
+      synthetic_signs_dir, total_steps=2, eval_every_steps=2, **language,
+      **{'tokenizer.kind': 'mbart', 'tokenizer.path': str(converted)}), str(pretraining))
+  assert sorted(os.listdir(pretraining / 'tokenizer')) == sorted(
+      n for n in MBART_FILES if (hf / n).exists())
+  source = read_best_variables(str(converted))
+  for variant, prefixes in (('runlocal_slt', ('translation',)),
+                            ('runlocal_slret', ('video_encoder', 'text_encoder'))):
+    config = tiny_c2rl_config(synthetic_signs_dir, variant, **language, **{
+        'tokenizer.kind': 'mbart', 'init.visual': str(pretraining),
+        'init.mbart': str(converted)})
+    exp = train.build_experiment(config, str(tmp_path / variant))
+    assert exp.tokenizer.vocab_size == MBartTokenizer(str(hf)).vocab_size
+    params, _ = exp.init_variables()
+    flat = {tuple(map(str, path)): v for path, v in nnx.to_flat_state(params)}
+    for prefix in prefixes:
+      copied = [p for p in flat if p[0] == prefix]
+      assert any('encoder_layers' in p for p in copied)
+      for path in copied:
+        np.testing.assert_array_equal(flat[path][...], source[('params', *path[1:])],
+                                      err_msg=str(path))
+    # The pretrained encoder's 64-wide features -> the converted mBART's width (16).
+    assert flat[('projection', 'kernel')].shape == (64, 16)
