@@ -73,7 +73,6 @@ def run_sltjax(args) -> dict:
 
   import jax
   import jax.numpy as jnp
-  import optax
 
   from configs import c2rl
   from sltjax import sharding

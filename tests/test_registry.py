@@ -103,7 +103,7 @@ def test_user_errors_print_their_message_alone(tmp_path):
                     'data.train_size=4 is smaller than batch_size')
   assert_user_error(main(tmp_path / 'c', '--config.system=nosuchsystem'),
                     "config.system='nosuchsystem' is not a registered system; built in: "
-                    'gloss2text, mmtlb')
+                    'c2rl, gloss2text, mmtlb')
   assert_user_error(main(tmp_path / 'd', '--config.model.init_from=/pretrained/mbart',
                          config='configs/gloss2text.py:pretrained'),
                     '--config.model.init_from is now --config.init.model.')

@@ -3,18 +3,24 @@ its released PyTorch weights (sltjax/convert/backbones.py).
 
   s3d       torchvision's S3D through Mixed_4f: frames [B, T, H, W, 3] -> [B, T/4, 832 * width]
   resnet18  ResNet-18 on every frame: frames [B, T, H, W, 3] -> [B, T, 512 * width]
+  dinov2    DINOv2 on every frame, its CLS feature: [B, T, H, W, 3] -> [B, T, hidden_size]
+            (the architecture: options.architecture, DINOv2Config's fields; default ViT-S/14)
   features  no network: the inputs are features extracted before, [B, T', feature_dim]
 
 A new backbone is one module under sltjax/models/backbones/ and one `register_backbone` call.
 """
 import dataclasses
+import os
 from collections.abc import Callable
 
 import jax.numpy as jnp
 from flax import nnx
 
 from sltjax.convert.backbones import resnet_state, s3d_state
+from sltjax.convert.dinov2 import dinov2_state
+from sltjax.convert.hf_checkpoint import read_state_dict
 from sltjax.convert.state_dict import read_torch_weights
+from sltjax.models.backbones.dinov2 import DINOv2, DINOv2Config
 from sltjax.models.backbones.resnet import ResNet, ResNetConfig
 from sltjax.models.backbones.s3d import S3D, S3DConfig
 
@@ -25,6 +31,8 @@ class BackboneOptions:
   frozen_bn: bool = False  # BatchNorms always use their running statistics
   bn_momentum: float = 0.0  # running-statistics momentum (Flax's convention); 0: the released one
   feature_dim: int = 0  # 'features': the width of the extracted features
+  # Fields of a network's own config given as (name, value) pairs (DINOv2's sizes, say).
+  architecture: tuple[tuple[str, object], ...] = ()
   dtype: str = 'float32'
   param_dtype: str = 'float32'
 
@@ -71,14 +79,15 @@ def output_dim(name: str, options: BackboneOptions) -> int:
 
 
 def read_weights(name: str, options: BackboneOptions, path: str) -> nnx.State:
-  """The backbone's variables from a PyTorch checkpoint file (torchvision or Hugging Face names,
-  as the backbone's converter reads them)."""
+  """The backbone's variables from a PyTorch checkpoint file or a Hugging Face model directory
+  (torchvision, Meta or Hugging Face names, as the backbone's converter reads them)."""
   backbone = get(name)
   if backbone.convert is None:
     raise ValueError(f'Backbone {name!r} has no weights to load: model.backbone_weights needs a '
                      f'network ({", ".join(n for n in names() if get(n).convert)}).')
   abstract = nnx.state(nnx.eval_shape(lambda: backbone.build(options, nnx.Rngs(0))))
-  return backbone.convert(read_torch_weights(path), abstract, jnp.dtype(options.param_dtype))
+  tensors = read_state_dict(path) if os.path.isdir(path) else read_torch_weights(path)
+  return backbone.convert(tensors, abstract, jnp.dtype(options.param_dtype))
 
 
 def _s3d_config(options: BackboneOptions) -> S3DConfig:
@@ -96,5 +105,13 @@ register_backbone('s3d', Backbone(
 register_backbone('resnet18', Backbone(
     build=lambda options, rngs: ResNet(_resnet18_config(options), rngs=rngs),
     output_dim=lambda options: _resnet18_config(options).features, convert=resnet_state))
+def _dinov2_config(options: BackboneOptions) -> DINOv2Config:
+  return DINOv2Config(**dict(options.architecture), dtype=options.dtype,
+                      param_dtype=options.param_dtype)
+
+
+register_backbone('dinov2', Backbone(
+    build=lambda options, rngs: DINOv2(_dinov2_config(options), rngs=rngs),
+    output_dim=lambda options: _dinov2_config(options).hidden_size, convert=dinov2_state))
 register_backbone('features', Backbone(
     build=lambda options, rngs: None, output_dim=lambda options: options.feature_dim))

@@ -1,0 +1,143 @@
+"""DINOv2 checkpoints -> sltjax's NNX `DINOv2` (sltjax/models/backbones/dinov2.py).
+
+  model = load_dinov2('/path/to/dinov2-small')                 # a Hugging Face Dinov2Model directory
+  model = load_dinov2('/path/to/dinov2_vits14_pretrain.pth')    # Meta's original checkpoint
+  hidden = model.images(images)  # [batch, H, W, 3] normalised -> [batch, 1 + patches, dim]
+
+Hugging Face names come in two generations (hub snapshots: `attention.attention.query`,
+`attention.output.dense`; transformers 5's save_pretrained: `attention.q_proj`, `o_proj`); both
+are read. Meta's checkpoint holds no config: the architecture follows from the tensor shapes
+(64-wide heads, as every released DINOv2), its fused qkv is split, and it is read with
+torch.load(weights_only=True), which executes no pickled code. `mask_token` (masked-image
+training) is not used.
+"""
+import os
+import re
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sltjax.convert.hf_checkpoint import read_config, read_state_dict
+from sltjax.convert.state_dict import fill_state, read_torch_weights
+from sltjax.models.backbones.dinov2 import DINOv2, DINOv2Config
+
+HEAD_DIM = 64  # every released DINOv2 (S/B/L/g) uses 64-wide heads
+_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+_MODULE_NAMES = {'out_proj': 'o_proj', 'fc1': 'mlp.fc1', 'fc2': 'mlp.fc2',
+                 'layer_scale1': 'layer_scale1.lambda1', 'layer_scale2': 'layer_scale2.lambda1'}
+_OLD_HF_NAMES = (  # hub snapshots -> transformers 5 names
+    (r'\.attention\.attention\.query\.', '.attention.q_proj.'),
+    (r'\.attention\.attention\.key\.', '.attention.k_proj.'),
+    (r'\.attention\.attention\.value\.', '.attention.v_proj.'),
+    (r'\.attention\.output\.dense\.', '.attention.o_proj.'),
+)
+_META_NAMES = (  # Meta's release -> transformers 5 names (qkv is split first)
+    (r'^cls_token$', 'embeddings.cls_token'), (r'^pos_embed$', 'embeddings.position_embeddings'),
+    (r'^mask_token$', 'embeddings.mask_token'),
+    (r'^patch_embed\.proj\.', 'embeddings.patch_embeddings.projection.'),
+    (r'^blocks\.(\d+)\.attn\.proj\.', r'encoder.layer.\1.attention.o_proj.'),
+    (r'^blocks\.(\d+)\.attn\.([qkv])_proj\.', r'encoder.layer.\1.attention.\2_proj.'),
+    (r'^blocks\.(\d+)\.ls(\d)\.gamma$', r'encoder.layer.\1.layer_scale\2.lambda1'),
+    (r'^blocks\.(\d+)\.', r'encoder.layer.\1.'), (r'^norm\.', 'layernorm.'),
+)
+
+
+def hf_name(path: tuple) -> str:
+  """Hugging Face (transformers 5) name of an sltjax DINOv2 parameter path."""
+  names = [str(p) for p in path]
+  if names[0] in ('cls_token', 'position_embeddings'):
+    return f'embeddings.{names[0]}'
+  if names[0] == 'patch_embeddings':
+    return f'embeddings.patch_embeddings.projection.{_LEAF_NAMES[names[-1]]}'
+  if names[0] == 'layernorm':
+    return f'layernorm.{_LEAF_NAMES[names[-1]]}'
+  _, index, *module = names  # ('layers', i, 'attention', 'q_proj', 'kernel'), ...
+  if module[0] in ('layer_scale1', 'layer_scale2'):
+    return f'encoder.layer.{index}.{_MODULE_NAMES[module[0]]}'
+  *modules, leaf = module
+  return '.'.join(['encoder.layer', index, *(_MODULE_NAMES.get(m, m) for m in modules),
+                   _LEAF_NAMES[leaf]])
+
+
+def _rename(state_dict: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]:
+  out = {}
+  for name, value in state_dict.items():
+    for pattern, replacement in rules:
+      name, count = re.subn(pattern, replacement, name)
+      if count:
+        break
+    out[name] = value
+  return out
+
+
+def _split_qkv(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Meta's fused `blocks.N.attn.qkv` [3D, D] -> separate q/k/v projections."""
+  out = {}
+  for name, value in state_dict.items():
+    match = re.match(r'^(blocks\.\d+\.attn\.)qkv\.(weight|bias)$', name)
+    if not match:
+      out[name] = value
+      continue
+    for part, chunk in zip('qkv', np.split(value, 3, axis=0)):
+      out[f'{match[1]}{part}_proj.{match[2]}'] = chunk
+  return out
+
+
+def meta_config(state_dict: dict[str, np.ndarray], **overrides) -> DINOv2Config:
+  """The architecture of a Meta checkpoint, from its tensor shapes."""
+  if 'register_tokens' in state_dict:
+    raise ValueError('The checkpoint has register tokens (a "*_reg" DINOv2): not supported.')
+  if any('w12' in name for name in state_dict):
+    raise ValueError('The checkpoint uses a SwiGLU MLP (ViT-g): not supported.')
+  hidden = state_dict['cls_token'].shape[-1]
+  layers = 1 + max(int(m[1]) for m in (re.match(r'blocks\.(\d+)\.', n) for n in state_dict) if m)
+  patch = state_dict['patch_embed.proj.weight'].shape[-1]
+  grid = int(round((state_dict['pos_embed'].shape[1] - 1) ** 0.5))
+  return DINOv2Config(hidden_size=hidden, num_layers=layers, num_heads=hidden // HEAD_DIM,
+                      mlp_ratio=state_dict['blocks.0.mlp.fc1.weight'].shape[0] / hidden,
+                      patch_size=patch, image_size=grid * patch, **overrides)
+
+
+def hf_config(config: dict, **overrides) -> DINOv2Config:
+  """The architecture of a Hugging Face Dinov2Model config.json."""
+  if config.get('model_type') != 'dinov2':
+    raise ValueError(f'config.json has model_type={config.get("model_type")!r}; load_dinov2 '
+                     'reads "dinov2" models.')
+  if config.get('use_swiglu_ffn') or config.get('hidden_act', 'gelu') != 'gelu':
+    raise ValueError('Only the GELU-MLP DINOv2 models (small, base, large) are supported.')
+  return DINOv2Config(hidden_size=config['hidden_size'], num_layers=config['num_hidden_layers'],
+                      num_heads=config['num_attention_heads'],
+                      mlp_ratio=config.get('mlp_ratio', 4), patch_size=config['patch_size'],
+                      image_size=config['image_size'],
+                      layer_norm_eps=config.get('layer_norm_eps', 1e-6), **overrides)
+
+
+def dinov2_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
+                 dtype=jnp.float32) -> nnx.State:
+  """DINOv2 variables from a Hugging Face (either generation) or Meta state dict."""
+  state_dict = {k.removeprefix('dinov2.'): v for k, v in state_dict.items()}
+  if 'pos_embed' in state_dict:
+    state_dict = _rename(_split_qkv(state_dict), _META_NAMES)
+  state_dict = _rename(state_dict, _OLD_HF_NAMES)
+  return fill_state(abstract_state, state_dict, hf_name, dtype, what='sltjax DINOv2',
+                    ignored=lambda n: n == 'embeddings.mask_token')
+
+
+def load_dinov2(path: str, dtype: str = 'float32', param_dtype: str | None = None,
+                interpolation: str = 'hf') -> DINOv2:
+  """The DINOv2 of a Hugging Face directory or a Meta `.pth` file as an sltjax DINOv2.
+
+  dtype: compute dtype; param_dtype: the weights' (default: dtype); interpolation: 'hf' or
+  'meta' position embeddings at other input sizes (DINOv2Config)."""
+  param_dtype = param_dtype or dtype
+  options = dict(dtype=dtype, param_dtype=param_dtype, interpolation=interpolation)
+  if os.path.isdir(path):
+    state_dict = read_state_dict(path)
+    cfg = hf_config(read_config(path), **options)
+  else:
+    state_dict = read_torch_weights(path)
+    cfg = meta_config(state_dict, **options)
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: DINOv2(cfg, rngs=nnx.Rngs(0))))
+  return nnx.merge(graphdef, dinov2_state(state_dict, abstract_state, jnp.dtype(param_dtype)))
+
