@@ -48,7 +48,10 @@ def _base_optimizer(opt, learning_rate) -> optax.GradientTransformation:
 
 
 def param_path(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+  """'encoder_layers/0/fc1/kernel' for a pytree path into parameters (a Variable's own
+  attribute, `.value`, left out)."""
+  return '/'.join(str(k.key if hasattr(k, 'key') else k.idx) for k in path
+                  if hasattr(k, 'key') or hasattr(k, 'idx'))
 
 
 def group_multipliers(params, param_groups: dict[str, float]):

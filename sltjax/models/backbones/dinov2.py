@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sltjax.models.layers import lora
 from sltjax.models.layers.attention import MultiHeadAttention
 from sltjax.models.layers.dense import dense, layer_norm
 
@@ -90,11 +91,12 @@ class Dinov2Layer(nnx.Module):
     self.fc2 = dense(cfg.mlp_dim, d, ('mlp', 'embed'), **kw)
     self.layer_scale2 = nnx.Param(jnp.ones((d,), cfg.param_dtype))
 
-  def __call__(self, x):  # [B, tokens, D]
+  def __call__(self, x, rngs=None):  # [B, tokens, D]; rngs: LoRA dropout, when adapted
     h = self.norm1(x)
-    x = x + self.attention(h, *self.attention.project_kv(h), True) * self.layer_scale1[...]
-    h = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
-    return x + h * self.layer_scale2[...]
+    h = self.attention(h, *self.attention.project_kv(h, rngs), True, rngs=rngs)
+    x = x + h * self.layer_scale1[...]
+    h = jax.nn.gelu(lora.call(self.fc1, self.norm2(x), rngs), approximate=False)
+    return x + lora.call(self.fc2, h, rngs) * self.layer_scale2[...]
 
 
 class DINOv2(nnx.Module):
@@ -132,15 +134,15 @@ class DINOv2(nnx.Module):
     patches = patches.reshape(1, rows * columns, -1).astype(table.dtype)
     return jnp.concatenate([table[:, :1], patches], axis=1)
 
-  def images(self, images):
-    """images [B, H, W, 3] -> last_hidden_state [B, 1 + patches, D]."""
+  def images(self, images, rngs=None):
+    """images [B, H, W, 3] -> last_hidden_state [B, 1 + patches, D] (`rngs`: LoRA dropout)."""
     x = self.patch_embeddings(images.astype(self.config.dtype))  # [B, H/p, W/p, D]
     batch, rows, columns, d = x.shape
     x = x.reshape(batch, rows * columns, d)
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (batch, 1, d))
     x = jnp.concatenate([cls, x], axis=1) + self.positions(rows, columns).astype(x.dtype)
     for layer in self.layers:
-      x = layer(x)
+      x = layer(x, rngs)
     return self.layernorm(x)
 
   def __call__(self, frames, frame_mask, train: bool = False):  # pylint: disable=unused-argument

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sltjax.models.layers import lora
 from sltjax.models.layers.dense import dense
 
 
@@ -26,9 +27,11 @@ class MultiHeadAttention(nnx.Module):
   def _split_heads(self, x):  # [batch, length, d_model] -> [batch, length, heads, head_dim]
     return x.reshape(*x.shape[:2], self.num_heads, self.head_dim)
 
-  def project_kv(self, inputs):
-    """Keys and values of `inputs` [batch, length, d_model], each [batch, length, heads, head_dim]."""
-    return self._split_heads(self.k_proj(inputs)), self._split_heads(self.v_proj(inputs))
+  def project_kv(self, inputs, rngs: nnx.Rngs | None = None):
+    """Keys and values of `inputs` [batch, length, d_model], each [batch, length, heads, head_dim]
+    (`rngs`: dropout of LoRA adapters, when the projections have them)."""
+    return (self._split_heads(lora.call(self.k_proj, inputs, rngs)),
+            self._split_heads(lora.call(self.v_proj, inputs, rngs)))
 
   def __call__(self, queries, keys, values, mask, *, kv_slots=None,
                rngs: nnx.Rngs | None = None):
@@ -42,7 +45,7 @@ class MultiHeadAttention(nnx.Module):
     decoding.beam_search), query row g*group + i reads key position t from keys/values row
     g*group + kv_slots[g, i, t].
     """
-    q = self._split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5)
+    q = self._split_heads(lora.call(self.q_proj, queries, rngs)) * (self.head_dim ** -0.5)
     if q.shape[1] == 1:
       out = (self._attend_one_query(q, keys, values, mask, rngs) if kv_slots is None else
              self._attend_through_slots(q, keys, values, mask, kv_slots, rngs))
@@ -52,7 +55,7 @@ class MultiHeadAttention(nnx.Module):
       probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)  # [batch, heads, q, kv]
       probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
       out = jnp.einsum('bhqk,bkhd->bqhd', probs, values)  # [batch, q, heads, head_dim]
-    return self.out_proj(out.reshape(*out.shape[:2], -1))
+    return lora.call(self.out_proj, out.reshape(*out.shape[:2], -1), rngs)
 
   def _attend_through_slots(self, q, keys, values, mask, kv_slots, rngs):
     """A decoding step over a beam search's cache, q [batch, 1, heads, head_dim] ->
