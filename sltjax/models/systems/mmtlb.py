@@ -10,7 +10,6 @@ Dropout runs when `rngs` is given (training), which also switches BatchNorm to b
 over the valid frames.
 """
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ from flax import nnx
 from sltjax.models.backbones import registry as backbones
 from sltjax.models.layers.conv import BatchNorm
 from sltjax.models.layers.dense import dense, layer_norm
+from sltjax.models.layers.positions import sinusoidal_positions
 from sltjax.models.mbart import MBart, MBartConfig
 
 MAPPERS = ('mlp', 'gloss_probs')
@@ -56,15 +56,6 @@ class MMTLBConfig:
   @property
   def backbone_features(self) -> int:
     return backbones.output_dim(self.backbone, self.backbone_options)
-
-
-def sinusoidal_positions(length: int, dim: int):
-  """[length, dim] sin/cos position encodings (sin on even, cos on odd features)."""
-  position = jnp.arange(length, dtype=jnp.float32)[:, None]
-  frequency = jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32) * (-math.log(10000.0) / dim))
-  table = jnp.zeros((length, dim), jnp.float32)
-  table = table.at[:, 0::2].set(jnp.sin(position * frequency))
-  return table.at[:, 1::2].set(jnp.cos(position * frequency))
 
 
 class VisualHead(nnx.Module):

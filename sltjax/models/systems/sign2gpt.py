@@ -1,0 +1,150 @@
+"""Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the sign encoder over per-frame features.
+
+  frame features [B, T, 512] + sinusoidal positions
+    -> stage 1: 2 post-LN blocks of local self-attention (|i - j| <= 3, rotary q/k, padded keys
+       masked, every position sees itself) and a 4x GELU MLP, each branch scaled by a learned
+       layer scale (init 1e-5) and dropped per sample (drop path rising 0 -> 0.1 over the blocks)
+    -> temporal average pooling (k3, s2, p1): [B, ceil(T/2), 512], a pooled position valid when
+       its window holds a valid frame (position 0 always)
+    -> stage 2: 2 more blocks                                          -> [B, T', 512], mask
+
+As the release (REFERENCE.md section 4), except that padded frames are zeroed before pooling, so
+a clip's output does not depend on what pads it: it equals the release's output for the clip
+alone, whose pooling also counts the zero padding at its end.
+Dropout and drop path run when `rngs` is given (training).
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sltjax.models.layers import lora
+from sltjax.models.layers.dense import layer_norm
+from sltjax.models.layers.positions import apply_rotary, sinusoidal_positions
+
+
+@dataclasses.dataclass(frozen=True)
+class SignEncoderConfig:
+  dim: int = 512
+  heads: int = 8
+  stage_depths: tuple[int, ...] = (2, 2)  # blocks per stage; pooling between stages
+  window: int = 7  # local attention: |i - j| <= window // 2
+  mlp_ratio: int = 4
+  dropout: float = 0.1  # attention probabilities, residual branches, MLP
+  drop_path: float = 0.1  # of the last block; linear from 0 at the first
+  layer_scale_init: float = 1e-5
+  rotary_base: float = 10000.0
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+
+  def __post_init__(self):
+    if self.window % 2 != 1:
+      raise ValueError(f'window={self.window} must be odd (a position and two equal wings).')
+
+  def drop_path_rates(self) -> list[float]:
+    blocks = sum(self.stage_depths)
+    return [self.drop_path * i / max(blocks - 1, 1) for i in range(blocks)]
+
+
+def _xavier_dense(in_features: int, out_features: int, axes, cfg: SignEncoderConfig, rngs):
+  """Linear with the release's Xavier-uniform kernel and zero bias."""
+  return nnx.Linear(in_features, out_features, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                    rngs=rngs,
+                    kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)))
+
+
+def drop_path(x, rate: float, rngs):
+  """Stochastic depth: the whole branch of a sample dropped with probability `rate`, the kept
+  ones scaled by 1 / (1 - rate); identity without rngs (evaluation). x: [B, ...]."""
+  if rngs is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class LocalSelfAttention(nnx.Module):
+
+  def __init__(self, cfg: SignEncoderConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    d = cfg.dim
+    self.q_proj = _xavier_dense(d, d, ('embed', 'heads'), cfg, rngs)
+    self.k_proj = _xavier_dense(d, d, ('embed', 'heads'), cfg, rngs)
+    self.v_proj = _xavier_dense(d, d, ('embed', 'heads'), cfg, rngs)
+    self.out_proj = _xavier_dense(d, d, ('heads', 'embed'), cfg, rngs)
+    self.attention_dropout = nnx.Dropout(cfg.dropout)
+    self.residual_dropout = nnx.Dropout(cfg.dropout)
+
+  def __call__(self, x, mask, rngs=None):
+    """x [B, T, d], mask [B, T] (1 = valid) -> [B, T, d]."""
+    cfg = self.config
+    batch, length, d = x.shape
+    heads = lambda h: h.reshape(batch, length, cfg.heads, d // cfg.heads)
+    q = apply_rotary(heads(lora.call(self.q_proj, x, rngs)), cfg.rotary_base)
+    k = apply_rotary(heads(lora.call(self.k_proj, x, rngs)), cfg.rotary_base)
+    v = heads(lora.call(self.v_proj, x, rngs))
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) * (d // cfg.heads) ** -0.5
+    position = jnp.arange(length)
+    local = jnp.abs(position[:, None] - position[None, :]) <= cfg.window // 2  # [T, T]
+    allowed = (local[None, None] & (mask[:, None, None, :] > 0)) | jnp.eye(length, dtype=bool)
+    probs = jax.nn.softmax(jnp.where(allowed, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    probs = self.attention_dropout(probs.astype(v.dtype), deterministic=rngs is None, rngs=rngs)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(batch, length, d)
+    out = lora.call(self.out_proj, out, rngs)
+    return self.residual_dropout(out, deterministic=rngs is None, rngs=rngs)
+
+
+class SignEncoderBlock(nnx.Module):
+  """Post-LN: x = norm1(x + drop_path(ls1 * attention(x))); x = norm2(x + drop_path(ls2 * mlp(x)))."""
+
+  def __init__(self, cfg: SignEncoderConfig, drop_path_rate: float, *, rngs: nnx.Rngs):
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    d, hidden = cfg.dim, cfg.dim * cfg.mlp_ratio
+    self.attention = LocalSelfAttention(cfg, rngs=rngs)
+    self.norm1 = layer_norm(d, **kw)
+    self.fc1 = _xavier_dense(d, hidden, ('embed', 'mlp'), cfg, rngs)
+    self.fc2 = _xavier_dense(hidden, d, ('mlp', 'embed'), cfg, rngs)
+    self.norm2 = layer_norm(d, **kw)
+    self.layer_scale1 = nnx.Param(jnp.full((d,), cfg.layer_scale_init, cfg.param_dtype))
+    self.layer_scale2 = nnx.Param(jnp.full((d,), cfg.layer_scale_init, cfg.param_dtype))
+    self.dropout = nnx.Dropout(cfg.dropout)
+    self.drop_path_rate = drop_path_rate
+
+  def __call__(self, x, mask, rngs=None):
+    drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)
+    h = self.attention(x, mask, rngs) * self.layer_scale1[...]
+    x = self.norm1(x + drop_path(h, self.drop_path_rate, rngs))
+    h = drop(lora.call(self.fc2, drop(jax.nn.gelu(lora.call(self.fc1, x, rngs),
+                                                  approximate=False)), rngs))
+    return self.norm2(x + drop_path(h * self.layer_scale2[...], self.drop_path_rate, rngs))
+
+
+def pool_in_time(x, mask):
+  """Average pooling k3, s2, p1 of x [B, T, d] (zero padding counted, padded frames zeroed
+  first) -> [B, ceil(T / 2), d], and its mask [B, ceil(T / 2)]: valid where the window holds a
+  valid frame, position 0 always."""
+  valid = mask.astype(x.dtype)[..., None]
+  pooled = nnx.avg_pool(x * valid, (3,), strides=(2,), padding=((1, 1),), count_include_pad=True)
+  pooled_mask = nnx.max_pool(valid, (3,), strides=(2,), padding=((1, 1),))[..., 0] > 0
+  return pooled, pooled_mask.at[:, 0].set(True).astype(mask.dtype)
+
+
+class SignEncoder(nnx.Module):
+
+  def __init__(self, cfg: SignEncoderConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    rates = iter(cfg.drop_path_rates())
+    self.stages = nnx.List([nnx.List([SignEncoderBlock(cfg, next(rates), rngs=rngs)
+                                      for _ in range(depth)]) for depth in cfg.stage_depths])
+
+  def __call__(self, x, mask, rngs=None):
+    """Frame features x [B, T, dim], mask [B, T] -> (x [B, T', dim], mask [B, T']),
+    T' = T halved (rounding up) once between every two stages."""
+    x = x + sinusoidal_positions(x.shape[1], x.shape[2]).astype(x.dtype)[None]
+    for index, stage in enumerate(self.stages):
+      if index:
+        x, mask = pool_in_time(x, mask)
+      for block in stage:
+        x = block(x, mask, rngs)
+    return x, mask
