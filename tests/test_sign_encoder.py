@@ -122,3 +122,35 @@ def test_training_mode_drops_paths_and_rotary_is_relative():
   np.testing.assert_allclose(dots[2, 5], dots[6, 9], rtol=1e-5)
   with pytest.raises(ValueError, match='must be odd'):
     SignEncoderConfig(window=6)
+
+
+def test_prototype_head_and_loss_match_a_numpy_statement():
+  from sltjax.models.systems.sign2gpt import PrototypeHead, pseudo_gloss_loss  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(4)
+  vectors = rng.normal(size=(6, 10)).astype(np.float32)
+  head = PrototypeHead(8, vectors, rngs=nnx.Rngs(0))
+  head.class_temperature[...] = jnp.asarray(0.005)  # clamped up to 0.01
+  head.time_temperature[...] = jnp.asarray(0.3)
+  x = rng.normal(size=(2, 5, 8)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+  out = head(jnp.asarray(x), jnp.asarray(mask))
+
+  y = x @ np.asarray(head.projection.kernel[...]) + np.asarray(head.projection.bias[...])
+  y = y / np.linalg.norm(y, axis=-1, keepdims=True)
+  protos = np.concatenate([vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+                           np.zeros((1, 10))])
+  s = y @ protos.T  # [B, T, V + 1]
+  softmax = lambda a, axis: np.exp(a - a.max(axis, keepdims=True)) / np.exp(
+      a - a.max(axis, keepdims=True)).sum(axis, keepdims=True)
+  over_glosses = softmax(s / 0.01, -1)
+  over_time = softmax(np.where(mask[..., None] > 0, s / 0.3, -np.inf), 1)
+  expected = (over_glosses * over_time).sum(1)[:, :6]
+  np.testing.assert_allclose(out['scores'], expected, rtol=1e-4, atol=1e-6)
+  assert out['weights'].shape == (2, 5, 6)
+  assert not np.any(np.asarray(out['weights'])[1, 2:])  # padded steps get no weight
+  targets = np.zeros((2, 6), np.float32)
+  targets[0, [1, 4]] = targets[1, 2] = 1
+  p = np.clip(expected, 1e-8, 1 - 1e-8)
+  np.testing.assert_allclose(
+      pseudo_gloss_loss(out['scores'], jnp.asarray(targets)),
+      np.mean(-(targets * np.log(p) + (1 - targets) * np.log(1 - p))), rtol=1e-4)

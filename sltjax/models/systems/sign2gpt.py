@@ -1,4 +1,5 @@
-"""Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the sign encoder over per-frame features.
+"""Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the sign encoder over per-frame features, and the
+prototype head of pseudo-gloss pretraining.
 
   frame features [B, T, 512] + sinusoidal positions
     -> stage 1: 2 post-LN blocks of local self-attention (|i - j| <= 3, rotary q/k, padded keys
@@ -11,6 +12,13 @@
 As the release (REFERENCE.md section 4), except that padded frames are zeroed before pooling, so
 a clip's output does not depend on what pads it: it equals the release's output for the clip
 alone, whose pooling also counts the zero padding at its end.
+
+  sign features [B, T', 512] -> dropout 0.2 -> Linear -> 300 -> cosine with every pseudo-gloss's
+    word vector and a zero "blank" prototype: s [B, T', V + 1]
+    -> score_v = sum over time of softmax over glosses (s / tau_c) * softmax over valid time
+       steps (s / tau_t); tau_c, tau_t learned from 0.1, clamped to [0.01, 1]
+    -> [B, V] (blank dropped): how present each pseudo-gloss is (PrototypeHead)
+
 Dropout and drop path run when `rngs` is given (training).
 """
 import dataclasses
@@ -20,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sltjax.models.layers import lora
-from sltjax.models.layers.dense import layer_norm
+from sltjax.models.layers.dense import Buffer, layer_norm
 from sltjax.models.layers.positions import apply_rotary, sinusoidal_positions
 
 
@@ -148,3 +156,47 @@ class SignEncoder(nnx.Module):
       for block in stage:
         x = block(x, mask, rngs)
     return x, mask
+
+
+class PrototypeHead(nnx.Module):
+  """Pseudo-gloss presence from sign features, against frozen word-vector prototypes."""
+
+  def __init__(self, in_dim: int, word_vectors, *, dropout: float = 0.2,
+               temperature: float = 0.1, dtype: str = 'float32', param_dtype: str = 'float32',
+               rngs: nnx.Rngs):
+    """word_vectors [V, dim]: one per pseudo-gloss (FastText in the release), kept fixed."""
+    vectors = jnp.asarray(word_vectors, jnp.float32)
+    self.projection = nnx.Linear(  # PyTorch's default Linear init, as the release's head
+        in_dim, vectors.shape[1], dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        kernel_init=nnx.with_partitioning(
+            nnx.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'), ('embed', 'mlp')),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, ('mlp',)))
+    norms = jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    self.prototypes = Buffer(vectors / jnp.maximum(norms, 1e-12))  # [V, dim], unit rows
+    self.class_temperature = nnx.Param(jnp.asarray(temperature, param_dtype))
+    self.time_temperature = nnx.Param(jnp.asarray(temperature, param_dtype))
+    self.dropout = nnx.Dropout(dropout)
+
+  def __call__(self, x, mask, rngs=None):
+    """x [B, T, in_dim], mask [B, T] -> {'scores' [B, V] in [0, 1], 'weights' [B, T, V]: each
+    gloss's softmax over glosses times its softmax over time (where the model places it)}."""
+    y = self.projection(self.dropout(x, deterministic=rngs is None, rngs=rngs))
+    y = y.astype(jnp.float32)
+    y = y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, axis=-1, keepdims=True), 1e-24))
+    similarity = jnp.einsum('btd,vd->btv', y, self.prototypes[...])
+    similarity = jnp.concatenate([similarity, jnp.zeros_like(similarity[..., :1])], axis=-1)
+    class_temperature = jnp.clip(self.class_temperature[...].astype(jnp.float32), 0.01, 1.0)
+    time_temperature = jnp.clip(self.time_temperature[...].astype(jnp.float32), 0.01, 1.0)
+    over_glosses = jax.nn.softmax(similarity / class_temperature, axis=-1)
+    valid = (mask > 0)[..., None]
+    over_time = jax.nn.softmax(jnp.where(valid, similarity / time_temperature,
+                                         jnp.finfo(jnp.float32).min), axis=1)
+    weights = (over_glosses * over_time)[..., :-1]  # the blank column dropped
+    return {'scores': jnp.sum(weights, axis=1), 'weights': weights}
+
+
+def pseudo_gloss_loss(scores, targets):
+  """Mean binary cross entropy over [B, V] of presence scores (clamped to [1e-8, 1 - 1e-8], as
+  the release) against multi-hot targets."""
+  p = jnp.clip(scores, 1e-8, 1 - 1e-8)
+  return jnp.mean(-(targets * jnp.log(p) + (1 - targets) * jnp.log1p(-p)))
