@@ -61,3 +61,21 @@ def test_vocabulary_is_sorted_from_training_sentences_without_frequent_glosses(g
   vocabulary.save(str(tmp_path / 'pseudo_glosses.json'))
   loaded = Vocabulary.load(str(tmp_path / 'pseudo_glosses.json'))
   assert (loaded.glosses, loaded.language) == (vocabulary.glosses, 'de')
+
+
+def test_word_vectors_from_a_fasttext_file_and_trained_deterministically(tmp_path):
+  from gensim.models import FastText  # pylint: disable=import-outside-toplevel
+  from gensim.models.fasttext import save_facebook_model  # pylint: disable=import-outside-toplevel
+  from sltjax.data.word_vectors import fasttext_vectors, trained_vectors  # pylint: disable=import-outside-toplevel
+  sentences = [['morgen', 'regnen', 'norden'], ['sonne', 'süden'], ['gewitter', 'norden']] * 20
+  words = ['norden', 'sonne', 'unbekannt']
+  first = trained_vectors(sentences, words, dim=8)
+  assert first.shape == (3, 8) and first.dtype == np.float32
+  np.testing.assert_array_equal(trained_vectors(sentences, words, dim=8), first)
+  assert not np.array_equal(trained_vectors(sentences, words, dim=8, seed=1), first)
+  model = FastText(vector_size=8, min_count=1, workers=1, seed=0, epochs=2)
+  model.build_vocab(corpus_iterable=sentences)
+  model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=2)
+  save_facebook_model(model, str(tmp_path / 'cc.de.8.bin'))
+  loaded = fasttext_vectors(str(tmp_path / 'cc.de.8.bin'), words)
+  np.testing.assert_allclose(loaded, np.stack([model.wv[w] for w in words]), rtol=1e-6)
