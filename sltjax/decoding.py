@@ -183,6 +183,52 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
   return sequences
 
 
+def decoder_only_search(model, input_ids, attention_mask, *, eos_token_id: int,
+                        pad_token_id: int, num_beams: int, max_new_tokens: int,
+                        length_penalty: float, length_penalty_style: str, early_stopping: bool,
+                        forced_eos_token_id: int | None = None):
+  """Continues left-padded prompts [batch, prompt_len] of a decoder-only model (XGLM) as HF's
+  generate does: positions from the attention mask, the prompt's keys and values computed once
+  (all but its last token, which starts the search). Returns [batch, beams, prompt_len +
+  max_new_tokens]: prompt, then continuation (pad after EOS)."""
+  if num_beams == 1:
+    early_stopping = True
+  batch, prompt_len = input_ids.shape
+  prefix = prompt_len - 1
+  positions = jnp.where(attention_mask > 0, jnp.cumsum(attention_mask, axis=1) - 1, 1)
+  cache_len = prefix + 1 + max_new_tokens
+  cache = model.init_cache(batch, cache_len)
+  prompt_keys = jnp.zeros((batch, cache_len), jnp.int32).at[:, :prefix].set(
+      attention_mask[:, :prefix])
+  if prefix:  # the prompt's keys and values, once per sentence, then copied to its beams
+    _, cache = model.decode(input_ids[:, :prefix], positions[:, :prefix], prompt_keys, cache, 0)
+  cache = jax.tree.map(lambda c: jnp.repeat(c, num_beams, axis=0), cache)
+  # Keys: the valid prompt tokens, then every searched position up to the current one.
+  key_mask = jnp.repeat(prompt_keys.at[:, prefix:].set(1), num_beams, axis=0)
+  last_position = jnp.repeat(positions[:, -1], num_beams)  # [batch*beams]
+  prompt_slots = jnp.broadcast_to(jnp.arange(num_beams, dtype=jnp.int32)[None, :, None],
+                                  (batch, num_beams, prefix))
+
+  def tokens_to_logits(tokens, cache, position, cache_slots):
+    logits, cache = model.decode(
+        tokens[:, None], (last_position + position)[:, None], key_mask, cache, prefix + position,
+        cache_slots=jnp.concatenate([prompt_slots, cache_slots], axis=2))
+    return logits[:, 0], cache
+
+  sequences, _ = beam_search(
+      tokens_to_logits, input_ids[:, -1], cache, beam_size=num_beams,
+      max_new_tokens=max_new_tokens, eos_id=eos_token_id, pad_id=pad_token_id,
+      length_penalty=length_penalty, length_penalty_style=length_penalty_style,
+      early_stopping=early_stopping, forced_eos_id=forced_eos_token_id)
+  prompts = jnp.broadcast_to(input_ids[:, None, :prefix], (batch, num_beams, prefix))
+  return jnp.concatenate([prompts.astype(sequences.dtype), sequences], axis=2)
+
+
+def is_decoder_only(model) -> bool:
+  """Whether `model` is a decoder-only LM (no encoder to run first)."""
+  return not hasattr(model, 'encode')
+
+
 @partial(jax.jit, static_argnames=(
     'graphdef', 'decoder_start_token_id', 'eos_token_id', 'pad_token_id', 'num_beams',
     'max_new_tokens', 'length_penalty', 'length_penalty_style', 'early_stopping',
@@ -190,7 +236,12 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
 def _jitted_search(graphdef, state, input_ids, attention_mask, **options):
   # jax.jit on the split model: nnx.jit would walk the model's graph on every call (~0.4 s for
   # mBART-large), which generate() pays per batch.
-  return encoder_decoder_search(nnx.merge(graphdef, state), input_ids, attention_mask, **options)
+  model = nnx.merge(graphdef, state)
+  if is_decoder_only(model):
+    options.pop('decoder_start_token_id')
+    options.pop('inputs_embeds')
+    return decoder_only_search(model, input_ids, attention_mask, **options)
+  return encoder_decoder_search(model, input_ids, attention_mask, **options)
 
 
 def generate(model, input_ids, attention_mask=None, *, num_beams: int = 4,
@@ -199,21 +250,23 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 4,
              decoder_start_token_id: int | None = None, eos_token_id: int | None = None,
              pad_token_id: int | None = None, forced_eos_token_id: int | None = None,
              inputs_embeds=None) -> np.ndarray:
-  """Like transformers' `generate`: the best sequence per input [batch, len], start token first.
+  """Like transformers' `generate`: the best sequence per input [batch, len].
 
-  Token ids left as None come from `model.config`, as HF takes them from the model's
-  (generation) config: the decoder starts from decoder_start_token_id, else bos_token_id, and
-  forced_eos_token_id applies when the config sets it. Trailing all-padding columns are cropped,
-  as HF does. input_ids [batch, src_len] (or inputs_embeds [batch, src_len, d_model] with
-  attention_mask). num_beams=1 is greedy search.
+  An encoder-decoder model (MBart) encodes input_ids [batch, src_len] (or inputs_embeds [batch,
+  src_len, d_model] with attention_mask) and returns decoded sequences, start token first; a
+  decoder-only model (XGLM) continues the left-padded prompts input_ids and returns prompt then
+  continuation. Token ids left as None come from `model.config`, as HF takes them from the
+  model's (generation) config: the decoder starts from decoder_start_token_id, else
+  bos_token_id, and forced_eos_token_id applies when the config sets it. Trailing all-padding
+  columns are cropped, as HF does. num_beams=1 is greedy search.
   """
   cfg = model.config
   pick = lambda value, default: default if value is None else value
-  decoder_start_token_id = pick(decoder_start_token_id, pick(cfg.decoder_start_token_id,
-                                                             cfg.bos_token_id))
+  decoder_start_token_id = pick(decoder_start_token_id, pick(
+      getattr(cfg, 'decoder_start_token_id', None), cfg.bos_token_id))
   eos_token_id = pick(eos_token_id, cfg.eos_token_id)
   pad_token_id = pick(pad_token_id, cfg.pad_token_id)
-  forced_eos_token_id = pick(forced_eos_token_id, cfg.forced_eos_token_id)
+  forced_eos_token_id = pick(forced_eos_token_id, getattr(cfg, 'forced_eos_token_id', None))
   if attention_mask is None:
     if input_ids is None:
       raise ValueError('generate(inputs_embeds=...) needs the attention_mask [batch, src_len].')

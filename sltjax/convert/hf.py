@@ -1,5 +1,5 @@
-"""Hugging Face mBART (MBartForConditionalGeneration) -> sltjax's NNX `MBart` (and, from
-sltjax/convert/dinov2.py, `load_dinov2`).
+"""Hugging Face mBART (MBartForConditionalGeneration) -> sltjax's NNX `MBart` (and, from their
+own modules, `load_dinov2` and `load_xglm`).
 
   model = load_mbart('/path/to/mbart-large-cc25', dtype='bfloat16')
   logits = model(input_ids, attention_mask, decoder_input_ids)  # [batch, tgt_len, vocab]
@@ -20,9 +20,10 @@ from flax import nnx
 from sltjax.convert.dinov2 import load_dinov2
 from sltjax.convert.hf_checkpoint import read_config, read_generation_config, read_state_dict
 from sltjax.convert.state_dict import fill_state, torch_layout
+from sltjax.convert.xglm import load_xglm
 from sltjax.models.mbart import MBart, MBartConfig
 
-__all__ = ['load_dinov2', 'load_mbart', 'mbart_config_from_hf', 'mbart_state_from_hf',
+__all__ = ['load_dinov2', 'load_mbart', 'load_xglm', 'mbart_config_from_hf', 'mbart_state_from_hf',
            'hf_name', 'to_hf_state_dict']
 
 TIED_EMBEDDING_COPIES = ('model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight',

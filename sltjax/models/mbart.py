@@ -23,7 +23,7 @@ POSITION_OFFSET = 2  # mBART's learned positions start at index 2 (fairseq legac
 REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_saveable}
 
 
-def _call_layer(remat: str, layer, *args):
+def call_layer(remat: str, layer, *args):
   """layer(*args), rematerialised in the backward pass as `remat` says."""
   if remat == 'none':
     return layer(*args)
@@ -92,15 +92,18 @@ class EncoderLayer(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
+  """Pre-LN self-attention (causal, cached when decoding), cross-attention to an encoder (left
+  out with cross_attention=False: a decoder-only LM such as XGLM), and the FFN."""
 
-  def __init__(self, cfg: MBartConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: MBartConfig, *, cross_attention: bool = True, rngs: nnx.Rngs):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
     self.self_attn = MultiHeadAttention(cfg.d_model, cfg.decoder_attention_heads,
                                         cfg.attention_dropout, **kw)
     self.self_attn_layer_norm = layer_norm(cfg.d_model, **kw)
-    self.encoder_attn = MultiHeadAttention(cfg.d_model, cfg.decoder_attention_heads,
-                                           cfg.attention_dropout, **kw)
-    self.encoder_attn_layer_norm = layer_norm(cfg.d_model, **kw)
+    self.encoder_attn = (MultiHeadAttention(cfg.d_model, cfg.decoder_attention_heads,
+                                            cfg.attention_dropout, **kw)
+                         if cross_attention else None)
+    self.encoder_attn_layer_norm = layer_norm(cfg.d_model, **kw) if cross_attention else None
     self.fc1 = dense(cfg.d_model, cfg.decoder_ffn_dim, ('embed', 'mlp'), **kw)
     self.fc2 = dense(cfg.decoder_ffn_dim, cfg.d_model, ('mlp', 'embed'), **kw)
     self.final_layer_norm = layer_norm(cfg.d_model, **kw)
@@ -111,8 +114,9 @@ class DecoderLayer(nnx.Module):
                cache_slots=None):
     """One decoder layer.
 
-    x: [batch, tgt_len, d_model]; self_mask: [1, 1, tgt_len, kv_len]; cross_kv: encoder keys and
-    values [batch, src_len, heads, head_dim]; cross_mask: [batch, 1, 1, src_len].
+    x: [batch, tgt_len, d_model]; self_mask: [1 or batch, 1, tgt_len, kv_len]; cross_kv: encoder
+    keys and values [batch, src_len, heads, head_dim] (None without cross-attention); cross_mask:
+    [batch, 1, 1, src_len].
     With `cache` ({'k', 'v'}: [batch, max_len, heads, head_dim]) the new keys/values are written at
     `cache_index` and attention runs over the whole cache (through `cache_slots` [sentences,
     beams, max_len] in a beam search: see MultiHeadAttention). Returns (x, updated cache or None).
@@ -125,8 +129,9 @@ class DecoderLayer(nnx.Module):
       v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), cache_index, 1)
       cache = {'k': k, 'v': v}
     x = x + drop(self.self_attn(h, k, v, self_mask, kv_slots=cache_slots, rngs=rngs))
-    h = self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask, rngs=rngs)
-    x = x + drop(h)
+    if self.encoder_attn is not None:
+      h = self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask, rngs=rngs)
+      x = x + drop(h)
     h = _ffn_block(self.fc1, self.fc2, self.activation_dropout, self.final_layer_norm(x), rngs)
     return x + drop(h), cache
 
@@ -169,7 +174,7 @@ class MBart(nnx.Module):
     x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
     mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1, src_len]
     for layer in self.encoder_layers:
-      x = _call_layer(self.config.remat, layer, x, mask, rngs)
+      x = call_layer(self.config.remat, layer, x, mask, rngs)
     return self.encoder_layer_norm(x)
 
   def cross_attention_kv(self, encoder_out):
@@ -206,7 +211,7 @@ class MBart(nnx.Module):
     new_cache = []
     for i, layer in enumerate(self.decoder_layers):
       if cache is None:  # teacher forcing (training): the activations worth rematerialising
-        x, layer_cache = _call_layer(self.config.remat, layer, x, self_mask, cross_kv[i],
+        x, layer_cache = call_layer(self.config.remat, layer, x, self_mask, cross_kv[i],
                                      cross_mask, rngs)
       else:
         x, layer_cache = layer(x, self_mask, cross_kv[i], cross_mask, rngs, cache=cache[i],

@@ -38,7 +38,8 @@ class MultiHeadAttention(nnx.Module):
     """Attends `queries` [batch, q_len, d_model] to projected keys/values [kv_batch, kv_len, heads,
     head_dim]; returns [batch, q_len, d_model].
 
-    mask: bool, broadcastable to [batch, heads, q_len, kv_len]; True where attention is allowed.
+    mask: bool, broadcastable to [batch, heads, q_len, kv_len]; True where attention is allowed
+    (through `kv_slots`: [batch or 1, 1, 1, kv_len]).
     For one query per row (a decoding step), consecutive groups of batch // kv_batch rows (the
     beams of one sentence) may share one row of keys/values, which is then read once per group.
     With `kv_slots` [groups, group, kv_len] (a beam search's cache, never reordered: see
@@ -76,7 +77,7 @@ class MultiHeadAttention(nnx.Module):
     else:
       scores = jnp.sum(q * keys, axis=-1)
     logits = jnp.sum(jnp.where(owner, scores.astype(jnp.float32), 0.0), axis=2)  # [g, i, kv, h]
-    mask = jnp.broadcast_to(mask, (1, 1, 1, kv_len)).reshape(1, 1, kv_len, 1)
+    mask = jnp.broadcast_to(mask, (groups * group, 1, 1, kv_len)).reshape(groups, group, kv_len, 1)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=2).astype(values.dtype)
     probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
