@@ -32,6 +32,13 @@ def call_layer(remat: str, layer, *args):
   return nnx.remat(lambda module, *a: module(*a), policy=REMAT_POLICIES[remat])(layer, *args)
 
 
+def config_from_dict(cls, values: dict[str, Any]):
+  """A config dataclass `cls` from a dict (config.model or an HF config.json), ignoring the keys
+  it does not have."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: v for k, v in values.items() if k in names})
+
+
 @dataclasses.dataclass(frozen=True)
 class MBartConfig:
   """Architecture hyperparameters; the defaults are mBART-large-cc25's (vocab_size aside)."""
@@ -60,9 +67,7 @@ class MBartConfig:
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> 'MBartConfig':
-    """Builds from a dict (config.model or an HF config.json), ignoring keys it does not use."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    return config_from_dict(cls, values)
 
 
 def _ffn_block(fc1, fc2, activation_dropout, x, rngs):

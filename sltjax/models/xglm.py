@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from sltjax.models.layers.dense import embedding, layer_norm
-from sltjax.models.mbart import DecoderLayer, MBartConfig, call_layer
+from sltjax.models.mbart import DecoderLayer, MBartConfig, call_layer, config_from_dict
 
 POSITION_OFFSET = 2
 
@@ -43,8 +43,7 @@ class XGLMConfig:
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> 'XGLMConfig':
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    return config_from_dict(cls, values)
 
   def layer_config(self) -> MBartConfig:
     """The decoder layers' shape, as the mBART config DecoderLayer takes."""
