@@ -186,11 +186,13 @@ def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=No
 def decoder_only_search(model, input_ids, attention_mask, *, eos_token_id: int,
                         pad_token_id: int, num_beams: int, max_new_tokens: int,
                         length_penalty: float, length_penalty_style: str, early_stopping: bool,
-                        forced_eos_token_id: int | None = None):
+                        forced_eos_token_id: int | None = None, visual=None):
   """Continues left-padded prompts [batch, prompt_len] of a decoder-only model (XGLM) as HF's
   generate does: positions from the attention mask, the prompt's keys and values computed once
-  (all but its last token, which starts the search). Returns [batch, beams, prompt_len +
-  max_new_tokens]: prompt, then continuation (pad after EOS)."""
+  (all but its last token, which starts the search). visual: (tokens [batch, V, d_model], mask
+  [batch, V]) that the model's adapted layers attend to (Sign2GPT), their keys and values
+  computed once per sentence. Returns [batch, beams, prompt_len + max_new_tokens]: prompt, then
+  continuation (pad after EOS)."""
   if num_beams == 1:
     early_stopping = True
   batch, prompt_len = input_ids.shape
@@ -198,10 +200,12 @@ def decoder_only_search(model, input_ids, attention_mask, *, eos_token_id: int,
   positions = jnp.where(attention_mask > 0, jnp.cumsum(attention_mask, axis=1) - 1, 1)
   cache_len = prefix + 1 + max_new_tokens
   cache = model.init_cache(batch, cache_len)
+  visual_kv = None if visual is None else model.visual_kv(*visual)
   prompt_keys = jnp.zeros((batch, cache_len), jnp.int32).at[:, :prefix].set(
       attention_mask[:, :prefix])
   if prefix:  # the prompt's keys and values, once per sentence, then copied to its beams
-    _, cache = model.decode(input_ids[:, :prefix], positions[:, :prefix], prompt_keys, cache, 0)
+    _, cache = model.decode(input_ids[:, :prefix], positions[:, :prefix], prompt_keys, cache, 0,
+                            visual_kv=visual_kv)
   cache = jax.tree.map(lambda c: jnp.repeat(c, num_beams, axis=0), cache)
   # Keys: the valid prompt tokens, then every searched position up to the current one.
   key_mask = jnp.repeat(prompt_keys.at[:, prefix:].set(1), num_beams, axis=0)
@@ -212,7 +216,7 @@ def decoder_only_search(model, input_ids, attention_mask, *, eos_token_id: int,
   def tokens_to_logits(tokens, cache, position, cache_slots):
     logits, cache = model.decode(
         tokens[:, None], (last_position + position)[:, None], key_mask, cache, prefix + position,
-        cache_slots=jnp.concatenate([prompt_slots, cache_slots], axis=2))
+        cache_slots=jnp.concatenate([prompt_slots, cache_slots], axis=2), visual_kv=visual_kv)
     return logits[:, 0], cache
 
   sequences, _ = beam_search(
@@ -241,6 +245,8 @@ def _jitted_search(graphdef, state, input_ids, attention_mask, **options):
     options.pop('decoder_start_token_id')
     options.pop('inputs_embeds')
     return decoder_only_search(model, input_ids, attention_mask, **options)
+  if options.pop('visual') is not None:
+    raise ValueError('visual tokens are for decoder-only models with visual adaptors.')
   return encoder_decoder_search(model, input_ids, attention_mask, **options)
 
 
@@ -249,13 +255,14 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 4,
              length_penalty_style: str = 'hf', early_stopping: bool = False,
              decoder_start_token_id: int | None = None, eos_token_id: int | None = None,
              pad_token_id: int | None = None, forced_eos_token_id: int | None = None,
-             inputs_embeds=None) -> np.ndarray:
+             inputs_embeds=None, visual=None) -> np.ndarray:
   """Like transformers' `generate`: the best sequence per input [batch, len].
 
   An encoder-decoder model (MBart) encodes input_ids [batch, src_len] (or inputs_embeds [batch,
   src_len, d_model] with attention_mask) and returns decoded sequences, start token first; a
   decoder-only model (XGLM) continues the left-padded prompts input_ids and returns prompt then
-  continuation. Token ids left as None come from `model.config`, as HF takes them from the
+  continuation, attending to `visual` (tokens [batch, V, d_model], mask [batch, V]) in adapted
+  layers (Sign2GPT). Token ids left as None come from `model.config`, as HF takes them from the
   model's (generation) config: the decoder starts from decoder_start_token_id, else
   bos_token_id, and forced_eos_token_id applies when the config sets it. Trailing all-padding
   columns are cropped, as HF does. num_beams=1 is greedy search.
@@ -273,7 +280,8 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 4,
     attention_mask = (jnp.asarray(input_ids) != pad_token_id).astype(jnp.int32)
   sequences = _jitted_search(
       *nnx.split(model), None if input_ids is None else jnp.asarray(input_ids), jnp.asarray(attention_mask),
-      inputs_embeds=inputs_embeds, decoder_start_token_id=int(decoder_start_token_id),
+      inputs_embeds=inputs_embeds, visual=visual,
+      decoder_start_token_id=int(decoder_start_token_id),
       eos_token_id=int(eos_token_id), pad_token_id=int(pad_token_id), num_beams=num_beams,
       max_new_tokens=max_new_tokens, length_penalty=float(length_penalty),
       length_penalty_style=length_penalty_style, early_stopping=bool(early_stopping),

@@ -75,3 +75,95 @@ def test_generate_continues_left_padded_prompts_as_transformers(trained, num_bea
   np.testing.assert_array_equal(got, expected)
   # The continuation follows the learned pattern (the prompt alone decides it).
   assert len({tuple(row) for row in got}) == len(got)
+
+
+def adapted_copy(directory, seed=0):
+  """The converted XGLM with Sign2GPT's adapters (gates 0, LoRA B 0)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from sltjax.models.systems.sign2gpt import AdaptorConfig, adapt_xglm  # pylint: disable=import-outside-toplevel
+  model = load_xglm(str(directory))
+  adapt_xglm(model, AdaptorConfig(dropout=0.0, attention_dropout=0.0), nnx.Rngs(seed))
+  return model
+
+
+def visual_tokens(rng, batch, count=6, dim=32):
+  tokens = rng.normal(size=(batch, count, dim)).astype(np.float32)
+  mask = np.ones((batch, count), np.int32)
+  mask[-1, count // 2:] = 0
+  return tokens, mask
+
+
+@pytest.fixture(scope='module')
+def xglm_dir(trained, tmp_path_factory):
+  hf, _, _ = trained
+  directory = tmp_path_factory.mktemp('xglm_adapted')
+  hf.save_pretrained(directory)
+  return directory
+
+
+def test_zero_gates_and_zero_lora_compute_the_frozen_lm_exactly(trained, xglm_dir):
+  _, frozen, _ = trained
+  adapted = adapted_copy(xglm_dir)
+  rng = np.random.default_rng(3)
+  ids = np.array([sequence(rng, 10) for _ in range(2)])
+  visual = visual_tokens(rng, 2)
+  np.testing.assert_array_equal(np.asarray(adapted(ids, visual=visual)), np.asarray(frozen(ids)))
+
+
+def test_open_gates_attend_to_valid_visual_tokens_with_a_straight_through_gradient(xglm_dir):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  model = adapted_copy(xglm_dir)
+  rng = np.random.default_rng(4)
+  ids = np.array([sequence(rng, 10) for _ in range(2)])
+  tokens, mask = visual_tokens(rng, 2)
+  closed = np.asarray(model(ids, visual=(tokens, mask)))
+  for layer in model.layers:
+    layer.visual_adaptor.gate[...] = jnp.full_like(layer.visual_adaptor.gate[...], 0.7)
+  opened = np.asarray(model(ids, visual=(tokens, mask)))
+  assert np.abs(opened - closed).max() > 1e-3
+  changed = tokens.copy()
+  changed[1, 3:] = 100.0  # masked visual tokens of the second row
+  np.testing.assert_allclose(np.asarray(model(ids, visual=(changed, mask)))[1], opened[1],
+                             rtol=1e-5, atol=1e-5)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(gate_value):
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, gate_value) if 'gate' in str(path[-2:]) else x, params)
+    return jnp.mean(nnx.merge(graphdef, state, rest)(ids, visual=(tokens, mask))[..., 5])
+
+  # Below 0 the forward pass sees 0, and the gradient still flows (straight through the clamp).
+  assert float(loss(-0.5)) == float(loss(0.0))
+  np.testing.assert_allclose(jax.grad(loss)(-0.5), jax.grad(loss)(0.0), rtol=1e-6)
+  assert float(jax.grad(loss)(0.0)) != 0.0
+
+
+@pytest.mark.parametrize('num_beams', [1, 3])
+def test_generate_with_visual_tokens_equals_decoding_without_a_cache(xglm_dir, num_beams):
+  """The cached search (prompt prefilled, visual keys once per sentence, beams grouped) against
+  step-by-step greedy decoding through the full forward pass."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  model = adapted_copy(xglm_dir, seed=1)
+  rng = np.random.default_rng(5)
+  for layer in model.layers:
+    layer.visual_adaptor.gate[...] = jnp.asarray(rng.uniform(0.2, 1.0, 4), jnp.float32)
+    layer.visual_adaptor.query_b[...] = jnp.asarray(rng.normal(size=(4, 32)) * 0.3, jnp.float32)
+  ids, mask = left_padded_prompts(np.random.default_rng(2))
+  tokens, visual_mask = visual_tokens(rng, len(ids))
+  got = generate(model, ids, mask, num_beams=num_beams, max_new_tokens=8,
+                 visual=(tokens, visual_mask))
+  assert got.shape[0] == len(ids) and np.all(got[:, :ids.shape[1]] == ids)
+  if num_beams > 1:
+    return  # beam search itself is checked against transformers above
+  for row in range(len(ids)):
+    sequence_ids = list(ids[row][mask[row] > 0])
+    for _ in range(8):
+      x = np.array([sequence_ids])
+      logits = model(x, visual=(tokens[row:row + 1], visual_mask[row:row + 1]))
+      sequence_ids.append(int(np.argmax(logits[0, -1])))
+      if sequence_ids[-1] == EOS:
+        break
+    continuation = [t for t in got[row, ids.shape[1]:] if t != PAD]
+    assert continuation == sequence_ids[int(mask[row].sum()):], row

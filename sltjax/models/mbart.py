@@ -109,6 +109,8 @@ class DecoderLayer(nnx.Module):
                                             cfg.attention_dropout, **kw)
                          if cross_attention else None)
     self.encoder_attn_layer_norm = layer_norm(cfg.d_model, **kw) if cross_attention else None
+    # Set by a system that attends to another modality inside self-attention (Sign2GPT).
+    self.visual_adaptor = nnx.data(None)
     self.fc1 = dense(cfg.d_model, cfg.decoder_ffn_dim, ('embed', 'mlp'), **kw)
     self.fc2 = dense(cfg.decoder_ffn_dim, cfg.d_model, ('mlp', 'embed'), **kw)
     self.final_layer_norm = layer_norm(cfg.d_model, **kw)
@@ -116,7 +118,7 @@ class DecoderLayer(nnx.Module):
     self.activation_dropout = nnx.Dropout(cfg.activation_dropout)
 
   def __call__(self, x, self_mask, cross_kv, cross_mask, rngs, cache=None, cache_index=None,
-               cache_slots=None):
+               cache_slots=None, visual=None):
     """One decoder layer.
 
     x: [batch, tgt_len, d_model]; self_mask: [1 or batch, 1, tgt_len, kv_len]; cross_kv: encoder
@@ -124,16 +126,21 @@ class DecoderLayer(nnx.Module):
     [batch, 1, 1, src_len].
     With `cache` ({'k', 'v'}: [batch, max_len, heads, head_dim]) the new keys/values are written at
     `cache_index` and attention runs over the whole cache (through `cache_slots` [sentences,
-    beams, max_len] in a beam search: see MultiHeadAttention). Returns (x, updated cache or None).
+    beams, max_len] in a beam search: see MultiHeadAttention). `visual`: this layer's
+    (keys, values, mask) of another modality for `visual_adaptor`, whose per-head output joins
+    self-attention's. Returns (x, updated cache or None).
     """
     drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)
     h = self.self_attn_layer_norm(x)
-    k, v = self.self_attn.project_kv(h)
+    k, v = self.self_attn.project_kv(h, rngs)
     if cache is not None:
       k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), cache_index, 1)
       cache = {'k': k, 'v': v}
-    x = x + drop(self.self_attn(h, k, v, self_mask, kv_slots=cache_slots, rngs=rngs))
+    added = (None if visual is None or self.visual_adaptor is None else
+             self.visual_adaptor(h, self.self_attn, visual, rngs))
+    x = x + drop(self.self_attn(h, k, v, self_mask, kv_slots=cache_slots, added_heads=added,
+                                rngs=rngs))
     if self.encoder_attn is not None:
       h = self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask, rngs=rngs)
       x = x + drop(h)

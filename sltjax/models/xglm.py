@@ -95,9 +95,19 @@ class XGLM(nnx.Module):
     x = self.layer_norm(x)
     return self.embed_tokens.attend(x).astype(jnp.float32)
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, rngs=None):
+  def visual_kv(self, tokens, mask, rngs=None):
+    """Per layer, (keys, values, mask) of visual tokens [batch, V, d_model] (mask [batch, V]) for
+    the layer's visual adaptor (None for a layer without one); computed once per sentence."""
+    return [None if layer.visual_adaptor is None else
+            (*layer.visual_adaptor.keys_values(layer.self_attn,
+                                               layer.self_attn_layer_norm(tokens), rngs), mask)
+            for layer in self.layers]
+
+  def __call__(self, input_ids, attention_mask=None, position_ids=None, *, visual=None,
+               rngs=None):
     """Teacher-forced logits [batch, length, vocab], as HF's forward: causal attention over the
-    valid (attention_mask 1) tokens, positions 0..length-1 unless position_ids are given."""
+    valid (attention_mask 1) tokens, positions 0..length-1 unless position_ids are given.
+    visual: (tokens [batch, V, d_model], mask [batch, V]) that adapted layers attend to."""
     length = input_ids.shape[1]
     if position_ids is None:
       position_ids = jnp.arange(length)[None]
@@ -105,8 +115,10 @@ class XGLM(nnx.Module):
     mask = causal if attention_mask is None else causal & (
         attention_mask[:, None, None, :] > 0)
     x = self.embed(input_ids, position_ids, rngs)
-    for layer in self.layers:
-      x, _ = call_layer(self.config.remat, layer, x, mask, None, None, rngs)
+    per_layer = [None] * len(self.layers) if visual is None else self.visual_kv(*visual, rngs)
+    for layer, layer_visual in zip(self.layers, per_layer):
+      x, _ = call_layer(self.config.remat, layer, x, mask, None, None, rngs, None, None, None,
+                        layer_visual)
     return self.logits(x)
 
   def init_cache(self, batch_size: int, max_length: int):
@@ -116,18 +128,22 @@ class XGLM(nnx.Module):
     return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
             for _ in self.layers]
 
-  def decode(self, input_ids, position_ids, key_mask, cache, cache_index, cache_slots=None):
+  def decode(self, input_ids, position_ids, key_mask, cache, cache_index, cache_slots=None,
+             visual_kv=None):
     """Logits [batch, length, vocab] of tokens written into `cache` at cache_index..; each
     attends to the cached positions that key_mask [batch, max_length] marks and that are not
-    after it. cache_slots: as MBart.decode's (a beam search's)."""
+    after it. cache_slots: as MBart.decode's (a beam search's). visual_kv: `visual_kv`'s, per
+    sentence (consecutive rows of the batch may be beams of one sentence)."""
     length, max_length = input_ids.shape[1], cache[0]['k'].shape[1]
     query_positions = cache_index + jnp.arange(length)
     causal = jnp.arange(max_length)[None, :] <= query_positions[:, None]  # [length, max_length]
     mask = causal[None, None] & (key_mask[:, None, None, :] > 0)  # [batch, 1, length, max]
     x = self.embed(input_ids, position_ids)
     new_cache = []
-    for layer, layer_cache in zip(self.layers, cache):
+    per_layer = visual_kv or [None] * len(self.layers)
+    for layer, layer_cache, layer_visual in zip(self.layers, cache, per_layer):
       x, layer_cache = layer(x, mask, None, None, None, cache=layer_cache,
-                             cache_index=cache_index, cache_slots=cache_slots)
+                             cache_index=cache_index, cache_slots=cache_slots,
+                             visual=layer_visual)
       new_cache.append(layer_cache)
     return self.logits(x), new_cache

@@ -33,7 +33,7 @@ class MultiHeadAttention(nnx.Module):
     return (self._split_heads(lora.call(self.k_proj, inputs, rngs)),
             self._split_heads(lora.call(self.v_proj, inputs, rngs)))
 
-  def __call__(self, queries, keys, values, mask, *, kv_slots=None,
+  def __call__(self, queries, keys, values, mask, *, kv_slots=None, added_heads=None,
                rngs: nnx.Rngs | None = None):
     """Attends `queries` [batch, q_len, d_model] to projected keys/values [kv_batch, kv_len, heads,
     head_dim]; returns [batch, q_len, d_model].
@@ -44,7 +44,8 @@ class MultiHeadAttention(nnx.Module):
     beams of one sentence) may share one row of keys/values, which is then read once per group.
     With `kv_slots` [groups, group, kv_len] (a beam search's cache, never reordered: see
     decoding.beam_search), query row g*group + i reads key position t from keys/values row
-    g*group + kv_slots[g, i, t].
+    g*group + kv_slots[g, i, t]. `added_heads` [batch, q_len, heads, head_dim] is added to the
+    heads' outputs before the output projection (Sign2GPT's gated cross-attention).
     """
     q = self._split_heads(lora.call(self.q_proj, queries, rngs)) * (self.head_dim ** -0.5)
     if q.shape[1] == 1:
@@ -56,6 +57,8 @@ class MultiHeadAttention(nnx.Module):
       probs = jax.nn.softmax(logits, axis=-1).astype(values.dtype)  # [batch, heads, q, kv]
       probs = self.dropout(probs, deterministic=rngs is None, rngs=rngs)
       out = jnp.einsum('bhqk,bkhd->bqhd', probs, values)  # [batch, q, heads, head_dim]
+    if added_heads is not None:
+      out = out + added_heads.astype(out.dtype)
     return lora.call(self.out_proj, out.reshape(*out.shape[:2], -1), rngs)
 
   def _attend_through_slots(self, q, keys, values, mask, kv_slots, rngs):

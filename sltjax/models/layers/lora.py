@@ -64,6 +64,11 @@ class LoRALinear(nnx.Linear):
     return (kernel.astype(jnp.float32) + self.lora_scale * update).astype(kernel.dtype)
 
 
+def base_call(linear: nnx.Linear, inputs):
+  """The layer without its adapters (x W + b), whether or not it has any."""
+  return nnx.Linear.__call__(linear, inputs)
+
+
 def call(linear: nnx.Linear, inputs, rngs: nnx.Rngs | None = None):
   """linear(inputs), with LoRA dropout's rngs when the layer has adapters."""
   return linear(inputs, rngs=rngs) if isinstance(linear, LoRALinear) else linear(inputs)

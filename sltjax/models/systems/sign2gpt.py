@@ -1,5 +1,5 @@
-"""Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the sign encoder over per-frame features, and the
-prototype head of pseudo-gloss pretraining.
+"""Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the sign encoder over per-frame features, the
+prototype head of pseudo-gloss pretraining, and the adapted XGLM that translates.
 
   frame features [B, T, 512] + sinusoidal positions
     -> stage 1: 2 post-LN blocks of local self-attention (|i - j| <= 3, rotary q/k, padded keys
@@ -19,6 +19,15 @@ alone, whose pooling also counts the zero padding at its end.
        steps (s / tau_t); tau_c, tau_t learned from 0.1, clamped to [0.01, 1]
     -> [B, V] (blank dropped): how present each pseudo-gloss is (PrototypeHead)
 
+
+  XGLM, frozen, adapted (adapt_xglm): LoRA (rank 4, alpha 4, dropout 0.1) on every layer's q, k
+  and v projections and an unscaled one on its output projection; in parallel with each layer's
+  self-attention, a zero-gated cross-attention to the visual tokens (VisualAdaptor): the
+  layer's own LayerNorm on the visual tokens, the frozen q/k/v projections plus adaptor LoRAs,
+  a per-head gate at 0 clamped to [0, 1] (straight-through gradient) on its probabilities, its
+  output added per head before the shared output projection. At the start (gates 0, LoRA B 0)
+  the model computes exactly the frozen LM.
+
 Dropout and drop path run when `rngs` is given (training).
 """
 import dataclasses
@@ -28,6 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sltjax.models.layers import lora
+from sltjax.models.layers.attention import MultiHeadAttention
 from sltjax.models.layers.dense import Buffer, layer_norm
 from sltjax.models.layers.positions import apply_rotary, sinusoidal_positions
 
@@ -200,3 +210,84 @@ def pseudo_gloss_loss(scores, targets):
   the release) against multi-hot targets."""
   p = jnp.clip(scores, 1e-8, 1 - 1e-8)
   return jnp.mean(-(targets * jnp.log(p) + (1 - targets) * jnp.log1p(-p)))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptorConfig:
+  rank: int = 4
+  alpha: float = 4.0
+  dropout: float = 0.1  # LoRA dropout
+  attention_dropout: float = 0.1  # on the visual attention probabilities
+  init_std: float = 0.2  # the release's A ~ N(0, 0.2) for the LM's LoRAs and the adaptor's query
+
+
+def straight_through_clamp(x, low: float = 0.0, high: float = 1.0):
+  """x clamped to [low, high] in the forward pass, its gradient passed through unchanged."""
+  return x + jax.lax.stop_gradient(jnp.clip(x, low, high) - x)
+
+
+class VisualAdaptor(nnx.Module):
+  """Zero-gated cross-attention from a frozen LM layer's queries to visual tokens."""
+
+  def __init__(self, d_model: int, heads: int, cfg: AdaptorConfig, *, param_dtype='float32',
+               rngs: nnx.Rngs):
+    self.heads, self.scale = heads, cfg.alpha / cfg.rank
+    query_init = nnx.initializers.normal(cfg.init_std)
+    # PyTorch's default Linear init, as the release leaves the key and value LoRAs.
+    torch_default = nnx.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+    param = lambda init, shape, axes: nnx.Param(nnx.with_partitioning(init, axes)(
+        rngs.params(), shape, param_dtype))
+    self.query_a = param(query_init, (d_model, cfg.rank), ('embed', None))
+    self.query_b = param(nnx.initializers.zeros, (cfg.rank, d_model), (None, 'heads'))
+    self.key_a = param(torch_default, (d_model, cfg.rank), ('embed', None))
+    self.key_b = param(torch_default, (cfg.rank, d_model), (None, 'heads'))
+    self.value_a = param(torch_default, (d_model, cfg.rank), ('embed', None))
+    self.value_b = param(torch_default, (cfg.rank, d_model), (None, 'heads'))
+    self.gate = nnx.Param(jnp.zeros((heads,), param_dtype))
+    self.lora_dropout = nnx.Dropout(cfg.dropout)
+    self.attention_dropout = nnx.Dropout(cfg.attention_dropout)
+
+  def _project(self, linear, a, b, x, rngs):
+    """The frozen projection (without its own LoRA) plus this adaptor's low-rank update."""
+    dropped = self.lora_dropout(x, deterministic=rngs is None, rngs=rngs)
+    update = (dropped @ a[...].astype(x.dtype) @ b[...].astype(x.dtype)) * self.scale
+    out = lora.base_call(linear, x) + update
+    return out.reshape(*out.shape[:2], self.heads, -1)  # [batch, length, heads, head_dim]
+
+  def keys_values(self, attention: MultiHeadAttention, visual, rngs=None):
+    """Keys and values [batch, V, heads, head_dim] of layer-normalised visual tokens."""
+    return (self._project(attention.k_proj, self.key_a, self.key_b, visual, rngs),
+            self._project(attention.v_proj, self.value_a, self.value_b, visual, rngs))
+
+  def __call__(self, h, attention: MultiHeadAttention, visual, rngs=None):
+    """h [rows, length, d] (the layer-normalised LM states; rows = sentences x beams), visual =
+    (keys, values [sentences, V, heads, head_dim], mask [sentences, V]) -> the gated
+    cross-attention output per head [rows, length, heads, head_dim]."""
+    keys, values, mask = visual
+    q = self._project(attention.q_proj, self.query_a, self.query_b, h, rngs)
+    rows, length, heads, head_dim = q.shape
+    sentences = keys.shape[0]
+    q = q.reshape(sentences, rows // sentences, length, heads, head_dim) * head_dim ** -0.5
+    logits = jnp.einsum('sglhd,svhd->sghlv', q, keys).astype(jnp.float32)
+    logits = jnp.where(mask[:, None, None, None, :] > 0, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = self.attention_dropout(probs, deterministic=rngs is None, rngs=rngs)
+    gate = straight_through_clamp(self.gate[...].astype(jnp.float32))
+    probs = (probs * gate[None, None, :, None, None]).astype(values.dtype)
+    out = jnp.einsum('sghlv,svhd->sglhd', probs, values)
+    return out.reshape(rows, length, heads, head_dim)
+
+
+def adapt_xglm(model, cfg: AdaptorConfig, rngs: nnx.Rngs) -> None:
+  """Adds Sign2GPT's adapters to an XGLM (sltjax/models/xglm.py) in place: a VisualAdaptor in
+  every layer, LoRA on its self-attention's q, k, v (alpha / rank, dropout) and o (unscaled,
+  no dropout, as the release). Converted weights keep their paths."""
+  lm = model.config
+  for layer in model.layers:
+    layer.visual_adaptor = VisualAdaptor(lm.d_model, lm.attention_heads, cfg,
+                                         param_dtype=lm.param_dtype, rngs=rngs)
+  lora.add_lora(model, lora.LoRAConfig(r'self_attn/(q_proj|k_proj|v_proj)$', rank=cfg.rank,
+                                       alpha=cfg.alpha, dropout=cfg.dropout,
+                                       init_std=cfg.init_std), rngs)
+  lora.add_lora(model, lora.LoRAConfig(r'self_attn/out_proj$', rank=cfg.rank, alpha=cfg.rank,
+                                       dropout=0.0, init_std=cfg.init_std), rngs)
