@@ -143,7 +143,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24)
     c.schedule.warmup_steps = 30
     if stage == 'pretrain':
-      c.total_steps = 400
+      # The contrastive loss takes hold suddenly (dev T2V R@1 from ~5% to 70-95% within ~100
+      # steps), after 200-500 steps depending on the seed: 800 steps take every seed tried there.
+      c.total_steps = 800
       c.optimizer.update(learning_rate=0.05, grad_clip_norm=1.0)
     else:
       c.init.visual = RUNLOCAL_PRETRAINING.format(dataset=dataset)
