@@ -12,9 +12,9 @@ Rerunning it adds only inputs not indexed yet, so an interrupted run resumes. In
 be read are listed on stderr, one line each, the rest indexed; the exit status is then 1.
 
 `search` scores with CLCL as evaluation does (0.5 video-to-text + 0.5 text-to-video) and prints
-JSON lines: for a sentence, one line per indexed video in rank order ({"rank", "input",
-"score"}); with --texts, one line per indexed video with the file's lines in rank order. An index
-built with another checkpoint than the workdir's best is refused.
+JSON lines: for a sentence, the --top best indexed videos in rank order, one per line ({"rank",
+"input", "score"}); with --texts, one line per indexed video with the file's --top best lines in
+rank order. An index built with another checkpoint than the workdir's best is refused.
 """
 import contextlib
 import json
