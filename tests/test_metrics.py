@@ -102,3 +102,14 @@ def test_sign_retrieval_groups_the_videos_of_a_sentence():
   assert set(scores) == set(RETRIEVAL_METRIC_NAMES)
   fused = sign_retrieval_metrics(v2t, np.zeros_like(v2t), sentences)  # 0.5 * v2t: same ranks
   assert fused == scores
+
+
+def test_pseudo_gloss_f1_by_hand():
+  from sltjax.metrics import pseudo_gloss_f1  # pylint: disable=import-outside-toplevel
+  scores = [[0.9, 0.2, 0.6, 0.0], [0.7, 0.8, 0.1, 0.5]]
+  targets = [[1, 0, 0, 0], [1, 1, 1, 0]]
+  # predictions (> 0.5): [1,0,1,0], [1,1,0,0]: tp 3 (class 0 twice, class 1), fp 1 (class 2 in
+  # video 0), fn 1 (class 2 in video 1); class 3 never occurs and is left out of the mean.
+  out = pseudo_gloss_f1(scores, targets)
+  assert out['pseudo_gloss_f1'] == pytest.approx(100 * 3 / (3 + 0.5 * 2))
+  assert out['pseudo_gloss_class_f1'] == pytest.approx(100 * (1.0 + 1.0 + 0.0) / 3)
