@@ -6,6 +6,11 @@ from sltjax.data import batching
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
 
 
+def target_ids(tokenizer: Tokenizer, text: str, tgt_lang_id: int) -> np.ndarray:
+  """A sentence's ids `X </s> tgt_lang` (the decoder's labels; C2RL's text encoders read it too)."""
+  return np.array(tokenizer.encode(text) + [tokenizer.eos_id, tgt_lang_id], np.int32)
+
+
 class SignLabels:
   """Per record of a split: gloss ids (CTC labels) and the target ids `X </s> tgt_lang`."""
 
@@ -13,8 +18,7 @@ class SignLabels:
                vocabulary: GlossVocabulary, tgt_lang: str, length_buckets: tuple[int, ...]):
     self.pad_id, self.tgt_lang_id = tokenizer.pad_id, tokenizer.lang_id(tgt_lang)
     self.length_buckets = tuple(length_buckets)
-    self.targets = [np.array(tokenizer.encode(t) + [tokenizer.eos_id, self.tgt_lang_id],
-                             np.int32) for t in texts]
+    self.targets = [target_ids(tokenizer, t, self.tgt_lang_id) for t in texts]
     self.gloss_ids = [np.array(vocabulary.encode(g), np.int32) for g in glosses]
 
   def arrays(self, global_indices: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:

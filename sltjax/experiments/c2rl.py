@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from sltjax import experiments, sharding
 from sltjax.convert import pretrained
 from sltjax.data import batching
+from sltjax.data.sign_labels import target_ids
 from sltjax.errors import UserError
 from sltjax.experiments.base import EXTRACT_FEATURES, RETRIEVE, TRANSLATE_VIDEOS, log
 from sltjax.experiments.video import TOKENIZER_DIR, VideoExperiment
@@ -154,8 +155,8 @@ class C2RLExperiment(VideoExperiment):
   def text_batch(self, sentences: list[str]) -> np.ndarray:
     """Token ids [len(sentences), bucket] `X </s> lang`, padded, as the data pipeline gives."""
     tok, buckets = self.tokenizer, self.config.data.length_buckets
-    rows = [batching.fit_length(np.array(tok.encode(s) + [
-        tok.eos_id, tok.lang_id(self.config.tokenizer.tgt_lang)], np.int32), max(buckets), 2)
+    lang_id = tok.lang_id(self.config.tokenizer.tgt_lang)
+    rows = [batching.fit_length(target_ids(tok, s, lang_id), max(buckets), keep_last=2)
             for s in sentences]
     return batching.pad_rows(rows, batching.bucket_length(max(map(len, rows)), buckets),
                              tok.pad_id)
@@ -325,19 +326,13 @@ class C2RLExperiment(VideoExperiment):
       data, predictions = self.predictions(params, rest, split)
       return translation_metrics(predictions['text'], data.texts,
                                  **protocol(self.config.eval)), predictions
-    if split not in self.eval_splits:
-      self.eval_splits[split] = self.open_split(split)
-    data = self.eval_splits[split]
-    videos: list[np.ndarray | None] = [None] * len(data)
-    for local_batch in self.eval_batches(data):
-      indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
-      for index, values in zip(indices, self.video_embeddings(params, rest, local_batch)):
-        if index != batching.PAD_INDEX:
-          videos[index] = values
-    texts = self.embed_texts(params, rest, data.texts)
-    v2t, t2v = self.similarity(videos, texts)
-    metrics = sign_retrieval_metrics(v2t, t2v, data.texts)
+    data, outputs = self.split_outputs(
+        split, lambda local_batch: {'video': self.video_embeddings(params, rest, local_batch)})
+    sentences = list(dict.fromkeys(data.texts))  # each distinct sentence embedded and scored once
+    v2t, t2v = self.similarity(outputs['video'], self.embed_texts(params, rest, sentences))
+    column = {sentence: j for j, sentence in enumerate(sentences)}
+    of_video = [column[text] for text in data.texts]  # [videos, texts] as the split lists them
+    metrics = sign_retrieval_metrics(v2t[:, of_video], t2v[:, of_video], data.texts)
     best = np.argmax(0.5 * v2t + 0.5 * t2v, axis=1)  # each video's top-ranked sentence
-    log(f'{split}: retrieval over {len(data)} videos and {len(set(data.texts))} sentences')
-    return metrics, {'text': [data.texts[j] for j in best]}
-
+    log(f'{split}: retrieval over {len(data)} videos and {len(sentences)} sentences')
+    return metrics, {'text': [sentences[j] for j in best]}

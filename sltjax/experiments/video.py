@@ -144,21 +144,26 @@ class VideoExperiment(Experiment):
     plan = batching.eval_plan(len(data), self.config.eval.batch_size)
     return batching.make_dataset(plan, self.loader(data, train=False), num_workers=0)
 
-  def predictions(self, params, rest, split: str):
-    """(the opened split, {kind: one prediction per video in the split's order}) from `predict`
-    over every batch of `split` (all processes call this)."""
+  def split_outputs(self, split: str, outputs):
+    """(the opened split, {kind: one value per video in the split's order}) from
+    outputs(local_batch) -> {kind: one value per row of the global batch}, over every batch of
+    `split` (all processes call this)."""
     if split not in self.eval_splits:
       self.eval_splits[split] = self.open_split(split)
     data = self.eval_splits[split]
     columns = {}
     for local_batch in self.eval_batches(data):
       indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
-      for kind, values in self.predict(params, rest, local_batch).items():
-        column = columns.setdefault(kind, [''] * len(data))
+      for kind, values in outputs(local_batch).items():
+        column = columns.setdefault(kind, [None] * len(data))
         for row, index in enumerate(indices):
           if index != batching.PAD_INDEX:
             column[index] = values[row]
     return data, columns
+
+  def predictions(self, params, rest, split: str):
+    """(the opened split, {kind: one prediction per video in the split's order}) from `predict`."""
+    return self.split_outputs(split, lambda local_batch: self.predict(params, rest, local_batch))
 
   # ------------------------------------------------------------------ feature extraction
   def encode_features(self, model, frames, frame_mask):
