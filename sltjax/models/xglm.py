@@ -8,6 +8,7 @@ cross-attention), a final LayerNorm, logits from the tied embedding. Runs on ful
 (decoding: positions from the attention mask, so left-padded prompts work).
 """
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -54,6 +55,7 @@ class XGLMConfig:
                        param_dtype=self.param_dtype, remat=self.remat)
 
 
+@functools.lru_cache(maxsize=8)
 def sinusoidal_table(num_positions: int, dim: int, padding_idx: int | None) -> np.ndarray:
   """[num_positions, dim] HF XGLM's (tensor2tensor) table: sin of the first half of the
   features, cos of the second, frequencies 10000^(-i / (half - 1)); row padding_idx zero."""
