@@ -43,17 +43,11 @@ def parse_args():
 
 
 def configure(variant: str, data_dir: str, seed: int, overrides: dict):
-  from configs import c2rl  # pylint: disable=import-outside-toplevel
+  from configs import c2rl, common  # pylint: disable=import-outside-toplevel
   config = c2rl.get_config(variant)
   config.data.data_dir = data_dir
   config.seed = seed
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return common.apply_overrides(config, overrides)
 
 
 def runs(data_dir: str, seed: int, root: str):

@@ -74,20 +74,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'conv_kernel': 3, 'd_model': 512, 'layers': 3, 'heads': 8, 'ffn_dim': 2048,
       'dropout': 0.1, 'max_frames': 512, 'dtype': 'float32', 'param_dtype': 'float32'})
   # Pretraining's text encoder and decoder (mBART-shaped, from scratch, width = the visual one).
-  c.model.text = ml_collections.ConfigDict({
-      'd_model': 512, 'encoder_layers': 3, 'decoder_layers': 3, 'encoder_attention_heads': 8,
-      'decoder_attention_heads': 8, 'encoder_ffn_dim': 2048, 'decoder_ffn_dim': 2048,
-      'max_position_embeddings': 256, 'dropout': 0.1, 'attention_dropout': 0.0,
-      'activation_dropout': 0.0, 'scale_embedding': True, 'dtype': 'float32',
-      'param_dtype': 'float32', 'remat': 'none'})
+  c.model.text = common.mbart(
+      d_model=512, encoder_layers=3, decoder_layers=3, encoder_attention_heads=8,
+      decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
+      max_position_embeddings=256, dropout=0.1, attention_dropout=0.0)
   # Downstream mBART: init.mbart's architecture when it is a converted mBART (then only dropout
   # and dtypes apply), else trained from scratch with this one.
-  c.model.mbart = ml_collections.ConfigDict({
-      'd_model': 1024, 'encoder_layers': 12, 'decoder_layers': 12, 'encoder_attention_heads': 16,
-      'decoder_attention_heads': 16, 'encoder_ffn_dim': 4096, 'decoder_ffn_dim': 4096,
-      'max_position_embeddings': 1024, 'dropout': 0.3, 'attention_dropout': 0.1,
-      'activation_dropout': 0.0, 'scale_embedding': True, 'dtype': 'float32',
-      'param_dtype': 'float32', 'remat': 'none'})
+  c.model.mbart = common.mbart()
 
   c.loss = ml_collections.ConfigDict({
       'alpha': 1.0, 'beta': 1.0,  # alpha * ICL + beta * ECL
@@ -133,13 +126,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 25
     c.model.visual.update(backbone_width=0.125, bn_momentum=0.9, d_model=64, layers=1,
                           heads=4, ffn_dim=128, max_frames=64)
-    c.model.text.update(d_model=64, encoder_layers=1, decoder_layers=1,
-                        encoder_attention_heads=4, decoder_attention_heads=4,
-                        encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64)
-    c.model.mbart.update(
-        d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_position_embeddings=64, dropout=0.1, attention_dropout=0.0)
+    c.model.text.update(**common.LAPTOP_MBART, max_position_embeddings=64)
+    c.model.mbart.update(**common.LAPTOP_MBART, max_position_embeddings=64)
     c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24)
     c.schedule.warmup_steps = 30
     if stage == 'pretrain':

@@ -115,3 +115,31 @@ def video_data(recipe: str, dataset: str, **overrides) -> ml_collections.ConfigD
            features_dir='',  # a features dataset written by --mode=extract_features
            **overrides)
   return c
+
+
+def mbart(**overrides) -> ml_collections.ConfigDict:
+  """An mBART block (MBartConfig's fields): mBART-large-cc25's shape with the SLT releases'
+  dropout (0.3, attention 0.1), trained from scratch unless a start replaces the architecture."""
+  return ml_collections.ConfigDict({
+      'd_model': 1024, 'encoder_layers': 12, 'decoder_layers': 12, 'encoder_attention_heads': 16,
+      'decoder_attention_heads': 16, 'encoder_ffn_dim': 4096, 'decoder_ffn_dim': 4096,
+      'max_position_embeddings': 1024, 'dropout': 0.3, 'attention_dropout': 0.1,
+      'activation_dropout': 0.0, 'scale_embedding': True, 'dtype': 'float32',
+      'param_dtype': 'float32', 'remat': 'none', **overrides})
+
+
+# The runlocal variants' mBART-shaped networks: 1+1 layers of width 64.
+LAPTOP_MBART = dict(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                    decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                    dropout=0.1, attention_dropout=0.0)
+
+
+def apply_overrides(config, overrides: dict):
+  """Sets dotted keys ('eval.num_beams') of `config`; returns it."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config

@@ -106,12 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'
   c.model.param_dtype = 'float32'
   # From scratch unless init.translation is a converted mBART (then only dropout/dtypes apply).
-  c.model.translation = ml_collections.ConfigDict({
-      'd_model': 1024, 'encoder_layers': 12, 'decoder_layers': 12, 'encoder_attention_heads': 16,
-      'decoder_attention_heads': 16, 'encoder_ffn_dim': 4096, 'decoder_ffn_dim': 4096,
-      'max_position_embeddings': 1024, 'dropout': 0.3, 'attention_dropout': 0.1,
-      'activation_dropout': 0.0, 'scale_embedding': True, 'dtype': 'float32',
-      'param_dtype': 'float32', 'remat': 'none'})
+  c.model.translation = common.mbart()
 
   c.loss = ml_collections.ConfigDict({'ctc_weight': 1.0, 'translation_weight': 1.0})
 
@@ -152,10 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.head_dim = 64
     c.model.head_ffn_dim = 128
     c.model.mapper_hidden = 128
-    c.model.translation.update(
-        d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_position_embeddings=128, dropout=0.1, attention_dropout=0.0)
+    c.model.translation.update(**common.LAPTOP_MBART, max_position_embeddings=128)
     c.optimizer.update(learning_rate=2e-3, weight_decay=0.0, grad_clip_norm=1.0, frozen='')
     # From scratch, mBART learns at the full rate. Assigned, not update()d: ConfigDict.update
     # merges a dict into the existing one, which would keep the release's '^translation/': 0.01.

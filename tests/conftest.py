@@ -9,6 +9,7 @@ import jax
 import pytest
 from absl import flags
 
+from configs.common import apply_overrides  # noqa: F401  (the tests' helper)
 from sltjax.data import synthetic_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -53,15 +54,17 @@ def tiny_config(data_path, **overrides):
   return apply_overrides(config, overrides)
 
 
-def apply_overrides(config, overrides: dict):
-  """Sets dotted keys ('eval.num_beams') of `config`; returns it."""
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+def shrink_video_config(config, data_dir, frames: int, **overrides):
+  """A video system's runlocal config shrunk to seconds: 32-pixel crops, one `frames` bucket,
+  4 steps of batch 4 (logs every 2, checkpoints every 2, evaluation at 4 on batches of 6)."""
+  config.data.data_dir = str(data_dir)
+  config.data.crop_size = config.data.eval_resize = 32
+  config.data.frame_buckets = (frames,)
+  config.update(total_steps=4, batch_size=4, log_every_steps=2, eval_every_steps=4,
+                checkpoint_every_steps=2)
+  config.eval.batch_size = 6
+  config.eval.max_new_tokens = 8
+  return apply_overrides(config, overrides)
 
 
 def config_flags(config) -> list[str]:

@@ -25,7 +25,7 @@ from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTran
                                         VisualEncoderConfig)
 from sltjax.optim import make_optimizer
 from tests.conftest import (MBART_DIR, REPO, SHARED_DATA, apply_overrides,
-                            save_mbart_with_tokenizer)
+                            save_mbart_with_tokenizer, shrink_video_config)
 
 pytestmark = pytest.mark.xdist_group('c2rl')  # one worker builds the shared workdirs once
 VIDEOS = SHARED_DATA / 'videos'
@@ -34,18 +34,7 @@ VIDEOS = SHARED_DATA / 'videos'
 def tiny_c2rl_config(data_dir, variant='runlocal', **overrides):
   """configs/c2rl.py's runlocal variants shrunk to seconds."""
   from configs.c2rl import get_config  # pylint: disable=import-outside-toplevel
-  config = get_config(variant)
-  config.data.data_dir = str(data_dir)
-  config.data.crop_size = config.data.eval_resize = 32
-  config.data.frame_buckets = (16,)
-  config.total_steps = 4
-  config.batch_size = 4
-  config.log_every_steps = 2
-  config.eval_every_steps = 4
-  config.checkpoint_every_steps = 2
-  config.eval.batch_size = 6
-  config.eval.max_new_tokens = 8
-  return apply_overrides(config, overrides)
+  return shrink_video_config(get_config(variant), data_dir, 16, **overrides)
 
 
 VISUAL = VisualEncoderConfig(backbone_width=0.125, d_model=16, layers=1, heads=2, ffn_dim=32,

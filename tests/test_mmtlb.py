@@ -16,7 +16,7 @@ from sltjax.data import batching, features, text
 from sltjax.experiments.video import open_dataset_split
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
-from tests.conftest import REPO, SHARED_DATA, apply_overrides, tiny_config
+from tests.conftest import REPO, SHARED_DATA, shrink_video_config, tiny_config
 
 pytestmark = pytest.mark.xdist_group("mmtlb")  # one worker builds the shared workdirs once
 
@@ -26,17 +26,7 @@ def tiny_mmtlb_config(data_dir, stage='sign2text', **overrides):
   from configs.mmtlb import get_config  # pylint: disable=import-outside-toplevel
   config = get_config('runlocal' if stage == 'sign2text' else 'runlocal_sign2gloss')
   config.stage = stage
-  config.data.data_dir = str(data_dir)
-  config.data.crop_size = config.data.eval_resize = 32
-  config.data.frame_buckets = (32,)
-  config.total_steps = 4
-  config.batch_size = 4
-  config.log_every_steps = 2
-  config.eval_every_steps = 4
-  config.checkpoint_every_steps = 2
-  config.eval.batch_size = 6
-  config.eval.max_new_tokens = 8
-  return apply_overrides(config, overrides)
+  return shrink_video_config(config, data_dir, 32, **overrides)
 
 
 def test_runlocal_trains_mbart_at_the_full_rate_and_the_release_at_a_hundredth():
