@@ -142,8 +142,9 @@ def test_open_gates_attend_to_valid_visual_tokens_with_a_straight_through_gradie
 
 @pytest.mark.parametrize('num_beams', [1, 3])
 def test_generate_with_visual_tokens_equals_decoding_without_a_cache(xglm_dir, num_beams):
-  """The cached search (prompt prefilled, visual keys once per sentence, beams grouped) against
-  step-by-step greedy decoding through the full forward pass."""
+  """The cached search (prompt prefilled, visual keys once per sentence) against step-by-step
+  greedy decoding through the full forward pass; with beams, each prompt's continuation is the
+  one it gets alone (its beams read its own visual tokens, not a neighbour's)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   model = adapted_copy(xglm_dir, seed=1)
   rng = np.random.default_rng(5)
@@ -156,7 +157,13 @@ def test_generate_with_visual_tokens_equals_decoding_without_a_cache(xglm_dir, n
                  visual=(tokens, visual_mask))
   assert got.shape[0] == len(ids) and np.all(got[:, :ids.shape[1]] == ids)
   if num_beams > 1:
-    return  # beam search itself is checked against transformers above
+    for row in range(len(ids)):
+      prompt = ids[row:row + 1, ids.shape[1] - int(mask[row].sum()):]
+      alone = generate(model, prompt, np.ones_like(prompt), num_beams=num_beams,
+                       max_new_tokens=8, visual=(tokens[row:row + 1], visual_mask[row:row + 1]))
+      strip = lambda seq: [t for t in seq if t != PAD]
+      assert strip(got[row, ids.shape[1]:]) == strip(alone[0, prompt.shape[1]:]), row
+    return
   for row in range(len(ids)):
     sequence_ids = list(ids[row][mask[row] > 0])
     for _ in range(8):
