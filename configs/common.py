@@ -70,16 +70,20 @@ def optimizer(name: str, learning_rate: float, **overrides) -> ml_collections.Co
       'learning_rate': learning_rate, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,
       'weight_decay': 0.0, 'momentum': 0.0,  # momentum: sgd only
       'grad_clip_norm': 0.0,  # 0 disables
+      'grad_clip_value': 0.0,  # > 0: every gradient entry clipped to [-v, v] first
+      'decay': 'all',  # weight decay on 'all' parameters or on 'matrices' (not biases, norms)
       'param_groups': {},  # {path regex: lr multiplier}; 0 freezes (see sltjax/optim.py)
       'frozen': '',  # path regex of parameters to freeze
       **overrides})
 
 
-def schedule(kind: str = 'cosine', warmup_steps: int = 0,
-             end_factor: float = 0.0) -> ml_collections.ConfigDict:
-  """'cosine' | 'constant', after a linear warmup; final lr = end_factor * learning_rate."""
+def schedule(kind: str = 'cosine', warmup_steps: int = 0, end_factor: float = 0.0,
+             warmup_init_factor: float = 0.0) -> ml_collections.ConfigDict:
+  """'cosine' | 'constant', after a linear warmup from warmup_init_factor * learning_rate (cosine
+  only); final lr = end_factor * learning_rate."""
   return ml_collections.ConfigDict({'kind': kind, 'warmup_steps': warmup_steps,
-                                    'end_factor': end_factor})
+                                    'end_factor': end_factor,
+                                    'warmup_init_factor': warmup_init_factor})
 
 
 def evaluation(dataset: str, **overrides) -> ml_collections.ConfigDict:

@@ -17,7 +17,8 @@ from flax import nnx
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-  """config.schedule: kind 'constant' | 'cosine' (linear warm-up, then cosine to end_factor*lr)."""
+  """config.schedule: kind 'constant' | 'cosine' (linear warm-up from warmup_init_factor * lr,
+  then cosine to end_factor * lr)."""
   sched = config.schedule
   peak = config.optimizer.learning_rate
   if sched.kind == 'constant':
@@ -26,24 +27,36 @@ def learning_rate_schedule(config) -> optax.Schedule:
         [sched.warmup_steps]) if sched.warmup_steps else optax.constant_schedule(peak)
   if sched.kind == 'cosine':
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=sched.warmup_steps,
+        init_value=peak * sched.get('warmup_init_factor', 0.0), peak_value=peak,
+        warmup_steps=sched.warmup_steps,
         decay_steps=max(config.total_steps, sched.warmup_steps + 1),
         end_value=peak * sched.end_factor)
   raise ValueError(f'config.schedule.kind={sched.kind!r}; expected "constant" or "cosine".')
 
 
+DECAY_SCOPES = ('all', 'matrices')
+
+
+def decay_mask(opt):
+  """Which parameters weight decay applies to: optimizer.decay 'all' (default) or 'matrices'
+  (parameters of 2 or more dimensions: no decay on biases, norms, layer scales, gates, as
+  timm's param_groups_weight_decay)."""
+  scope = opt.get('decay', 'all')
+  if scope not in DECAY_SCOPES:
+    raise ValueError(f'config.optimizer.decay={scope!r}; expected one of {DECAY_SCOPES}.')
+  return None if scope == 'all' else lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
 def _base_optimizer(opt, learning_rate) -> optax.GradientTransformation:
+  coupled_decay = (optax.add_decayed_weights(opt.weight_decay, mask=decay_mask(opt))
+                   if opt.weight_decay else optax.identity())
   if opt.name == 'adam':  # coupled L2 weight decay, as torch.optim.Adam(weight_decay=...)
-    return optax.chain(optax.add_decayed_weights(opt.weight_decay) if opt.weight_decay else
-                       optax.identity(),
-                       optax.adam(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps))
+    return optax.chain(coupled_decay, optax.adam(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps))
   if opt.name == 'adamw':
     return optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                       weight_decay=opt.weight_decay)
+                       weight_decay=opt.weight_decay, mask=decay_mask(opt))
   if opt.name == 'sgd':
-    return optax.chain(optax.add_decayed_weights(opt.weight_decay) if opt.weight_decay else
-                       optax.identity(),
-                       optax.sgd(learning_rate, momentum=opt.momentum or None))
+    return optax.chain(coupled_decay, optax.sgd(learning_rate, momentum=opt.momentum or None))
   raise ValueError(f'config.optimizer.name={opt.name!r}; expected "adam", "adamw" or "sgd".')
 
 
@@ -99,4 +112,6 @@ def make_optimizer(config, params: nnx.State) -> tuple[optax.GradientTransformat
   tx = optax.multi_transform(transforms, multipliers)
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  if opt.get('grad_clip_value'):  # each gradient entry clipped first (torch's clip_grad_value_)
+    tx = optax.chain(optax.clip(opt.grad_clip_value), tx)
   return tx, schedule

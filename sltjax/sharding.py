@@ -60,9 +60,10 @@ def named_shardings(abstract_state, mesh: jax.sharding.Mesh):
   with nnx.logical_axis_rules(LOGICAL_AXIS_RULES):
     shardings = nnx.get_named_sharding(abstract_state, mesh)
   # optax.MaskedNode marks frozen parameters' (absent) optimizer state: it stays as it is.
-  return jax.tree.map(
-      lambda s, x: x if isinstance(x, optax.MaskedNode) else _evenly_divisible(s, x.shape),
-      shardings, abstract_state)
+  # (the multi_transform of frozen parameters, or a weight-decay mask).
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(lambda x, s: x if masked(x) else _evenly_divisible(s, x.shape),
+                      abstract_state, shardings, is_leaf=masked)
 
 
 def _evenly_divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:

@@ -113,14 +113,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   exp.checkpointer.discard_best_after(start_step)
   writer = MetricWriter(workdir, resume_step=start_step)
   if start_step == 0:
-    num_params = sum(x.size for x in jax.tree.leaves(exp.abstract_params))
-    log(f'Model: {num_params / 1e6:.2f}M parameters.')
+    sizes = jax.tree.leaves(jax.tree.map(lambda x: x.size, exp.abstract_params))
+    trainable = jax.tree.leaves(jax.tree.map(lambda x, f: 0 if f else x.size,
+                                             exp.abstract_params,
+                                             frozen_mask(config, exp.abstract_params)))
+    log(f'Model: {sum(sizes) / 1e6:.2f}M parameters, {sum(trainable) / 1e6:.2f}M trained.')
   # ---------------------------------------------------------------- Loop
   def run_eval(step, state):
     metrics, predictions = exp.evaluate(state['params'], state['rest'], config.eval.split)
     writer.write(step, config.eval.split, metrics)
     for kind, lines in predictions.items():
       writer.write_predictions(_predictions_name(f'{config.eval.split}_step{step}', kind), lines)
+    if jax.process_index() == 0:
+      exp.write_figures(writer.predictions_dir, f'{config.eval.split}_step{step}')
     score = exp.score(metrics)
     if score > meta['best_score']:
       meta.update(best_score=score, best_step=step, best_metrics=metrics)
@@ -217,6 +222,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   writer.write(step, f'eval_{config.eval.split}', metrics)
   paths = [writer.write_predictions(_predictions_name(f'{config.eval.split}_best_step{step}', k),
                                     lines) for k, lines in predictions.items()]
+  if jax.process_index() == 0:
+    paths += exp.write_figures(writer.predictions_dir, f'{config.eval.split}_best_step{step}')
   writer.close()
   exp.checkpointer.close()
   log(f'Best checkpoint (step {step}) on {config.eval.split}: {metrics}; predictions in '

@@ -2,10 +2,12 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from absl import flags
 
@@ -115,6 +117,38 @@ def run_main(config, workdir, *extra, env=None, background=False, devices=1):
     return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
   return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def timeless(text: str) -> list[dict]:
+  """metrics.jsonl's lines without their timing fields (which legitimately differ between runs)."""
+  drop = ('steps_per_sec', 'tokens_per_sec', 'frames_per_sec')
+  return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in text.splitlines()]
+
+
+def train_killed_and_resumed(config, workdir, last_step: int = 4):
+  """Trains `config` in `workdir` to the end, then removes its last checkpoint (step
+  `last_step`) and best/, as a kill after the previous checkpoint would leave them, and resumes.
+  Returns (best scores, the uninterrupted run's best variables, its metrics.jsonl)."""
+  from sltjax import train  # pylint: disable=import-outside-toplevel
+  from sltjax.checkpointing import read_best_variables  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  best = train.train_and_evaluate(config, str(workdir))
+  uninterrupted = read_best_variables(str(workdir))
+  logs = (workdir / 'metrics.jsonl').read_text()
+  shutil.rmtree(workdir / 'checkpoints' / str(last_step))
+  shutil.rmtree(workdir / 'best')
+  assert train.train_and_evaluate(config, str(workdir)) == best
+  return best, uninterrupted, logs
+
+
+def assert_resumed_bitwise(workdir, uninterrupted: dict, logs: str) -> None:
+  """The resumed run of `train_killed_and_resumed` ended with the same model and logs."""
+  from sltjax.checkpointing import read_best_variables  # pylint: disable=import-outside-toplevel
+  resumed = read_best_variables(str(workdir))
+  assert resumed.keys() == uninterrupted.keys()
+  for key, value in uninterrupted.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=str(key))
+  assert timeless((pathlib.Path(workdir) / 'metrics.jsonl').read_text()) == timeless(logs)
 
 
 def read_metrics(workdir, drop=('steps_per_sec', 'tokens_per_sec')):

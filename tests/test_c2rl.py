@@ -25,7 +25,8 @@ from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTran
                                         VisualEncoderConfig)
 from sltjax.optim import make_optimizer
 from tests.conftest import (MBART_DIR, REPO, SHARED_DATA, apply_overrides,
-                            save_mbart_with_tokenizer, shrink_video_config)
+                            assert_resumed_bitwise, save_mbart_with_tokenizer,
+                            shrink_video_config, timeless, train_killed_and_resumed)
 
 pytestmark = pytest.mark.xdist_group('c2rl')  # one worker builds the shared workdirs once
 VIDEOS = SHARED_DATA / 'videos'
@@ -122,33 +123,16 @@ def test_logit_scale_is_clamped_at_ln_100_inside_the_train_step(synthetic_signs_
 
 @pytest.fixture(scope='module')
 def pretraining_workdir(synthetic_signs_dir, tmp_path_factory):
-  """4 pretraining steps; then the step-4 checkpoint is removed (a kill after step 2's) and
-  the run resumed: its step-4 model and logs must equal the uninterrupted ones."""
+  """4 pretraining steps, killed after step 2's checkpoint and resumed."""
   workdir = tmp_path_factory.mktemp('c2rl_pretrain')
-  config = tiny_c2rl_config(synthetic_signs_dir)
-  best = train.train_and_evaluate(config, str(workdir))
-  uninterrupted = read_best_variables(str(workdir))
-  logs = (workdir / 'metrics.jsonl').read_text()
-  shutil.rmtree(workdir / 'checkpoints' / '4')
-  shutil.rmtree(workdir / 'best')
-  assert train.train_and_evaluate(config, str(workdir)) == best
-  return workdir, best, uninterrupted, logs
-
-
-def _timeless(text):
-  drop = ('steps_per_sec', 'tokens_per_sec', 'frames_per_sec')
-  return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in text.splitlines()]
+  return workdir, *train_killed_and_resumed(tiny_c2rl_config(synthetic_signs_dir), workdir)
 
 
 def test_pretraining_resumes_bitwise_and_scores_retrieval(pretraining_workdir):
   workdir, best, uninterrupted, logs = pretraining_workdir
   assert set(best) == set(RETRIEVAL_METRIC_NAMES)
-  resumed = read_best_variables(str(workdir))
-  assert resumed.keys() == uninterrupted.keys()
-  for key, value in uninterrupted.items():
-    np.testing.assert_array_equal(resumed[key], value, err_msg=str(key))
-  assert _timeless((workdir / 'metrics.jsonl').read_text()) == _timeless(logs)
-  train_logs = [l for l in _timeless(logs) if l['split'] == 'train']
+  assert_resumed_bitwise(workdir, uninterrupted, logs)
+  train_logs = [l for l in timeless(logs) if l['split'] == 'train']
   assert {'icl', 'ecl', 'logit_scale', 'loss'} <= set(train_logs[-1])
   assert all(np.isfinite(l['loss']) for l in train_logs)
   # Each dev video's top-ranked sentence is a dev sentence.
@@ -299,8 +283,8 @@ def test_two_processes_pretrain_as_one_with_negatives_from_the_global_batch(synt
   outputs = [w.communicate(timeout=600)[0] for w in workers]
   assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:]
   assert 'over 2 devices in 2 processes' in outputs[0]
-  multi = _timeless((tmp_path / 'multi' / 'metrics.jsonl').read_text())
-  ref = _timeless((tmp_path / 'single' / 'metrics.jsonl').read_text())
+  multi = timeless((tmp_path / 'multi' / 'metrics.jsonl').read_text())
+  ref = timeless((tmp_path / 'single' / 'metrics.jsonl').read_text())
   assert [m['step'] for m in multi] == [m['step'] for m in ref]
   for m, r in zip(multi, ref):
     for key in ('loss', 'icl', 'ecl', *RETRIEVAL_METRIC_NAMES):

@@ -3,6 +3,7 @@
   model = load_dinov2('/path/to/dinov2-small')                 # a Hugging Face Dinov2Model directory
   model = load_dinov2('/path/to/dinov2_vits14_pretrain.pth')    # Meta's original checkpoint
   hidden = model.images(images)  # [batch, H, W, 3] normalised -> [batch, 1 + patches, dim]
+  save_dinov2(model, '/path/to/out')  # a Dinov2Model directory
 
 Hugging Face names come in two generations (hub snapshots: `attention.attention.query`,
 `attention.output.dense`; transformers 5's save_pretrained: `attention.q_proj`, `o_proj`); both
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sltjax.convert.hf_checkpoint import read_config, read_state_dict
-from sltjax.convert.state_dict import fill_state, read_torch_weights
+from sltjax.convert.hf_checkpoint import read_config, read_state_dict, write_model_directory
+from sltjax.convert.state_dict import fill_state, read_torch_weights, to_state_dict
 from sltjax.models.backbones.dinov2 import DINOv2, DINOv2Config
 
 HEAD_DIM = 64  # every released DINOv2 (S/B/L/g) uses 64-wide heads
@@ -141,3 +142,18 @@ def load_dinov2(path: str, dtype: str = 'float32', param_dtype: str | None = Non
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: DINOv2(cfg, rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, dinov2_state(state_dict, abstract_state, jnp.dtype(param_dtype)))
 
+
+
+def save_dinov2(model: DINOv2, directory: str) -> None:
+  """Writes `model` (without adapters) as a Hugging Face Dinov2Model directory."""
+  cfg = model.config
+  config = {'model_type': 'dinov2', 'architectures': ['Dinov2Model'],
+            'hidden_size': cfg.hidden_size, 'num_hidden_layers': cfg.num_layers,
+            'num_attention_heads': cfg.num_heads,
+            'mlp_ratio': int(cfg.mlp_ratio) if float(cfg.mlp_ratio).is_integer() else cfg.mlp_ratio,
+            'patch_size': cfg.patch_size, 'image_size': cfg.image_size,
+            'layer_norm_eps': cfg.layer_norm_eps, 'hidden_act': 'gelu', 'qkv_bias': True,
+            'num_channels': 3, 'use_swiglu_ffn': False, 'layerscale_value': 1.0}
+  tensors = to_state_dict(nnx.state(model), hf_name)
+  tensors['embeddings.mask_token'] = np.zeros((1, cfg.hidden_size), np.float32)  # unused here
+  write_model_directory(directory, config, tensors)

@@ -12,14 +12,13 @@ lm_head) are accepted only when they equal `model.shared.weight`.
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from sltjax.convert.dinov2 import load_dinov2
 from sltjax.convert.hf_checkpoint import read_config, read_generation_config, read_state_dict
-from sltjax.convert.state_dict import fill_state, torch_layout
+from sltjax.convert.state_dict import fill_state, from_torch_layout, to_state_dict, torch_layout
 from sltjax.convert.xglm import load_xglm
 from sltjax.models.mbart import MBart, MBartConfig
 
@@ -100,12 +99,6 @@ def load_mbart(path: str, dtype: str = 'float32', param_dtype: str | None = None
 
 def to_hf_state_dict(model: MBart) -> dict[str, np.ndarray]:
   """The inverse mapping, float32 numpy by HF name (for exporting and for round-trip checks)."""
-  result = {}
-  for path, variable in nnx.to_flat_state(nnx.state(model)):
-    value = np.asarray(jax.device_get(variable.get_value()), np.float32)
-    if path[-1] == 'kernel':
-      value = value.T
-    elif path[0] == 'final_logits_bias':
-      value = value[None]
-    result[hf_name(path)] = value
-  return result
+  def layout(path, value):
+    return value[None] if path[0] == 'final_logits_bias' else from_torch_layout(path, value)
+  return to_state_dict(nnx.state(model), hf_name, layout)

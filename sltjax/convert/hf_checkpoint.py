@@ -5,6 +5,7 @@ safetensors first (single file or sharded with an index); a PyTorch `.bin` only 
 """
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +72,20 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
             for k, v in state.items()}
   raise FileNotFoundError(f'No weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} '
                           f'or {PYTORCH_BIN}.')
+
+
+def write_model_directory(directory: str, config: dict, tensors: dict[str, np.ndarray],
+                          extra_files: dict[str, str] | None = None) -> None:
+  """Writes a Hugging Face model directory (config.json, model.safetensors and `extra_files`,
+  {name in the directory: source path}) that appears complete or not at all: written next to
+  `directory`, then renamed over it."""
+  staging = f'{directory.rstrip(os.sep)}.tmp{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  with open(os.path.join(staging, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(config, f, indent=2)
+  save_safetensors(tensors, os.path.join(staging, SAFETENSORS))
+  for name, source in (extra_files or {}).items():
+    shutil.copy(source, os.path.join(staging, name))
+  shutil.rmtree(directory, ignore_errors=True)
+  os.replace(staging, directory)

@@ -13,7 +13,7 @@ import shutil
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from sltjax.data.tokenizers import copy_mbart_files
+from sltjax.data.tokenizers import copy_tokenizer_files
 from sltjax.models.mbart import MBartConfig
 
 MODEL_CONFIG = 'model_config.json'
@@ -37,7 +37,7 @@ def save_pretrained(model, directory: str, tokenizer_dir: str | None = None) -> 
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(staging, WEIGHTS), {'params': params, 'rest': rest})
   if tokenizer_dir:
-    copy_mbart_files(tokenizer_dir, staging)
+    copy_tokenizer_files(tokenizer_dir, staging)
   if os.path.exists(directory):
     shutil.rmtree(directory)
   os.replace(staging, directory)

@@ -7,6 +7,7 @@ or mis-shaped tensor in one error.
 import os
 from collections.abc import Callable, Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -20,6 +21,25 @@ def torch_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
   if tensor.ndim == 2:
     return tensor.T
   return np.transpose(tensor, (*range(2, tensor.ndim), 1, 0))
+
+
+def from_torch_layout(path: tuple, value: np.ndarray) -> np.ndarray:
+  """The inverse of `torch_layout`."""
+  if path[-1] != 'kernel':
+    return value
+  if value.ndim == 2:
+    return value.T
+  return np.transpose(value, (value.ndim - 1, value.ndim - 2, *range(value.ndim - 2)))
+
+
+def to_state_dict(state: nnx.State, source_name: Callable[[tuple], str],
+                  layout: Callable[[tuple, np.ndarray], np.ndarray] = from_torch_layout,
+                  ) -> dict[str, np.ndarray]:
+  """The inverse of `fill_state`: float32 numpy tensors by their PyTorch names (exporting a model
+  in its source's format, round-trip checks)."""
+  return {source_name(path): layout(path, np.asarray(jax.device_get(variable.get_value()),
+                                                     np.float32))
+          for path, variable in nnx.to_flat_state(state)}
 
 
 def fill_state(abstract_state: nnx.State, state_dict: dict[str, np.ndarray],

@@ -2,19 +2,21 @@
 
   model = load_xglm('/path/to/xglm-564M')
   logits = model(input_ids, attention_mask)  # [batch, length, vocab], as HF's forward
+  save_xglm(model, '/path/to/out', tokenizer_dir)  # an XGLMForCausalLM directory
 
 Parameter paths are HF's without the `model.` prefix: ('layers', 3, 'fc1', 'kernel') <->
 'model.layers.3.fc1.weight'. The tied `lm_head.weight` is accepted only when it equals the
 embedding.
 """
 import dataclasses
+import os
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sltjax.convert.hf_checkpoint import read_config, read_state_dict
-from sltjax.convert.state_dict import fill_state
+from sltjax.convert.hf_checkpoint import read_config, read_state_dict, write_model_directory
+from sltjax.convert.state_dict import fill_state, to_state_dict
 from sltjax.models.xglm import XGLM, XGLMConfig
 
 _LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
@@ -61,3 +63,23 @@ def load_xglm(path: str, dtype: str = 'float32', param_dtype: str | None = None,
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: XGLM(cfg, rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, xglm_state_from_hf(read_state_dict(path), abstract_state,
                                                 jnp.dtype(param_dtype)))
+
+
+def save_xglm(model: XGLM, directory: str, tokenizer_dir: str = '') -> None:
+  """Writes `model` (without adapters) as a Hugging Face XGLMForCausalLM directory, with the
+  tokenizer files of `tokenizer_dir` (sentencepiece.bpe.model, tokenizer.json, ...) if given."""
+  cfg = model.config
+  config = {'model_type': 'xglm', 'architectures': ['XGLMForCausalLM'],
+            'vocab_size': cfg.vocab_size, 'd_model': cfg.d_model, 'num_layers': cfg.num_layers,
+            'attention_heads': cfg.attention_heads, 'ffn_dim': cfg.ffn_dim,
+            'max_position_embeddings': cfg.max_position_embeddings,
+            'scale_embedding': cfg.scale_embedding, 'activation_function': 'gelu',
+            'dropout': cfg.dropout, 'attention_dropout': cfg.attention_dropout,
+            'activation_dropout': cfg.activation_dropout, 'layerdrop': 0.0,
+            'pad_token_id': cfg.pad_token_id, 'bos_token_id': cfg.bos_token_id,
+            'eos_token_id': cfg.eos_token_id, 'decoder_start_token_id': cfg.eos_token_id,
+            'tie_word_embeddings': True}
+  tokenizer_files = {name: os.path.join(tokenizer_dir, name)
+                     for name in sorted(os.listdir(tokenizer_dir))} if tokenizer_dir else {}
+  write_model_directory(directory, config, to_state_dict(nnx.state(model), hf_name),
+                        tokenizer_files)

@@ -111,11 +111,12 @@ class FeatureBatchLoader(grain.transforms.Map):
   """
 
   def __init__(self, split: FeatureSplit, config, tokenizer: Tokenizer, glosses: GlossVocabulary,
-               tgt_lang: str, process_index: int = 0, process_count: int = 1):
+               tgt_lang: str, process_index: int = 0, process_count: int = 1,
+               record_labels: dict[str, np.ndarray] | None = None):
     self.split, self.config = split, config
     self.process_index, self.process_count = process_index, process_count
     self.labels = SignLabels(split.glosses, split.texts, tokenizer, glosses, tgt_lang,
-                             config.length_buckets)
+                             config.length_buckets, record_labels)
 
   def map(self, global_indices: np.ndarray):
     real = global_indices[global_indices != batching.PAD_INDEX]

@@ -142,6 +142,12 @@ def _hand_path(glosses: list[str], look: Appearance, rng) -> list[tuple[np.ndarr
 
 def render(glosses: list[str], seed: int, signer: int, size: int) -> list[np.ndarray]:
   """Frames [size, size, 3] uint8 of one video signing `glosses`."""
+  return render_labelled(glosses, seed, signer, size)[0]
+
+
+def render_labelled(glosses: list[str], seed: int, signer: int,
+                    size: int) -> tuple[list[np.ndarray], list[str | None]]:
+  """(frames [size, size, 3] uint8, per frame the gloss being signed or None between signs)."""
   rng = np.random.default_rng(seed)
   look = random_appearance(rng, signer)
   grid = (np.arange(size, dtype=np.float32) + 0.5) / size
@@ -152,8 +158,10 @@ def render(glosses: list[str], seed: int, signer: int, size: int) -> list[np.nda
   torso = (np.abs(x - cx) < 0.2 * look.scale) & (y > cy + 0.4)
   base[torso] = look.clothes
   base[head] = look.skin
-  out = []
+  out, labels = [], []
+  styles = {sign_style(g): g for g in glosses}
   for dominant, other, style in _hand_path(glosses, look, rng):
+    labels.append(styles.get(style))
     frame = base.copy()
     for centre, signing in ((other, style is not None and style.two_handed),
                             (dominant, style is not None)):
@@ -165,7 +173,7 @@ def render(glosses: list[str], seed: int, signer: int, size: int) -> list[np.nda
       frame[mask] = colour
     frame += rng.normal(0, look.noise, frame.shape).astype(np.float32)
     out.append(np.clip(frame, 0, 255).astype(np.uint8))
-  return out
+  return out, labels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Text tokenizers with mBART's id conventions.
 
-Both tokenizers share fairseq's special ids (<s>=0, <pad>=1, </s>=2, <unk>=3) and end their
-vocabulary with language-code tokens, so the same sequence formats apply everywhere:
+Every tokenizer shares fairseq's special ids (<s>=0, <pad>=1, </s>=2, <unk>=3) and ends its
+vocabulary with language-code tokens (XGLM's: </s> for every language), so the same sequence
+formats apply everywhere:
 source `X </s> src_lang`, target labels `X </s> tgt_lang` (the language-code label is ignored in
 the loss), decoder input `tgt_lang X </s>` (decoding starts from the language code).
 """
@@ -15,8 +16,9 @@ import sentencepiece as spm
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ('<s>', '<pad>', '</s>', '<unk>')
-# What an mBART tokenizer directory holds (id_map.json: the trimmed vocabulary's, when trimmed).
-MBART_FILES = ('sentencepiece.bpe.model', 'tokenizer_config.json', 'id_map.json')
+# What a pretrained tokenizer directory holds that sltjax reads (id_map.json: a trimmed mBART's).
+SENTENCEPIECE_FILE = 'sentencepiece.bpe.model'
+TOKENIZER_FILES = (SENTENCEPIECE_FILE, 'tokenizer_config.json', 'id_map.json')
 
 # mBART-large-cc25's language codes, in the order their ids follow the SentencePiece pieces.
 MBART_CC25_LANGUAGE_CODES = (
@@ -58,25 +60,19 @@ class Tokenizer:
     return frozenset(self.lang_code_to_id.values())
 
 
-class MBartTokenizer(Tokenizer):
-  """A SentencePiece model with fairseq's +1 offset, then the 25 cc25 language codes, then <mask>.
-
-  Gives the same ids as `transformers.MBartTokenizer.from_pretrained(directory)`.
-  """
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model (directory/sentencepiece.bpe.model) with fairseq's ids: the 4 specials,
+  then every piece but SentencePiece's own <unk>, <s>, </s> (id + 1)."""
   FAIRSEQ_OFFSET = 1
 
-  def __init__(self, directory: str):
-    model_file = os.path.join(directory, 'sentencepiece.bpe.model')
+  def __init__(self, directory: str, what: str):
+    model_file = os.path.join(directory, SENTENCEPIECE_FILE)
     if not os.path.isfile(model_file):
-      raise FileNotFoundError(f'{model_file} not found: an mBART tokenizer directory holds '
-                              'sentencepiece.bpe.model (as saved by transformers).')
+      raise FileNotFoundError(f'{model_file} not found: {what} tokenizer directory holds '
+                              f'{SENTENCEPIECE_FILE} (as saved by transformers).')
     self.directory = directory
     self.sp = spm.SentencePieceProcessor(model_file=model_file)
-    num_pieces = self.sp.get_piece_size()
-    self.lang_code_to_id = {code: num_pieces + self.FAIRSEQ_OFFSET + i
-                            for i, code in enumerate(MBART_CC25_LANGUAGE_CODES)}
-    self.mask_id = num_pieces + self.FAIRSEQ_OFFSET + len(MBART_CC25_LANGUAGE_CODES)
-    self.vocab_size = self.mask_id + 1
+    self.first_added_id = self.sp.get_piece_size() + self.FAIRSEQ_OFFSET  # after the pieces
 
   def _piece_ids(self, text: str) -> list[int]:
     # SentencePiece's <unk> is 0; every other piece id shifts by the fairseq offset.
@@ -85,8 +81,40 @@ class MBartTokenizer(Tokenizer):
 
   def _piece_text(self, ids: Sequence[int]) -> str:
     sp_ids = [self.sp.unk_id() if i == UNK_ID else i - self.FAIRSEQ_OFFSET
-              for i in ids if i != self.mask_id]
+              for i in ids if i < self.first_added_id]
     return self.sp.decode(sp_ids)
+
+
+class MBartTokenizer(SentencePieceTokenizer):
+  """The pieces, then the 25 cc25 language codes, then <mask>.
+
+  Gives the same ids as `transformers.MBartTokenizer.from_pretrained(directory)`.
+  """
+
+  def __init__(self, directory: str):
+    super().__init__(directory, 'an mBART')
+    self.lang_code_to_id = {code: self.first_added_id + i
+                            for i, code in enumerate(MBART_CC25_LANGUAGE_CODES)}
+    self.mask_id = self.first_added_id + len(MBART_CC25_LANGUAGE_CODES)
+    self.vocab_size = self.mask_id + 1
+
+
+class XGLMTokenizer(SentencePieceTokenizer):
+  """The pieces, then XGLM's 7 <madeupwordN> tokens; no language codes: XGLM reads every text as
+  `</s> X`, so </s> stands where mBART's sequences hold the language code (a target is
+  `X </s> </s>`, decoding starts from </s>).
+
+  Gives the same ids as transformers' XGLMTokenizer of facebook/xglm-* (tokenizer.json).
+  """
+  MADEUP_WORDS = 7
+
+  def __init__(self, directory: str):
+    super().__init__(directory, 'an XGLM')
+    self.lang_code_to_id = {}
+    self.vocab_size = self.first_added_id + self.MADEUP_WORDS
+
+  def lang_id(self, code: str) -> int:
+    return self.eos_id
 
 
 class WordTokenizer(Tokenizer):
@@ -134,9 +162,9 @@ def train_sentencepiece(texts: Iterable[str], directory: str, vocab_size: int) -
       unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
 
 
-def copy_mbart_files(source: str, target: str) -> None:
-  """Copies the MBART_FILES that `source` holds into the folder `target`."""
-  for name in MBART_FILES:
+def copy_tokenizer_files(source: str, target: str) -> None:
+  """Copies the TOKENIZER_FILES that `source` (an mBART or XGLM directory) holds into `target`."""
+  for name in TOKENIZER_FILES:
     if os.path.isfile(os.path.join(source, name)):
       shutil.copy(os.path.join(source, name), target)
 
@@ -144,25 +172,29 @@ def copy_mbart_files(source: str, target: str) -> None:
 def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokenizer:
   """The tokenizer named by `config` (config.tokenizer), created once and kept under `directory`.
 
-  kind='mbart': a pretrained mBART SentencePiece directory at config.path.
+  kind='mbart' / 'xglm': a pretrained mBART / XGLM tokenizer directory at config.path (copied
+    into `directory`, so the workdir holds what it decodes with).
   kind='word': a word vocabulary built from `train_texts` (saved as vocab.json).
   kind='sentencepiece': a BPE model of config.vocab_size trained on `train_texts`.
   An existing vocabulary under `directory` is reused, so resumed and eval runs see the same ids.
   """
   languages = sorted({config.src_lang, config.tgt_lang})
-  if config.kind == 'mbart':  # copied into `directory`, so the workdir holds what it decodes with
-    if not os.path.isfile(os.path.join(directory, MBART_FILES[0])):
+  pretrained = {'mbart': MBartTokenizer, 'xglm': XGLMTokenizer}
+  if config.kind in pretrained:
+    make = pretrained[config.kind]
+    if not os.path.isfile(os.path.join(directory, SENTENCEPIECE_FILE)):
       if not config.path:
-        raise ValueError('config.tokenizer.path must point at an mBART tokenizer directory '
-                         '(holding sentencepiece.bpe.model) when tokenizer.kind="mbart".')
-      MBartTokenizer(config.path)  # a clear error when config.path holds no tokenizer
+        raise ValueError(f'config.tokenizer.path must point at an {config.kind} tokenizer '
+                         f'directory (holding {SENTENCEPIECE_FILE}) when tokenizer.kind='
+                         f'"{config.kind}".')
+      make(config.path)  # a clear error when config.path holds no tokenizer
       staging = f'{directory}.tmp{os.getpid()}'
       os.makedirs(staging, exist_ok=True)
-      copy_mbart_files(config.path, staging)
+      copy_tokenizer_files(config.path, staging)
       if os.path.isdir(directory):  # a partial copy of an earlier, interrupted run
         shutil.rmtree(directory)
       os.replace(staging, directory)
-    return MBartTokenizer(directory)
+    return make(directory)
   if config.kind == 'word':
     vocab_file = os.path.join(directory, 'vocab.json')
     if not os.path.exists(vocab_file):
@@ -174,7 +206,7 @@ def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokeni
     if not os.path.exists(os.path.join(directory, 'sentencepiece.bpe.model')):
       train_sentencepiece(train_texts, directory, config.vocab_size)
     return MBartTokenizer(directory)
-  raise ValueError(f'config.tokenizer.kind={config.kind!r}; expected "mbart", "word" or '
+  raise ValueError(f'config.tokenizer.kind={config.kind!r}; expected "mbart", "xglm", "word" or '
                    '"sentencepiece".')
 
 

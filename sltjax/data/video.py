@@ -132,11 +132,12 @@ class VideoBatchLoader(grain.transforms.RandomMap):
   """
 
   def __init__(self, split: VideoSplit, config, tokenizer: Tokenizer, glosses: GlossVocabulary,
-               tgt_lang: str, train: bool, process_index: int = 0, process_count: int = 1):
+               tgt_lang: str, train: bool, process_index: int = 0, process_count: int = 1,
+               record_labels: dict[str, np.ndarray] | None = None):
     self.split, self.config, self.train = split, config, train
     self.process_index, self.process_count = process_index, process_count
     self.labels = SignLabels(split.glosses, split.texts, tokenizer, glosses, tgt_lang,
-                             config.length_buckets)
+                             config.length_buckets, record_labels)
 
   def _sample(self, index: int, seed: int) -> tuple[np.ndarray, np.random.Generator]:
     if index == batching.PAD_INDEX:

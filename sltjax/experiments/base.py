@@ -180,6 +180,11 @@ class Experiment:
     """(metrics, {kind: predictions in split order}) for `split`."""
     raise NotImplementedError
 
+  def write_figures(self, directory: str, prefix: str) -> list[str]:
+    """Writes what the last `evaluate` prepared beyond its text predictions (pictures) into
+    `directory`, names starting with `prefix`; returns the paths. Called on process 0 only."""
+    return []
+
   def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
     """{kind ('text', 'gloss', ...): one string per row} for a batch of eval-prepared clips
     ('frames', 'frame_mask'); experiments with TRANSLATE_VIDEOS give 'text' (python -m

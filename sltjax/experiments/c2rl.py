@@ -316,10 +316,7 @@ class C2RLExperiment(VideoExperiment):
     if self.stage != 'slt':
       raise UserError(f'{self.workdir}: a C2RL {self.stage} model does not translate; train the '
                       'slt stage from it.')
-    batch = {k: local_batch[k] for k in ('frames', 'frame_mask')}
-    sequences = multihost_utils.process_allgather(
-        self.translate_fn()(params, rest, self.global_batch(batch)), tiled=True)
-    return {'text': [self.tokenizer.decode(s[1:]) for s in sequences]}
+    return {'text': self.translations(self.translate_fn(), params, rest, local_batch)}
 
   def evaluate(self, params, rest, split: str):
     if self.stage == 'slt':

@@ -106,12 +106,19 @@ class VideoExperiment(Experiment):
     return load_tokenizer(config, directory,
                           train_texts=[] if os.path.exists(directory) else self.train_split.texts)
 
+  def record_labels(self, split) -> dict[str, np.ndarray]:
+    """Labels the system adds to every batch of `split`: {name: [records, ...] array}."""
+    return {}
+
   def loader(self, split, train: bool):
     """The batch loader of a video split (augmented when `train`) or of a features split."""
     common = (self.config.data, self.tokenizer, self.glosses, self.config.tokenizer.tgt_lang)
+    extra = self.record_labels(split)
     if isinstance(split, features.FeatureSplit):
-      return features.FeatureBatchLoader(split, *common, jax.process_index(), jax.process_count())
-    return video.VideoBatchLoader(split, *common, train, jax.process_index(), jax.process_count())
+      return features.FeatureBatchLoader(split, *common, jax.process_index(), jax.process_count(),
+                                         extra)
+    return video.VideoBatchLoader(split, *common, train, jax.process_index(), jax.process_count(),
+                                  extra)
 
   def train_dataset(self):
     plan = batching.train_plan(len(self.train_split), self.config.batch_size, self.config.seed)
@@ -138,6 +145,14 @@ class VideoExperiment(Experiment):
         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=ev.num_beams,
         max_new_tokens=ev.max_new_tokens, length_penalty=ev.length_penalty,
         length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping)[:, 0]
+
+  def translations(self, translate_fn, params, rest, local_batch) -> list[str]:
+    """The text of each row of a global batch of clips, from translate_fn(params, rest, batch)
+    -> best sequences [B, length] that begin with the start token (all processes call this)."""
+    batch = {k: local_batch[k] for k in ('frames', 'frame_mask')}
+    sequences = multihost_utils.process_allgather(
+        translate_fn(params, rest, self.global_batch(batch)), tiled=True)
+    return [self.tokenizer.decode(s[1:]) for s in sequences]
 
   def eval_batches(self, data):
     """This process's evaluation batches of `data` (padded rows carry batching.PAD_INDEX)."""

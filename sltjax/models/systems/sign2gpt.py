@@ -1,6 +1,8 @@
-"""Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the sign encoder over per-frame features, the
+"""Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the frame encoder, the sign encoder, the
 prototype head of pseudo-gloss pretraining, and the adapted XGLM that translates.
 
+  frames [B, T, H, W, 3] -> DINOv2 (frozen; LoRA rank 4 on its last 3 blocks' q, k, v, o, fc1,
+    fc2) per frame -> its CLS feature -> Linear -> 512 -> BatchNorm (valid frames)   (FrameEncoder)
   frame features [B, T, 512] + sinusoidal positions
     -> stage 1: 2 post-LN blocks of local self-attention (|i - j| <= 3, rotary q/k, padded keys
        masked, every position sees itself) and a 4x GELU MLP, each branch scaled by a learned
@@ -28,7 +30,12 @@ alone, whose pooling also counts the zero padding at its end.
   output added per head before the shared output projection. At the start (gates 0, LoRA B 0)
   the model computes exactly the frozen LM.
 
-Dropout and drop path run when `rngs` is given (training).
+  Stage 1 (Sign2GPTPretraining): frames -> FrameEncoder -> SignEncoder -> PrototypeHead.
+  Stage 2 (Sign2GPTTranslator): frames -> FrameEncoder -> SignEncoder -> + sinusoidal positions
+    -> Linear -> d_LM: the visual tokens the adapted XGLM attends to.
+
+Dropout and drop path run when `rngs` is given (training), which also switches BatchNorm to
+batch statistics.
 """
 import dataclasses
 
@@ -36,10 +43,56 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sltjax.models.backbones import registry as backbones
 from sltjax.models.layers import lora
 from sltjax.models.layers.attention import MultiHeadAttention
-from sltjax.models.layers.dense import Buffer, layer_norm
+from sltjax.models.layers.conv import BatchNorm
+from sltjax.models.layers.dense import Buffer, dense, layer_norm
 from sltjax.models.layers.positions import apply_rotary, sinusoidal_positions
+from sltjax.models.xglm import XGLM, XGLMConfig
+
+STAGES = ('pseudo_gloss', 'translation')
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameEncoderConfig:
+  backbone: str = 'dinov2'
+  backbone_options: backbones.BackboneOptions = backbones.BackboneOptions()
+  lora_last_layers: int = 3  # LoRA on the backbone's last blocks (the release: 9-11 of 12)
+  lora_rank: int = 4
+  lora_alpha: float = 4.0
+  lora_dropout: float = 0.1
+  lora_init_std: float = 0.02
+  dim: int = 512
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+
+
+class FrameEncoder(nnx.Module):
+  """Frames -> per-frame features [B, T, dim] (the sign encoder's input)."""
+
+  def __init__(self, cfg: FrameEncoderConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.backbone = backbones.build(cfg.backbone, cfg.backbone_options, rngs)
+    if cfg.lora_last_layers:
+      layers = len(self.backbone.layers)
+      blocks = '|'.join(str(i) for i in range(max(layers - cfg.lora_last_layers, 0), layers))
+      lora.add_lora(self.backbone, lora.LoRAConfig(
+          rf'^layers/({blocks})/(attention/(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)$',
+          rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+          init_std=cfg.lora_init_std), rngs)
+    width = backbones.output_dim(cfg.backbone, cfg.backbone_options)
+    self.projection = _xavier_dense(width, cfg.dim, ('conv_in', 'embed'), cfg, rngs)
+    self.norm = BatchNorm(cfg.dim, momentum=0.9, **kw)
+
+  def __call__(self, frames, frame_mask, rngs=None):
+    """frames [B, T, H, W, 3] normalised, frame_mask [B, T] -> [B, T, dim]."""
+    batch, length = frames.shape[:2]
+    images = frames.reshape(batch * length, *frames.shape[2:]).astype(self.config.dtype)
+    cls = self.backbone.images(images, rngs)[:, 0].reshape(batch, length, -1)
+    x = self.projection(cls)
+    return self.norm(x, frame_mask[..., None], train=rngs is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +118,7 @@ class SignEncoderConfig:
     return [self.drop_path * i / max(blocks - 1, 1) for i in range(blocks)]
 
 
-def _xavier_dense(in_features: int, out_features: int, axes, cfg: SignEncoderConfig, rngs):
+def _xavier_dense(in_features: int, out_features: int, axes, cfg, rngs):
   """Linear with the release's Xavier-uniform kernel and zero bias."""
   return nnx.Linear(in_features, out_features, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                     rngs=rngs,
@@ -291,3 +344,43 @@ def adapt_xglm(model, cfg: AdaptorConfig, rngs: nnx.Rngs) -> None:
                                        init_std=cfg.init_std), rngs)
   lora.add_lora(model, lora.LoRAConfig(r'self_attn/out_proj$', rank=cfg.rank, alpha=cfg.rank,
                                        dropout=0.0, init_std=cfg.init_std), rngs)
+
+
+class Sign2GPTPretraining(nnx.Module):
+  """Stage 1: pseudo-gloss presence from frames."""
+
+  def __init__(self, frames: FrameEncoderConfig, signs: SignEncoderConfig, word_vectors, *,
+               rngs: nnx.Rngs):
+    self.frames = FrameEncoder(frames, rngs=rngs)
+    self.sign_encoder = SignEncoder(signs, rngs=rngs)
+    self.head = PrototypeHead(signs.dim, word_vectors, dtype=signs.dtype,
+                              param_dtype=signs.param_dtype, rngs=rngs)
+
+  def __call__(self, frames, frame_mask, rngs=None):
+    """PrototypeHead's {'scores' [B, V], 'weights' [B, T', V]} and 'mask' [B, T']."""
+    x, mask = self.sign_encoder(self.frames(frames, frame_mask, rngs), frame_mask, rngs)
+    return {**self.head(x, mask, rngs), 'mask': mask}
+
+
+class Sign2GPTTranslator(nnx.Module):
+  """Stage 2: the adapted XGLM continuing `</s>` while attending to the visual tokens."""
+
+  def __init__(self, frames: FrameEncoderConfig, signs: SignEncoderConfig, lm: XGLMConfig,
+               adaptor: AdaptorConfig, *, rngs: nnx.Rngs):
+    self.frames = FrameEncoder(frames, rngs=rngs)
+    self.sign_encoder = SignEncoder(signs, rngs=rngs)
+    self.visual_projection = dense(signs.dim, lm.d_model, ('conv_in', 'embed'), dtype=lm.dtype,
+                                   param_dtype=lm.param_dtype, rngs=rngs)
+    self.lm = XGLM(lm, rngs=rngs)
+    adapt_xglm(self.lm, adaptor, rngs)
+
+  def visual_tokens(self, frames, frame_mask, rngs=None):
+    """(tokens [B, T', d_LM], mask [B, T']) of a batch of clips."""
+    x, mask = self.sign_encoder(self.frames(frames, frame_mask, rngs), frame_mask, rngs)
+    x = x + sinusoidal_positions(x.shape[1], x.shape[2]).astype(x.dtype)[None]
+    return self.visual_projection(x), mask
+
+  def __call__(self, frames, frame_mask, input_ids, attention_mask, rngs=None):
+    """Teacher-forced logits [B, L, vocab] of input_ids [B, L] (right-padded `</s> X </s>`)."""
+    return self.lm(input_ids, attention_mask, visual=self.visual_tokens(frames, frame_mask, rngs),
+                   rngs=rngs)

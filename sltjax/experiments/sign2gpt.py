@@ -1,0 +1,348 @@
+"""Sign2GPT's two stages on a built video dataset (configs/sign2gpt.py):
+
+  pseudo_gloss  frames -> DINOv2 (frozen, LoRA) -> sign encoder -> prototype head: which
+                pseudo-glosses (content words of the sentence) the video shows, BCE x 10; scored
+                by pseudo-gloss F1 (micro and per class) at 0.5
+  translation   the stage-1 frame and sign encoders (init.pretraining; the head dropped) give
+                visual tokens that a frozen XGLM with LoRA and zero-gated cross-attention
+                attends to while writing `</s> sentence </s>`; scored by BLEU of beam search
+
+The pretrained networks are Hugging Face directories a user downloaded (model.backbone_weights:
+facebook/dinov2-small or Meta's dinov2_vits14_pretrain.pth; model.lm_weights: facebook/xglm-*);
+their architectures are copied into the workdir (architectures.json), so that `translate` and
+`--mode=eval` need only the workdir. The pseudo-gloss vocabulary (pseudo_glosses.json) and the
+word vectors of its prototypes (word_vectors.npy) are written into the stage-1 workdir.
+"""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from sltjax import experiments, sharding
+from sltjax.convert.dinov2 import hf_config as dinov2_hf_config
+from sltjax.convert.dinov2 import meta_config as dinov2_meta_config
+from sltjax.convert.hf_checkpoint import read_config, read_state_dict
+from sltjax.convert.state_dict import read_torch_weights
+from sltjax.convert.xglm import xglm_config_from_hf, xglm_state_from_hf
+from sltjax.data import word_vectors
+from sltjax.decoding import decoder_only_search
+from sltjax.data.pseudo_glosses import PseudoGlosser, Vocabulary
+from sltjax.errors import UserError
+from sltjax.experiments.base import TRANSLATE_VIDEOS, log
+from sltjax.experiments.video import VideoExperiment
+from sltjax.experiments.warm_start import WarmStart
+from sltjax.losses import label_smoothed_cross_entropy
+from sltjax.metrics import (PSEUDO_GLOSS_METRIC_NAMES, protocol, pseudo_gloss_f1,
+                            translation_metrics)
+from sltjax.models.backbones import registry as backbones
+from sltjax.models.systems.sign2gpt import (STAGES, AdaptorConfig, FrameEncoderConfig,
+                                            SignEncoderConfig, Sign2GPTPretraining,
+                                            Sign2GPTTranslator, pseudo_gloss_loss)
+from sltjax.models.xglm import XGLM, XGLMConfig
+
+PSEUDO_GLOSS_FILE = 'pseudo_glosses.json'
+WORD_VECTORS_FILE = 'word_vectors.npy'
+ARCHITECTURES_FILE = 'architectures.json'
+FIGURES_DIR_SUFFIX = '.pseudo_gloss_time'  # predictions/<prefix>.pseudo_gloss_time/<video>.png
+
+
+def backbone_architecture(path: str) -> dict:
+  """DINOv2Config fields of a Hugging Face directory or a Meta checkpoint."""
+  if os.path.isdir(path):
+    cfg = dinov2_hf_config(read_config(path))
+  else:
+    cfg = dinov2_meta_config(read_torch_weights(path))
+  return {k: getattr(cfg, k) for k in ('hidden_size', 'num_layers', 'num_heads', 'mlp_ratio',
+                                       'patch_size', 'image_size', 'layer_norm_eps')}
+
+
+def ordered_by_time(weights: np.ndarray, glosses: list[int]) -> list[int]:
+  """`glosses` sorted by where in time their weights [T', V] put them (the weighted mean step)."""
+  steps = np.arange(len(weights))
+  centre = {g: float(steps @ weights[:, g] / max(weights[:, g].sum(), 1e-12)) for g in glosses}
+  return sorted(glosses, key=lambda g: (centre[g], g))
+
+
+@experiments.register('sign2gpt')
+class Sign2GPTExperiment(VideoExperiment):
+  REQUIRED_KEYS = VideoExperiment.REQUIRED_KEYS + ('stage', 'model.lm_weights', 'pseudo_glosses')
+
+  @classmethod
+  def warm_starts(cls, config) -> dict[str, WarmStart]:
+    if config.stage != 'translation':
+      return {}
+    return {'pretraining': WarmStart(prefixes=(('frames',), ('sign_encoder',)))}
+
+  @classmethod
+  def check_config(cls, config) -> list[str]:
+    if config.stage not in STAGES:
+      return [f'stage={config.stage!r} must be one of {STAGES}']
+    problems = super().check_config(config)
+    pseudo = config.stage == 'pseudo_gloss'
+    if pseudo != (config.eval.best_metric in PSEUDO_GLOSS_METRIC_NAMES):
+      problems.append(f'stage {config.stage} is scored by '
+                      f'{"pseudo-gloss F1" if pseudo else "translation metrics"}: '
+                      'eval.best_metric must be one of '
+                      f'{list(PSEUDO_GLOSS_METRIC_NAMES) if pseudo else ["bleu4", "..."]}')
+    if config.model.backbone == 'features' or config.data.get('features_dir'):
+      problems.append('Sign2GPT trains LoRA inside DINOv2, so it reads frames: set '
+                      'model.backbone="dinov2" and leave data.features_dir empty')
+    if config.stage == 'translation' and not config.model.lm_weights:
+      problems.append('stage translation needs the XGLM it adapts: set model.lm_weights to a '
+                      'Hugging Face XGLM directory (facebook/xglm-564M, ...)')
+    return problems
+
+  def __init__(self, config, workdir: str):
+    super().__init__(config, workdir)
+    self.stage = config.stage
+    m = config.model
+    architectures = self.architectures()
+    precision = dict(dtype=m.dtype, param_dtype=m.param_dtype)
+    options = backbones.BackboneOptions(
+        architecture=tuple(sorted(architectures['frames'].items())), **precision)
+    self.frames_config = FrameEncoderConfig(backbone=m.backbone, backbone_options=options,
+                                            **m.frames.to_dict(), **precision)
+    self.signs_config = SignEncoderConfig(**m.signs.to_dict(), **precision)
+    if self.stage == 'pseudo_gloss':
+      vectors = self.word_vectors
+      self.set_model(lambda rngs: Sign2GPTPretraining(self.frames_config, self.signs_config,
+                                                      vectors, rngs=rngs))
+    else:
+      self.lm_config = XGLMConfig(**architectures['lm'], **precision)
+      if self.lm_config.vocab_size != self.tokenizer.vocab_size:
+        raise UserError(f'The XGLM of {m.lm_weights} has {self.lm_config.vocab_size} token ids '
+                        f'but its tokenizer ({self.tokenizer.directory}) has '
+                        f'{self.tokenizer.vocab_size}: config.tokenizer.path must be the same '
+                        'directory as model.lm_weights.')
+      adaptor = AdaptorConfig(**m.adaptor.to_dict())
+      self.set_model(lambda rngs: Sign2GPTTranslator(self.frames_config, self.signs_config,
+                                                     self.lm_config, adaptor, rngs=rngs))
+    self._jitted = {}
+    self._figures = []
+
+  def capabilities(self) -> frozenset[str]:
+    return frozenset({TRANSLATE_VIDEOS}) if self.stage == 'translation' else frozenset()
+
+  def describe(self) -> str:
+    return f'Sign2GPT {self.stage}'
+
+  # ------------------------------------------------------------------ workdir files
+  def architectures(self) -> dict:
+    """{'frames': DINOv2Config fields, 'lm': XGLMConfig fields}: the workdir's, else read from
+    the pretrained directories (or model.frames_architecture without backbone weights) and
+    written there."""
+    path = os.path.join(self.workdir, ARCHITECTURES_FILE)
+    if not os.path.isfile(path):
+      m = self.config.model
+      found = {'frames': (backbone_architecture(m.backbone_weights) if m.backbone_weights
+                          else dict(m.frames_architecture))}
+      if self.config.stage == 'translation':
+        lm = xglm_config_from_hf(read_config(m.lm_weights), dropout=m.lm_dropout,
+                                 attention_dropout=m.lm_dropout)
+        found['lm'] = {k: v for k, v in vars(lm).items()
+                       if k not in ('dtype', 'param_dtype', 'remat')}
+      if jax.process_index() == 0:
+        with open(f'{path}.tmp', 'w', encoding='utf-8') as f:
+          json.dump(found, f, indent=1)
+        os.replace(f'{path}.tmp', path)
+      multihost_utils.sync_global_devices('architectures written')
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+
+  @functools.cached_property
+  def glosser(self) -> PseudoGlosser:
+    return PseudoGlosser(self.config.pseudo_glosses.language)
+
+  @functools.cached_property
+  def pseudo_glosses(self) -> Vocabulary:
+    """The workdir's pseudo-gloss vocabulary, built from the train split on first use."""
+    path = os.path.join(self.workdir, PSEUDO_GLOSS_FILE)
+    if not os.path.isfile(path):
+      if jax.process_index() == 0:
+        texts = self.train_split.texts
+        vocabulary = Vocabulary.build(
+            texts, self.glosser,
+            max_sentence_fraction=self.config.pseudo_glosses.max_sentence_fraction)
+        if not len(vocabulary):
+          raise UserError(f'No pseudo-glosses in the {len(texts)} training sentences of '
+                          f'{self.config.data.name} (language '
+                          f'{self.config.pseudo_glosses.language!r}): check '
+                          'pseudo_glosses.language.')
+        vocabulary.save(path)
+        log(f'Pseudo-gloss vocabulary: {len(vocabulary)} glosses -> {path}')
+      multihost_utils.sync_global_devices('pseudo-gloss vocabulary')
+    return Vocabulary.load(path)
+
+  @functools.cached_property
+  def word_vectors(self) -> np.ndarray:
+    """[V, dim] prototypes' word vectors: the workdir's, else from pseudo_glosses.word_vectors
+    (a FastText .bin) or trained on the train split's pseudo-glosses, and saved there."""
+    path = os.path.join(self.workdir, WORD_VECTORS_FILE)
+    glosses = self.pseudo_glosses.glosses
+    if not os.path.isfile(path):
+      if jax.process_index() == 0:
+        source = self.config.pseudo_glosses.word_vectors
+        if source:
+          if not os.path.isfile(source):
+            raise UserError(f'pseudo_glosses.word_vectors={source} not found: give a FastText '
+                            '.bin (cc.de.300.bin, cc.zh.300.bin) or leave it empty to train '
+                            'vectors on the training sentences.')
+          vectors = word_vectors.fasttext_vectors(source, glosses)
+        else:
+          log('pseudo_glosses.word_vectors is empty: training FastText vectors on the training '
+              'sentences\' pseudo-glosses (a substitute for cc.*.300.bin).')
+          vectors = word_vectors.trained_vectors(
+              [self.glosser(t) for t in self.train_split.texts], glosses,
+              seed=self.config.seed)
+        with open(f'{path}.tmp', 'wb') as f:
+          np.save(f, vectors)
+        os.replace(f'{path}.tmp', path)
+      multihost_utils.sync_global_devices('word vectors')
+    vectors = np.load(path)
+    if len(vectors) != len(glosses):
+      raise UserError(f'{path} holds {len(vectors)} vectors for {len(glosses)} pseudo-glosses '
+                      f'in {PSEUDO_GLOSS_FILE}: delete it to have it made again.')
+    return vectors
+
+  @functools.cached_property
+  def split_targets(self) -> dict[str, np.ndarray]:
+    """Multi-hot pseudo-gloss targets [videos, V] per opened split."""
+    return {}
+
+  def targets(self, split) -> np.ndarray:
+    key = f'{split.name}/{split.split}'
+    if key not in self.split_targets:
+      self.split_targets[key] = np.stack(
+          [self.pseudo_glosses.targets(self.glosser(t)) for t in split.texts])
+    return self.split_targets[key]
+
+  def record_labels(self, split) -> dict[str, np.ndarray]:
+    return {'pseudo_glosses': self.targets(split)} if self.stage == 'pseudo_gloss' else {}
+
+  # ------------------------------------------------------------------ variables
+  def converted_parts(self):
+    """The frozen DINOv2 (model.backbone_weights) and, for translation, the frozen XGLM
+    (model.lm_weights), read from their released files."""
+    m = self.config.model
+    parts = {}
+    if m.backbone_weights:
+      parts[('frames', 'backbone')] = backbones.read_weights(
+          m.backbone, self.frames_config.backbone_options, m.backbone_weights)
+    if self.stage == 'translation':
+      abstract = nnx.state(nnx.eval_shape(lambda: XGLM(self.lm_config, rngs=nnx.Rngs(0))))
+      parts[('lm',)] = xglm_state_from_hf(read_state_dict(m.lm_weights), abstract,
+                                          jnp.dtype(self.lm_config.param_dtype))
+    return parts
+
+  # ------------------------------------------------------------------ loss
+  def loss(self, model, batch, rngs):
+    frames, mask = self.model_inputs(batch)
+    metrics = {'frames': jnp.sum(batch['frame_mask']).astype(jnp.float32)}
+    if self.stage == 'pseudo_gloss':
+      out = model(frames, mask, rngs)
+      bce = pseudo_gloss_loss(out['scores'], batch['pseudo_glosses'])
+      return self.config.pseudo_glosses.loss_weight * bce, {**metrics, 'bce': bce}
+    inputs = batch['decoder_input_ids']
+    logits = model(frames, mask, inputs, (inputs != self.tokenizer.pad_id).astype(jnp.int32),
+                   rngs)
+    ce_sum, tokens = label_smoothed_cross_entropy(logits, batch['labels'], batch['label_weights'],
+                                                  self.config.label_smoothing)
+    ce = ce_sum / jnp.maximum(tokens, 1.0)
+    return ce, {**metrics, 'tokens': tokens, 'ce': ce}
+
+  # ------------------------------------------------------------------ evaluation
+  def _jit(self, name: str, fn):
+    """fn(params, rest, batch) jitted once, batch rows sharded over the data-parallel axes."""
+    if name not in self._jitted:
+      shardings = sharding.batch_sharding(self.mesh)
+      self._jitted[name] = jax.jit(fn, in_shardings=(self.param_shardings, self.rest_shardings,
+                                                     shardings), out_shardings=shardings)
+    return self._jitted[name]
+
+  def presence(self, params, rest, local_batch) -> dict[str, list[np.ndarray]]:
+    """{'scores': [V] per row, 'weights': [T'_i, V] per row} of a global batch of clips."""
+    def run(params, rest, batch):
+      out = self.merge(params, rest)(*self.model_inputs(batch))
+      return {'scores': out['scores'], 'weights': out['weights'],
+              'lengths': jnp.sum(out['mask'], axis=1).astype(jnp.int32)}
+
+    batch = {k: local_batch[k] for k in ('frames', 'frame_mask')}
+    out = multihost_utils.process_allgather(
+        self._jit('presence', run)(params, rest, self.global_batch(batch)), tiled=True)
+    return {'scores': list(out['scores']),
+            'weights': [w[:n] for w, n in zip(out['weights'], out['lengths'])]}
+
+  def translate_fn(self):
+    """Jitted (params, rest, batch) -> best sequences [B, 1 + max_new_tokens] (`</s>` first)."""
+    ev, tok = self.config.eval, self.tokenizer
+
+    def run(params, rest, batch):
+      model = self.merge(params, rest)
+      visual = model.visual_tokens(*self.model_inputs(batch))
+      rows = batch['frames'].shape[0]
+      prompt = jnp.full((rows, 1), tok.eos_id, jnp.int32)  # XGLM's start: the empty prompt
+      return decoder_only_search(
+          model.lm, prompt, jnp.ones_like(prompt), visual=visual, eos_token_id=tok.eos_id,
+          pad_token_id=tok.pad_id, num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,
+          length_penalty=ev.length_penalty, length_penalty_style=ev.length_penalty_style,
+          early_stopping=ev.early_stopping)[:, 0]
+    return self._jit('translate', run)
+
+  def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
+    """{'text': translations} of a global batch of clips (all processes call this)."""
+    self.require(TRANSLATE_VIDEOS, 'translating videos')
+    return {'text': self.translations(self.translate_fn(), params, rest, local_batch)}
+
+  def evaluate(self, params, rest, split: str):
+    if self.stage == 'translation':
+      data, predictions = self.predictions(params, rest, split)
+      return translation_metrics(predictions['text'], data.texts,
+                                 **protocol(self.config.eval)), predictions
+    data, outputs = self.split_outputs(
+        split, lambda local_batch: self.presence(params, rest, local_batch))
+    scores = np.stack(outputs['scores'])
+    threshold = self.config.pseudo_glosses.threshold
+    metrics = pseudo_gloss_f1(scores, self.targets(data), threshold)
+    names = self.pseudo_glosses.glosses
+    found = [ordered_by_time(w, list(np.flatnonzero(s > threshold)))
+             for s, w in zip(scores, outputs['weights'])]
+    self._figures = [(data.ids[i], data.texts[i], outputs['weights'][i], found[i])
+                     for i in range(min(self.config.eval.figures, len(data)))]
+    return metrics, {'pseudo_gloss': [' '.join(names[g] for g in f) for f in found]}
+
+  def write_figures(self, directory: str, prefix: str) -> list[str]:
+    """For the first eval.figures videos of the last evaluation, a PNG of each predicted
+    pseudo-gloss's weight over the sign encoder's time steps (where the model places it)."""
+    if not self._figures:
+      return []
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+    folder = os.path.join(directory, prefix + FIGURES_DIR_SUFFIX)
+    os.makedirs(folder, exist_ok=True)
+    names = self.pseudo_glosses.glosses
+    stride = 2 ** (len(self.signs_config.stage_depths) - 1)  # sampled frames per time step
+    paths = []
+    for video_id, sentence, weights, found in self._figures:
+      figure, axes = pyplot.subplots(figsize=(8, 1.2 + 0.35 * max(len(found), 1)))
+      for gloss in found:
+        axes.plot(np.arange(len(weights)) * stride, weights[:, gloss], label=names[gloss])
+      axes.set_xlabel('sampled frame')
+      axes.set_ylabel('weight')
+      axes.set_title(f'{video_id}: {sentence}'[:100], fontsize=8)
+      if found:
+        axes.legend(fontsize=7, loc='upper right')
+      else:
+        axes.text(0.5, 0.5, 'no pseudo-gloss above the threshold', ha='center',
+                  transform=axes.transAxes)
+      path = os.path.join(folder, f'{video_id.replace(os.sep, "_")}.png')
+      figure.tight_layout()
+      figure.savefig(path, dpi=80)
+      pyplot.close(figure)
+      paths.append(path)
+    return paths
