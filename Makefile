@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train train-c2rl train-gloss2text test
+.PHONY: setup train train-c2rl train-sign2gpt train-gloss2text test
 
 # The main job needs sltjax alone; the tests also need transformers and torch (parity checks).
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -56,6 +56,23 @@ train-c2rl: setup
 	    --index=$(C2RL_SLRET)/video_index "$$(cat $(C2RL_SLRET)/predictions/test_best_step*.txt | head -1)"; \
 	else echo "No videos in $(VIDEOS): translate and index your own with sltjax.translate and"; \
 	  echo "sltjax.retrieve (see README.md, C2RL)."; fi
+
+# Sign2GPT at laptop size on synthetic_signs: the stand-in DINOv2 and XGLM it adapts (trained here
+# on the synthetic domain, saved as Hugging Face directories, loaded frozen as downloaded ones
+# are), pseudo-gloss pretraining, then translation started from it, each scored on the test
+# split; then the videos in VIDEOS translated.
+sign2gpt = $(BIN)/python -m sltjax.main --config=configs/sign2gpt.py:$(1) --config.data.data_dir=$(DATA_DIR)
+S2G_TRANSLATION := workdirs/sign2gpt_runlocal_translation_synthetic_signs
+train-sign2gpt: setup
+	$(BIN)/python -m sltjax.stand_ins --output_dir=pretrained/synthetic_signs
+	$(call sign2gpt,runlocal)
+	$(call sign2gpt,runlocal) --mode=eval --config.eval.split=test
+	$(call sign2gpt,runlocal_translation)
+	$(call sign2gpt,runlocal_translation) --mode=eval --config.eval.split=test
+	@if ls $(VIDEOS)/*.mp4 >/dev/null 2>&1; then \
+	  $(BIN)/python -m sltjax.translate --workdir=$(S2G_TRANSLATION) $(VIDEOS)/*.mp4; \
+	else echo "No videos in $(VIDEOS): translate your own with"; \
+	  echo "  $(BIN)/python -m sltjax.translate --workdir=$(S2G_TRANSLATION) VIDEO..."; fi
 
 # Gloss2Text on PHOENIX-2014T (G2T_DATA=folder with {train,dev}.{gloss,de}); without it, on the
 # embedded synthetic corpus (generated, a shorter schedule, its own workdir).

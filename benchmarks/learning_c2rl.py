@@ -19,16 +19,15 @@ written to WORKDIR/results.json.
 """
 import argparse
 import collections
-import json
 import os
 import pathlib
 import sys
-import time
 
 import numpy as np
 from absl import flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
+from benchmarks.learning_table import print_table, save_rows, train_and_score_test  # pylint: disable=wrong-import-position
 
 PRETRAININGS = {'both': {}, 'icl': {'loss.beta': 0.0}, 'ecl': {'loss.alpha': 0.0}}
 COLUMNS = ('bleu4', 'rougeL_signjoey', 't2v_r1', 'v2t_r1', 't2v_medr')
@@ -86,35 +85,14 @@ def chance_rows(data_dir: str):
 def main():
   args = parse_args()
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags
-  from sltjax import train  # pylint: disable=import-outside-toplevel
-
   rows, test_size = chance_rows(args.data_dir)
   for seed in args.seeds:
     for name, config, workdir in runs(args.data_dir, seed, os.path.join(args.workdir,
                                                                          f'seed{seed}')):
-      start = time.perf_counter()
-      train.train_and_evaluate(config, workdir)
-      test_config = config.copy_and_resolve_references()
-      test_config.eval.split = 'test'
-      scores = train.evaluate_checkpoint(test_config, workdir)
-      rows.append({'run': name, 'seed': seed, 'steps': config.total_steps,
-                   'minutes': round((time.perf_counter() - start) / 60, 1), **scores})
-      with open(os.path.join(args.workdir, 'results.json'), 'w', encoding='utf-8') as f:
-        json.dump(rows, f, indent=1)
-  print(f'\nsynthetic_signs test split ({test_size} videos), best dev checkpoints; '
-        f'mean over seeds {args.seeds} [per seed]:')
-  print('| run | ' + ' | '.join(COLUMNS) + ' |')
-  print('|---|' + '---|' * len(COLUMNS))
-  by_run = collections.defaultdict(list)
-  for row in rows:
-    by_run[row['run']].append(row)
-  for run, group in by_run.items():
-    cells = []
-    for column in COLUMNS:
-      values = [r[column] for r in group if column in r]
-      cells.append('-' if not values else f'{np.mean(values):.2f}' if len(values) == 1 else
-                   f'{np.mean(values):.2f} [{", ".join(f"{v:.2f}" for v in values)}]')
-    print(f'| {run} | ' + ' | '.join(cells) + ' |')
+      rows.append(train_and_score_test(config, workdir, name, seed))
+      save_rows(rows, args.workdir)
+  print_table(rows, COLUMNS, f'synthetic_signs test split ({test_size} videos), best dev '
+              f'checkpoints; mean over seeds {args.seeds} [per seed]:')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,43 @@
+"""What the learning benchmarks (learning_*.py) share: training and scoring one run, and the
+table of means over seeds."""
+import collections
+import json
+import os
+import time
+
+import numpy as np
+
+
+def train_and_score_test(config, workdir: str, name: str, seed: int) -> dict:
+  """Trains `config` in `workdir` (resuming; a finished run is only scored again) and scores its
+  best dev checkpoint on the test split: one results row."""
+  from sltjax import train  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  train.train_and_evaluate(config, workdir)
+  test_config = config.copy_and_resolve_references()
+  test_config.eval.split = 'test'
+  scores = train.evaluate_checkpoint(test_config, workdir)
+  return {'run': name, 'seed': seed, 'steps': config.total_steps,
+          'minutes': round((time.perf_counter() - start) / 60, 1), **scores}
+
+
+def save_rows(rows: list[dict], root: str) -> None:
+  with open(os.path.join(root, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump(rows, f, indent=1)
+
+
+def print_table(rows: list[dict], columns: tuple[str, ...], title: str) -> None:
+  """A markdown table: per run, each column's mean over seeds [and the per-seed values]."""
+  print(f'\n{title}')
+  print('| run | ' + ' | '.join(columns) + ' |')
+  print('|---|' + '---|' * len(columns))
+  by_run = collections.defaultdict(list)
+  for row in rows:
+    by_run[row['run']].append(row)
+  for run, group in by_run.items():
+    cells = []
+    for column in columns:
+      values = [r[column] for r in group if column in r]
+      cells.append('-' if not values else f'{np.mean(values):.2f}' if len(values) == 1 else
+                   f'{np.mean(values):.2f} [{", ".join(f"{v:.2f}" for v in values)}]')
+    print(f'| {run} | ' + ' | '.join(cells) + ' |')
