@@ -299,10 +299,10 @@ def test_downstream_stages_start_from_a_converted_mbart_with_the_pretraining_tok
   from it and SLRet both of its encoders, each an exact copy of the converted weights."""
   from sltjax.convert.hf import load_mbart  # pylint: disable=import-outside-toplevel
   from sltjax.convert.pretrained import save_pretrained  # pylint: disable=import-outside-toplevel
-  from sltjax.data.tokenizers import MBART_FILES, MBartTokenizer  # pylint: disable=import-outside-toplevel
+  from sltjax.data.tokenizers import TOKENIZER_FILES, MBartTokenizer  # pylint: disable=import-outside-toplevel
   hf = tmp_path / 'hf'
   hf.mkdir()
-  for name in MBART_FILES:
+  for name in TOKENIZER_FILES:
     if (MBART_DIR / name).exists():
       shutil.copy(MBART_DIR / name, hf)
   save_mbart_with_tokenizer(hf, MBartTokenizer(str(hf)).vocab_size)
@@ -314,7 +314,7 @@ def test_downstream_stages_start_from_a_converted_mbart_with_the_pretraining_tok
       synthetic_signs_dir, total_steps=2, eval_every_steps=2, **language,
       **{'tokenizer.kind': 'mbart', 'tokenizer.path': str(converted)}), str(pretraining))
   assert sorted(os.listdir(pretraining / 'tokenizer')) == sorted(
-      n for n in MBART_FILES if (hf / n).exists())
+      n for n in TOKENIZER_FILES if (hf / n).exists())
   source = read_best_variables(str(converted))
   for variant, prefixes in (('runlocal_slt', ('translation',)),
                             ('runlocal_slret', ('video_encoder', 'text_encoder'))):
