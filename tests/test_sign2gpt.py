@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sltjax import config_validation, optim, stand_ins, workdirs
+from sltjax import config_validation, optim, stand_ins, train, workdirs
 from sltjax.checkpointing import read_best_variables
 from sltjax.convert.dinov2 import load_dinov2, save_dinov2
 from sltjax.convert.xglm import load_xglm, save_xglm
@@ -241,9 +241,15 @@ def test_stage2_starts_from_stage1_keeps_the_lm_frozen_and_resumes_bitwise(
   gates = [v for k, v in uninterrupted.items() if k[-1] == 'gate']
   assert len(gates) == 2 and any(np.any(g != 0) for g in gates)
   assert not any(k[1] == 'head' for k in uninterrupted)  # the prototype head is dropped
-  # The DINOv2 weights come from the release, the stage-1 encoders were the start (the sign
-  # encoder then trained on).
-  assert all(k in uninterrupted for k in start if k[1] in ('frames', 'sign_encoder'))
+  # Stage 2 starts from stage 1's frame and sign encoders, values included.
+  config = workdirs.load_config(str(workdir))
+  params, _ = train.build_experiment(config, str(workdir)).init_variables()
+  started = {('params', *map(str, path)): np.asarray(v.get_value())
+             for path, v in nnx.to_flat_state(params)}
+  copied = [k for k in start if k[0] == 'params' and k[1] in ('frames', 'sign_encoder')]
+  assert len(copied) > 10
+  for key in copied:
+    np.testing.assert_array_equal(started[key], start[key], err_msg=str(key))
   assert json.loads((workdir / 'architectures.json').read_text())['lm']['num_layers'] == 2
 
 
