@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
-from benchmarks.learning_table import print_table, save_rows, train_and_score_test  # pylint: disable=wrong-import-position
+from benchmarks.learning_table import print_table, train_every_seed  # pylint: disable=wrong-import-position
 
 PRETRAININGS = {'both': {}, 'icl': {'loss.beta': 0.0}, 'ecl': {'loss.alpha': 0.0}}
 COLUMNS = ('bleu4', 'rougeL_signjoey', 't2v_r1', 'v2t_r1', 't2v_medr')
@@ -86,11 +86,8 @@ def main():
   args = parse_args()
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags
   rows, test_size = chance_rows(args.data_dir)
-  for seed in args.seeds:
-    for name, config, workdir in runs(args.data_dir, seed, os.path.join(args.workdir,
-                                                                         f'seed{seed}')):
-      rows.append(train_and_score_test(config, workdir, name, seed))
-      save_rows(rows, args.workdir)
+  train_every_seed(rows, lambda seed, root: runs(args.data_dir, seed, root), args.seeds,
+                   args.workdir)
   print_table(rows, COLUMNS, f'synthetic_signs test split ({test_size} videos), best dev '
               f'checkpoints; mean over seeds {args.seeds} [per seed]:')
 

@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
-from benchmarks.learning_table import print_table, save_rows, train_and_score_test  # pylint: disable=wrong-import-position
+from benchmarks.learning_table import print_table, train_every_seed  # pylint: disable=wrong-import-position
 
 COLUMNS = ('bleu4', 'rougeL_signjoey', 'pseudo_gloss_f1', 'pseudo_gloss_class_f1')
 
@@ -98,10 +98,7 @@ def main():
   from sltjax import stand_ins  # pylint: disable=import-outside-toplevel
   print(stand_ins.build(args.pretrained))
   rows, test_size = chance_rows(args)
-  for seed in args.seeds:
-    for name, config, workdir in runs(args, seed, os.path.join(args.workdir, f'seed{seed}')):
-      rows.append(train_and_score_test(config, workdir, name, seed))
-      save_rows(rows, args.workdir)
+  train_every_seed(rows, lambda seed, root: runs(args, seed, root), args.seeds, args.workdir)
   print_table(rows, COLUMNS, f'synthetic_signs test split ({test_size} videos), best dev '
               f'checkpoints; mean over seeds {args.seeds} [per seed]:')
 

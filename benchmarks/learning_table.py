@@ -21,6 +21,16 @@ def train_and_score_test(config, workdir: str, name: str, seed: int) -> dict:
           'minutes': round((time.perf_counter() - start) / 60, 1), **scores}
 
 
+def train_every_seed(rows: list[dict], runs, seeds: list[int], root: str) -> list[dict]:
+  """Appends to `rows` the test scores of every run of runs(seed, root/seed<N>) -> [(name,
+  config, workdir)], saving them after each run; returns `rows`."""
+  for seed in seeds:
+    for name, config, workdir in runs(seed, os.path.join(root, f'seed{seed}')):
+      rows.append(train_and_score_test(config, workdir, name, seed))
+      save_rows(rows, root)
+  return rows
+
+
 def save_rows(rows: list[dict], root: str) -> None:
   with open(os.path.join(root, 'results.json'), 'w', encoding='utf-8') as f:
     json.dump(rows, f, indent=1)
