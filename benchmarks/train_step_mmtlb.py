@@ -110,10 +110,12 @@ def run_sltjax(args, dtype: str, backbone: str, batch_size: int) -> dict:
           abstract, nnx.Param, ...)
 
     def loss(self, model, batch, rngs):
-      out = model(batch['frames'], batch['frame_mask'], batch['decoder_input_ids'],
-                  sign_lang_id=SIGN_LANG_ID, rngs=rngs)
+      out = model(batch['frames'], batch['frame_mask'], rngs=rngs)
+      translation = model.translation_loss(
+          out, batch['decoder_input_ids'], batch['labels'], batch['label_weights'], eos_id=2,
+          sign_lang_id=SIGN_LANG_ID, label_smoothing=0.2, rngs=rngs)
       return sign_translation_loss(out, batch, ctc_weight=1.0, translation_weight=1.0,
-                                   label_smoothing=0.2)
+                                   translation=translation)
 
   exp = BenchmarkExperiment()
   tx = optax.adam(1e-4, b1=0.9, b2=0.998)

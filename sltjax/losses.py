@@ -1,4 +1,5 @@
-"""Training losses: label-smoothed cross entropy, CTC, and the CLCL contrastive loss (C2RL)."""
+"""Training losses: label-smoothed cross entropy, CTC, IP-SLT's iterative distillation and the CLCL
+contrastive loss (C2RL)."""
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,6 +19,25 @@ def label_smoothed_cross_entropy(logits, labels, weights, label_smoothing: float
   return jnp.sum(per_token * weights), jnp.sum(weights)
 
 
+def token_distillation_kl(student_logits, teacher_logits, weights):
+  """KL(teacher || student) of the token distributions, averaged over weighted tokens; the
+  teacher gets no gradient. logits: [batch, len, vocab] float32; weights: [batch, len]."""
+  teacher = jax.lax.stop_gradient(jax.nn.log_softmax(teacher_logits, axis=-1))
+  student = jax.nn.log_softmax(student_logits, axis=-1)
+  per_token = jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)  # [batch, len]
+  return jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def prototype_mse(student, teacher, mask):
+  """Mean squared distance between two encoder outputs [batch, len, dim] over the valid
+  positions (mask [batch, len]) and the features; the teacher gets no gradient."""
+  teacher = jax.lax.stop_gradient(teacher)
+  per_position = jnp.mean(jnp.square(student.astype(jnp.float32) - teacher.astype(jnp.float32)),
+                          axis=-1)  # [batch, len]
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(per_position * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def ctc_loss_sum(gloss_logits, frame_mask, gloss_ids, gloss_mask):
   """Sum over the batch of CTC negative log-likelihoods (blank 0), as MMTLB's loss before it
   divides by the batch size.
@@ -32,24 +52,21 @@ def ctc_loss_sum(gloss_logits, frame_mask, gloss_ids, gloss_mask):
 
 
 def sign_translation_loss(out, batch, *, ctc_weight: float, translation_weight: float,
-                          label_smoothing: float):
-  """MMTLB's objective: ctc_weight * CTC / batch size, plus translation_weight * the smoothed
-  cross entropy per target token when the model translated (out has 'logits').
+                          translation=None):
+  """MMTLB's objective: ctc_weight * CTC / batch size, plus translation_weight * the translation
+  network's loss when the model translates.
 
-  out: the model's {'gloss_logits' [B, T', K], 'gloss_mask' [B, T'][, 'logits' [B, L, V]]};
-  batch: {'gloss_ids', 'gloss_mask' [B, G][, 'labels', 'label_weights' [B, L]]}.
-  Returns (loss, {'ctc'[, 'ce', 'tokens']}).
+  out: the model's {'gloss_logits' [B, T', K], 'gloss_mask' [B, T']}; batch: {'gloss_ids',
+  'gloss_mask' [B, G]}; translation: (loss, metrics) of MBart.translation_loss, or None.
+  Returns (loss, {'ctc', plus the translation's metrics}).
   """
   ctc = ctc_loss_sum(out['gloss_logits'], out['gloss_mask'], batch['gloss_ids'],
                      batch['gloss_mask']) / out['gloss_logits'].shape[0]
   metrics = {'ctc': ctc}
   loss = ctc_weight * ctc
-  if 'logits' in out:
-    ce_sum, tokens = label_smoothed_cross_entropy(out['logits'], batch['labels'],
-                                                  batch['label_weights'], label_smoothing)
-    ce = ce_sum / jnp.maximum(tokens, 1.0)
-    loss = loss + translation_weight * ce
-    metrics.update(ce=ce, tokens=tokens)
+  if translation is not None:
+    loss = loss + translation_weight * translation[0]
+    metrics.update(translation[1])
   return loss, metrics
 
 

@@ -18,6 +18,10 @@ RESUMABLE_CHANGES = ('eval.', 'log_every_steps', 'eval_every_steps', 'checkpoint
                      'keep_checkpoints', 'total_steps', 'mesh.', 'data.num_workers',
                      'data.build_if_missing', 'data.data_dir', 'data.features_dir')
 
+# Config blocks whose presence alone changes the model: a key of one that only the saved or only
+# the new config has is a difference (other keys may be new in today's configs).
+OPTIONAL_MODEL_BLOCKS = ('model.prototype.',)
+
 
 def default_workdir(config_argument: str, config) -> str:
   """workdirs/<config file>_<variant>[_<dataset>] for --config=configs/<file>.py[:variant,...]."""
@@ -52,11 +56,17 @@ def upgrade(values: dict) -> dict:
 
 
 def config_differences(saved: dict, config: dict) -> list[str]:
-  """'key: saved -> new' for every key in both whose value differs and matters for resuming."""
+  """'key: saved -> new' for every key in both whose value differs and matters for resuming, and
+  for every key of an optional block that changes the model (OPTIONAL_MODEL_BLOCKS) present on
+  one side only."""
   saved, config = _flatten(upgrade(saved)), _flatten(upgrade(config))
-  return [f'{key}: {saved[key]!r} -> {config[key]!r}' for key in sorted(saved.keys() & config.keys())
-          if saved[key] != config[key]
-          and not any(key == p or key.startswith(p) for p in RESUMABLE_CHANGES)]
+  differences = [f'{key}: {saved[key]!r} -> {config[key]!r}'
+                 for key in sorted(saved.keys() & config.keys()) if saved[key] != config[key]
+                 and not any(key == p or key.startswith(p) for p in RESUMABLE_CHANGES)]
+  one_side = sorted(key for key in saved.keys() ^ config.keys()
+                    if any(key.startswith(p) for p in OPTIONAL_MODEL_BLOCKS))
+  shown = lambda values, key: repr(values[key]) if key in values else '(absent)'
+  return differences + [f'{key}: {shown(saved, key)} -> {shown(config, key)}' for key in one_side]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

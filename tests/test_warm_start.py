@@ -30,11 +30,11 @@ def test_only_names_of_the_table_may_be_set():
 def test_a_start_fills_its_prefix_from_a_source_with_or_without_it():
   flat = fresh_flat()
   workdir_source = {('params', 'head', 'kernel'): np.ones((2, 3))}
-  assert warm_start.graft(flat, workdir_source, ('head',), 'w/s2g') == 1
+  assert len(warm_start.graft(flat, workdir_source, ('head',), 'w/s2g')) == 1
   np.testing.assert_array_equal(flat['params'][('head', 'kernel')].value, np.ones((2, 3)))
   assert not flat['params'][('translation', 'shared', 'embedding')].value.any()
   converted_mbart = {('params', 'shared', 'embedding'): np.full((5, 4), 2.0)}
-  assert warm_start.graft(flat, converted_mbart, ('translation',), 'pretrained/mbart') == 1
+  assert len(warm_start.graft(flat, converted_mbart, ('translation',), 'pretrained/mbart')) == 1
   np.testing.assert_array_equal(flat['params'][('translation', 'shared', 'embedding')].value, 2.0)
 
 

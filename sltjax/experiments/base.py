@@ -87,6 +87,7 @@ class Experiment:
     """Records the model's structure, abstract variables and their shardings (nothing allocated)."""
     self.make_model = make_model
     abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(self.config.seed)))
+    self.initial_copies = warm_start.initial_copies(abstract)
     self.graphdef, self.abstract_params, self.abstract_rest = nnx.split(abstract, nnx.Param, ...)
     self.param_shardings = sharding.named_shardings(self.abstract_params, self.mesh)
     self.rest_shardings = sharding.named_shardings(self.abstract_rest, self.mesh)
@@ -110,25 +111,35 @@ class Experiment:
 
   def init_variables(self):
     """The variables training starts from: fresh, with `converted_parts` and config.init's
-    starts (a workdir's best checkpoint or a converted directory) written over them."""
+    starts (a workdir's best checkpoint or a converted directory) written over them, then the
+    parts that start as copies of others (`warm_start.initial_copies`) copied where no start
+    filled them."""
     params, rest = self.fresh_variables()
     table = self.warm_starts(self.config)
     starts = warm_start.sources(table, self.config.get('init'))
     parts = self.converted_parts()
-    if not (starts or parts):
+    if not (starts or parts or self.initial_copies):
       return params, rest
     flat = {'params': dict(nnx.to_flat_state(params)), 'rest': dict(nnx.to_flat_state(rest))}
+    written = set()
     for prefix, state in parts.items():
       for sub_path, variable in nnx.to_flat_state(state):
-        flat['params' if isinstance(variable, nnx.Param) else 'rest'][(*prefix, *sub_path)] = (
-            variable)
+        kind = 'params' if isinstance(variable, nnx.Param) else 'rest'
+        flat[kind][(*prefix, *sub_path)] = variable
+        written.add((kind, (*prefix, *sub_path)))
     sources = {directory: read_best_variables(directory)  # each directory read once
                for directory in set(starts.values())}
     for name, directory in starts.items():
       source = sources[directory]
       for prefix in table[name].prefixes:
-        copied = warm_start.graft(flat, source, prefix, directory)
-        log(f'init.{name}: {"/".join(prefix) or "the model"} <- {directory} ({copied} tensors)')
+        copied = warm_start.graft(flat, source, prefix, directory,
+                                  derived=tuple(self.initial_copies))
+        written |= copied
+        log(f'init.{name}: {"/".join(prefix) or "the model"} <- {directory} '
+            f'({len(copied)} tensors)')
+    for target, count in warm_start.copy_initial(flat, self.initial_copies, written).items():
+      log(f'init: {"/".join(target)} <- {"/".join(self.initial_copies[target])} '
+          f'({count} tensors)')
     return (jax.device_put(nnx.from_flat_state(list(flat['params'].items())),
                            self.param_shardings),
             jax.device_put(nnx.from_flat_state(list(flat['rest'].items())), self.rest_shardings))

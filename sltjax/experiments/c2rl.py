@@ -34,6 +34,7 @@ from sltjax.metrics import (RETRIEVAL_METRIC_NAMES, protocol, sign_retrieval_met
                             translation_metrics)
 from sltjax.models.backbones import registry as backbones
 from sltjax.models.mbart import MBartConfig
+from sltjax.models.systems import ipslt
 from sltjax.models.systems.c2rl import (MAX_LOGIT_SCALE, STAGES, C2RLPretraining, SignRetriever,
                                         SignTranslator, VisualEncoderConfig)
 
@@ -74,6 +75,7 @@ class C2RLExperiment(VideoExperiment):
       return [f'stage={config.stage!r} must be one of {STAGES}']
     problems = super().check_config(config)
     retrieval = config.stage != 'slt'
+    problems += ipslt.config_problems(config.model, not retrieval, f'C2RL stage {config.stage}')
     if retrieval and config.eval.best_metric not in RETRIEVAL_METRIC_NAMES:
       problems.append(f'stage {config.stage} is scored by retrieval: eval.best_metric must be one '
                       f'of {list(RETRIEVAL_METRIC_NAMES)}')
@@ -98,6 +100,7 @@ class C2RLExperiment(VideoExperiment):
     self.stage = config.stage
     m = config.model
     self.visual_config = VisualEncoderConfig(**m.visual.to_dict())
+    self.prototype = ipslt.PrototypeConfig.from_model_config(m)  # stage slt only (check_config)
     if self.stage == 'pretrain':
       text = MBartConfig.from_dict({**m.text.to_dict(), 'vocab_size': self.tokenizer.vocab_size,
                                     'pad_token_id': self.tokenizer.pad_id})
@@ -110,11 +113,15 @@ class C2RLExperiment(VideoExperiment):
         raise UserError(f'init.mbart has {network.vocab_size} ids but the tokenizer has '
                         f'{self.tokenizer.vocab_size}: pretrain with the tokenizer of the mBART '
                         'used downstream (config.tokenizer.path).')
-      model_class = SignTranslator if self.stage == 'slt' else SignRetriever
       # The encoder trains (dropout, batch statistics) only when the optimizer updates it.
       train_visual = not re.search(config.optimizer.frozen or '$^', 'visual/')
-      self.set_model(lambda rngs: model_class(self.visual_config, network,
-                                              train_visual=train_visual, rngs=rngs))
+      if self.stage == 'slt':
+        self.set_model(lambda rngs: SignTranslator(self.visual_config, network,
+                                                   train_visual=train_visual,
+                                                   prototype=self.prototype, rngs=rngs))
+      else:
+        self.set_model(lambda rngs: SignRetriever(self.visual_config, network,
+                                                  train_visual=train_visual, rngs=rngs))
     self._jitted = {}
 
   def capabilities(self) -> frozenset[str]:
@@ -122,7 +129,8 @@ class C2RLExperiment(VideoExperiment):
                       'slret': {RETRIEVE}}[self.stage])
 
   def describe(self) -> str:
-    return f'C2RL {self.stage} on {self.visual_config.backbone}'
+    return (f'C2RL {self.stage} on {self.visual_config.backbone}'
+            + ipslt.describe(self.prototype))
 
   # ------------------------------------------------------------------ inputs
   @property
@@ -201,16 +209,16 @@ class C2RLExperiment(VideoExperiment):
       loss = self.contrastive(video, video_mask, text, text_mask, text_ids, model.logit_scale[...])
       return loss, {**metrics, 'icl': loss, 'logit_scale': model.logit_scale[...]}
     if self.stage == 'slt':
-      logits = model(inputs, mask, batch['decoder_input_ids'], rngs=rngs)
-    else:
-      out = model(inputs, mask, text_ids, text_mask, batch['decoder_input_ids'], rngs=rngs)
-      logits = out['logits']
-    ce_sum, tokens = label_smoothed_cross_entropy(logits, batch['labels'], batch['label_weights'],
-                                                  cfg.label_smoothing)
+      embeds, mask = model.encoder_inputs(inputs, mask, rngs)
+      loss, translation = model.translation.translation_loss(
+          mask, batch['decoder_input_ids'], batch['labels'], batch['label_weights'],
+          inputs_embeds=embeds, label_smoothing=cfg.label_smoothing, rngs=rngs)
+      return loss, {**metrics, **translation}
+    out = model(inputs, mask, text_ids, text_mask, batch['decoder_input_ids'], rngs=rngs)
+    ce_sum, tokens = label_smoothed_cross_entropy(out['logits'], batch['labels'],
+                                                  batch['label_weights'], cfg.label_smoothing)
     ce = ce_sum / jnp.maximum(tokens, 1.0)
     metrics.update(tokens=tokens)
-    if self.stage == 'slt':
-      return ce, {**metrics, 'ce': ce}
     icl = self.contrastive(out['video'], out['video_mask'], out['text'], text_mask, text_ids,
                            model.logit_scale[...])
     loss = cfg.loss.alpha * icl + cfg.loss.beta * ce

@@ -7,7 +7,6 @@ the same dataset as its video stages."""
 import os
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from sltjax import sharding
@@ -20,9 +19,8 @@ from sltjax.errors import UserError
 from sltjax.experiments import warm_start
 from sltjax.experiments.base import Experiment
 from sltjax.experiments.video import TOKENIZER_DIR, open_dataset_split
-from sltjax.losses import label_smoothed_cross_entropy
 from sltjax.metrics import protocol, translation_metrics
-from sltjax.models.mbart import MBart
+from sltjax.models.systems import ipslt
 
 
 def read_split(data_config, split: str) -> tuple[list[str], list[str]]:
@@ -46,6 +44,7 @@ class Gloss2TextExperiment(Experiment):
   @classmethod
   def check_config(cls, config) -> list[str]:
     problems = super().check_config(config)
+    problems += ipslt.config_problems(config.model, True, 'Gloss2Text')
     if config.model.get('init_from'):
       problems.append('model.init_from is now init.model: pass --config.init.model=DIR')
     if not (config.data.get('path') or config.data.get('name')):
@@ -63,7 +62,7 @@ class Gloss2TextExperiment(Experiment):
     return []
 
   def describe(self) -> str:
-    return 'Gloss2Text: gloss sentences -> text'
+    return 'Gloss2Text: gloss sentences -> text' + ipslt.describe(self.prototype)
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
@@ -81,7 +80,9 @@ class Gloss2TextExperiment(Experiment):
           f'The pretrained model in {start} has {self.model_config.vocab_size} ids but the '
           f'tokenizer ({tokenizer_config.path or tokenizer_config.kind}) has '
           f'{self.tokenizer.vocab_size}: use the tokenizer that was trimmed with it.')
-    self.set_model(lambda rngs: MBart(self.model_config, rngs=rngs))
+    self.prototype = ipslt.PrototypeConfig.from_model_config(config.model)
+    self.set_model(lambda rngs: ipslt.translation_network(self.model_config, self.prototype,
+                                                          rngs=rngs))
     self._decode_fn = None
 
   def tokenized_split(self, split: str) -> text.TokenizedCorpus:
@@ -100,12 +101,10 @@ class Gloss2TextExperiment(Experiment):
     return batching.make_dataset(plan, self._loader(corpus), self.config.data.num_workers)
 
   def loss(self, model, batch, rngs):
-    logits = model(batch['input_ids'], batch['attention_mask'], batch['decoder_input_ids'],
-                   rngs=rngs)
-    loss_sum, tokens = label_smoothed_cross_entropy(logits, batch['labels'],
-                                                    batch['label_weights'],
-                                                    self.config.label_smoothing)
-    return loss_sum / jnp.maximum(tokens, 1.0), {'tokens': tokens}
+    return model.translation_loss(
+        batch['attention_mask'], batch['decoder_input_ids'], batch['labels'],
+        batch['label_weights'], input_ids=batch['input_ids'],
+        label_smoothing=self.config.label_smoothing, rngs=rngs)
 
   def decode_fn(self):
     """Jitted beam search: (params, rest, batch) -> best sequences [batch, 1 + max_new_tokens]."""

@@ -31,6 +31,7 @@ from sltjax.experiments.warm_start import WarmStart
 from sltjax.losses import sign_translation_loss
 from sltjax.metrics import GLOSS_METRIC_NAMES, gloss_metrics, protocol, translation_metrics
 from sltjax.models.backbones import registry as backbones
+from sltjax.models.systems import ipslt
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
 
 STAGES = ('sign2gloss', 'sign2text', 'sign2gloss2text')
@@ -53,6 +54,8 @@ class MMTLBExperiment(VideoExperiment):
     if config.stage not in STAGES:
       return [f'stage={config.stage!r} must be one of {STAGES}']
     problems = super().check_config(config)
+    problems += ipslt.config_problems(config.model, config.stage != 'sign2gloss',
+                                      f'MMTLB stage {config.stage}')
     if config.model.get('mapper_init') == 'gloss_embeddings' and config.stage != 'sign2gloss':
       if config.model.mapper != 'gloss_probs':
         problems.append('model.mapper_init="gloss_embeddings" starts the gloss_probs mapper: set '
@@ -72,7 +75,8 @@ class MMTLBExperiment(VideoExperiment):
     return frozenset(can)
 
   def describe(self) -> str:
-    return f'MMTLB {self.stage} on {self.config.model.backbone}'
+    return (f'MMTLB {self.stage} on {self.config.model.backbone}'
+            + ipslt.describe(self.model_config.prototype))
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
@@ -93,7 +97,8 @@ class MMTLBExperiment(VideoExperiment):
         bn_momentum=m.get('bn_momentum', 0.0),  # absent from workdirs written before it existed
         head_dim=m.head_dim, head_ffn_dim=m.head_ffn_dim, head_kernel=m.head_kernel,
         head_dropout=m.head_dropout, mapper=m.mapper, mapper_hidden=m.mapper_hidden,
-        translation=translation, dtype=m.dtype, param_dtype=m.param_dtype)
+        translation=translation, prototype=ipslt.PrototypeConfig.from_model_config(m),
+        dtype=m.dtype, param_dtype=m.param_dtype)
     self.set_model(lambda rngs: MMTLB(self.model_config, rngs=rngs))
     self._eval_fns = {}
 
@@ -139,12 +144,14 @@ class MMTLBExperiment(VideoExperiment):
   def loss(self, model, batch, rngs):
     cfg = self.config
     frames, frame_mask = self.model_inputs(batch)
-    out = model(frames, frame_mask, batch['decoder_input_ids'] if self.translates else None,
-                eos_id=self.tokenizer.eos_id,
-                sign_lang_id=self.tokenizer.lang_id(cfg.tokenizer.src_lang), rngs=rngs)
+    out = model(frames, frame_mask, rngs=rngs)
+    translation = None if not self.translates else model.translation_loss(
+        out, batch['decoder_input_ids'], batch['labels'], batch['label_weights'],
+        eos_id=self.tokenizer.eos_id, sign_lang_id=self.tokenizer.lang_id(cfg.tokenizer.src_lang),
+        label_smoothing=cfg.label_smoothing, rngs=rngs)
     loss, metrics = sign_translation_loss(
         out, batch, ctc_weight=cfg.loss.ctc_weight, translation_weight=cfg.loss.translation_weight,
-        label_smoothing=cfg.label_smoothing)
+        translation=translation)
     metrics['frames'] = jnp.sum(batch['frame_mask']).astype(jnp.float32)
     return loss, metrics
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from sltjax.errors import UserError
@@ -69,12 +70,13 @@ def tokenizer_config(config_tokenizer, source_directory: str) -> ml_collections.
 
 
 def graft(flat: Flat, source: dict[tuple, np.ndarray], prefix: tuple[str, ...],
-          directory: str) -> int:
+          directory: str, derived: tuple[tuple[str, ...], ...] = ()) -> set[tuple]:
   """Replaces flat[kind][prefix + p] by the source tensor at prefix + p (or at p, when the source
-  model is the part itself); returns how many tensors it copied. Every tensor under the prefix
-  must be in the source with the same shape."""
+  model is the part itself); returns the (kind, path) keys it wrote. Every tensor under the
+  prefix must be in the source with the same shape, except under a `derived` path prefix (a
+  part that starts as a copy of another when its source lacks it: see `copy_initial`)."""
   has_prefix = any(path[1:1 + len(prefix)] == prefix for path in source)
-  copied, problems = 0, []
+  copied, problems = set(), []
   for kind in ('params', 'rest'):
     for path, variable in flat[kind].items():
       names = tuple(map(str, path))
@@ -82,14 +84,15 @@ def graft(flat: Flat, source: dict[tuple, np.ndarray], prefix: tuple[str, ...],
         continue
       key = (kind, *names) if has_prefix else (kind, *names[len(prefix):])
       if key not in source:
-        problems.append(f'missing {"/".join(key)}')
+        if not any(names[:len(d)] == d for d in derived):
+          problems.append(f'missing {"/".join(key)}')
         continue
       value = np.asarray(source[key])
       if value.shape != variable.shape:
         problems.append(f'{"/".join(key)} has shape {value.shape}, expected {variable.shape}')
         continue
       flat[kind][path] = variable.replace(jnp.asarray(value, variable.dtype))
-      copied += 1
+      copied.add((kind, path))
   if problems:
     raise UserError(f'Cannot start {"/".join(prefix) or "the model"} from {directory}: its '
                     'architecture differs from config.model:\n  ' + '\n  '.join(problems[:20]))
@@ -97,3 +100,37 @@ def graft(flat: Flat, source: dict[tuple, np.ndarray], prefix: tuple[str, ...],
     raise UserError(f'Cannot start {"/".join(prefix)} from {directory}: this model has no '
                     'parameters there.')
   return copied
+
+
+def initial_copies(model) -> dict[tuple[str, ...], tuple[str, ...]]:
+  """{path prefix: path prefix it starts as a copy of}, as the modules of `model` declare them
+  with an `initial_copies()` method (IP-SLT's refinement encoder and decoder)."""
+  copies = {}
+  for path, node in nnx.iter_graph(model):
+    if hasattr(node, 'initial_copies'):
+      for target, origin in node.initial_copies().items():
+        copies[tuple(map(str, (*path, *target)))] = tuple(map(str, (*path, *origin)))
+  return copies
+
+
+def copy_initial(flat: Flat, copies: dict[tuple[str, ...], tuple[str, ...]],
+                 keep: set[tuple]) -> dict[tuple[str, ...], int]:
+  """Sets every tensor under a `copies` target to the tensor at the same place under its origin,
+  except the (kind, path) keys in `keep` (what a start wrote); returns {target: tensors copied}."""
+  counts = {}
+  for kind in ('params', 'rest'):
+    by_name = {tuple(map(str, path)): path for path in flat[kind]}
+    for names, path in by_name.items():
+      if (kind, path) in keep:
+        continue
+      targets = [target for target in copies if names[:len(target)] == target]
+      if not targets:
+        continue
+      target = max(targets, key=len)  # the most specific rule
+      origin_path = by_name.get((*copies[target], *names[len(target):]))
+      variable = flat[kind][path]
+      if origin_path is not None and flat[kind][origin_path].shape == variable.shape:
+        # A buffer of its own: the train step donates every parameter's.
+        flat[kind][path] = variable.replace(jnp.copy(flat[kind][origin_path].value))
+        counts[target] = counts.get(target, 0) + 1
+  return counts

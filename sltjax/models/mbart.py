@@ -8,12 +8,13 @@ non-trainable `final_logits_bias`. The decoder runs on full sequences (teacher f
 at a time from a functional KV cache (beam search).
 """
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sltjax.losses import label_smoothed_cross_entropy
 from sltjax.models.layers.attention import MultiHeadAttention
 from sltjax.models.layers.dense import Buffer, dense, embedding, layer_norm
 
@@ -76,6 +77,7 @@ def _ffn_block(fc1, fc2, activation_dropout, x, rngs):
 
 
 class EncoderLayer(nnx.Module):
+  """Pre-LN self-attention and FFN."""
 
   def __init__(self, cfg: MBartConfig, *, rngs: nnx.Rngs):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
@@ -89,9 +91,17 @@ class EncoderLayer(nnx.Module):
     self.activation_dropout = nnx.Dropout(cfg.activation_dropout)
 
   def __call__(self, x, mask, rngs):  # x: [batch, src_len, d_model]; mask: [batch, 1, 1, src_len]
+    x = x + self.dropout(self.attend_to_self(x, mask, rngs), deterministic=rngs is None,
+                         rngs=rngs)
+    return self.feed_forward(x, rngs)
+
+  def attend_to_self(self, x, mask, rngs):
+    """The self-attention branch (before dropout and the residual), [batch, len, d_model]."""
     h = self.self_attn_layer_norm(x)
-    h = self.self_attn(h, *self.self_attn.project_kv(h), mask, rngs=rngs)
-    x = x + self.dropout(h, deterministic=rngs is None, rngs=rngs)
+    return self.self_attn(h, *self.self_attn.project_kv(h), mask, rngs=rngs)
+
+  def feed_forward(self, x, rngs):
+    """x plus the FFN branch, [batch, len, d_model]."""
     h = _ffn_block(self.fc1, self.fc2, self.activation_dropout, self.final_layer_norm(x), rngs)
     return x + self.dropout(h, deterministic=rngs is None, rngs=rngs)
 
@@ -148,6 +158,15 @@ class DecoderLayer(nnx.Module):
     return x + drop(h), cache
 
 
+class DecoderParts(NamedTuple):
+  """What a decoder pass runs over MBart's shared token embeddings: MBart's own decoder, or any
+  module with these attributes (IP-SLT's refinement decoder)."""
+  embed_positions: nnx.Embed
+  layernorm_embedding: nnx.LayerNorm
+  layers: nnx.List
+  layer_norm: nnx.LayerNorm
+
+
 class MBart(nnx.Module):
   """Encoder-decoder with tied embeddings. Logits are float32 [batch, tgt_len, vocab]."""
 
@@ -172,26 +191,40 @@ class MBart(nnx.Module):
   def embed_tokens(self, ids):  # [batch, len] -> [batch, len, d_model], scaled as mBART does
     return self.shared(ids) * self.embed_scale
 
-  def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, rngs=None):
-    """Encoder states [batch, src_len, d_model] from token ids or from `inputs_embeds`.
-
-    `inputs_embeds` [batch, src_len, d_model] is used as given (no scaling), exactly like HF's.
-    attention_mask: [batch, src_len], 1 for real positions.
-    """
+  def embed_source(self, input_ids=None, *, inputs_embeds=None, rngs=None):
+    """What the encoder layers read, [batch, src_len, d_model]: token embeddings of `input_ids`
+    or `inputs_embeds` (used as given, no scaling, exactly like HF's), plus learned positions,
+    then layernorm_embedding and dropout."""
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError('encode() takes exactly one of input_ids and inputs_embeds.')
     x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
     positions = jnp.arange(x.shape[1]) + POSITION_OFFSET
     x = self.encoder_layernorm_embedding(x + self.encoder_embed_positions(positions)[None])
-    x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
+    return self.dropout(x, deterministic=rngs is None, rngs=rngs)
+
+  def encode_embedded(self, x, attention_mask, rngs=None):
+    """The encoder layers and final LayerNorm over `embed_source`'s output [batch, src_len,
+    d_model]; attention_mask [batch, src_len], 1 for real positions."""
     mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1, src_len]
     for layer in self.encoder_layers:
       x = call_layer(self.config.remat, layer, x, mask, rngs)
     return self.encoder_layer_norm(x)
 
-  def cross_attention_kv(self, encoder_out):
+  def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, rngs=None):
+    """Encoder states [batch, src_len, d_model] from token ids or from `inputs_embeds`
+    [batch, src_len, d_model]; attention_mask: [batch, src_len], 1 for real positions."""
+    return self.encode_embedded(self.embed_source(input_ids, inputs_embeds=inputs_embeds,
+                                                  rngs=rngs), attention_mask, rngs)
+
+  def decoder_parts(self) -> DecoderParts:
+    """The decoder that `decode` runs by default (the one inference uses)."""
+    return DecoderParts(self.decoder_embed_positions, self.decoder_layernorm_embedding,
+                        self.decoder_layers, self.decoder_layer_norm)
+
+  def cross_attention_kv(self, encoder_out, decoder: DecoderParts | None = None):
     """Per decoder layer, the encoder keys and values (computed once per source for decoding)."""
-    return [layer.encoder_attn.project_kv(encoder_out) for layer in self.decoder_layers]
+    decoder = decoder or self.decoder_parts()
+    return [layer.encoder_attn.project_kv(encoder_out) for layer in decoder.layers]
 
   def init_cache(self, batch_size: int, max_length: int):
     """Zeroed self-attention KV cache: per layer {'k', 'v'}: [batch, max_length, heads, head_dim]."""
@@ -202,7 +235,7 @@ class MBart(nnx.Module):
             for _ in self.decoder_layers]
 
   def decode(self, decoder_input_ids, encoder_mask, cross_kv, *, cache=None, cache_index=0,
-             cache_slots=None, rngs=None):
+             cache_slots=None, rngs=None, decoder: DecoderParts | None = None):
     """Decoder logits [batch, tgt_len, vocab] (float32) and the updated cache.
 
     decoder_input_ids: [batch, tgt_len]; encoder_mask: [batch, src_len]; cross_kv from
@@ -210,18 +243,20 @@ class MBart(nnx.Module):
     may be batch // beams, consecutive rows then being beams of one sentence. Without a cache the decoder is causal over `decoder_input_ids`; with one,
     the tokens sit at positions cache_index.. and attend to everything cached so far; a beam
     search passes cache_slots [sentences, beams, max_length]: position t of beam i of sentence s
-    is in cache row s*beams + cache_slots[s, i, t].
+    is in cache row s*beams + cache_slots[s, i, t]. `decoder`: which decoder runs (default
+    `decoder_parts()`; cross_kv must come from the same one).
     """
+    decoder = decoder or self.decoder_parts()
     tgt_len = decoder_input_ids.shape[1]
     query_positions = cache_index + jnp.arange(tgt_len)  # [tgt_len]
     key_positions = query_positions if cache is None else jnp.arange(cache[0]['k'].shape[1])
     self_mask = (key_positions[None, :] <= query_positions[:, None])[None, None]
     x = self.embed_tokens(decoder_input_ids)
-    x = x + self.decoder_embed_positions(query_positions + POSITION_OFFSET)[None]
-    x = self.dropout(self.decoder_layernorm_embedding(x), deterministic=rngs is None, rngs=rngs)
+    x = x + decoder.embed_positions(query_positions + POSITION_OFFSET)[None]
+    x = self.dropout(decoder.layernorm_embedding(x), deterministic=rngs is None, rngs=rngs)
     cross_mask = encoder_mask[:, None, None, :].astype(bool)
     new_cache = []
-    for i, layer in enumerate(self.decoder_layers):
+    for i, layer in enumerate(decoder.layers):
       if cache is None:  # teacher forcing (training): the activations worth rematerialising
         x, layer_cache = call_layer(self.config.remat, layer, x, self_mask, cross_kv[i],
                                      cross_mask, rngs)
@@ -229,7 +264,7 @@ class MBart(nnx.Module):
         x, layer_cache = layer(x, self_mask, cross_kv[i], cross_mask, rngs, cache=cache[i],
                                cache_index=cache_index, cache_slots=cache_slots)
       new_cache.append(layer_cache)
-    x = self.decoder_layer_norm(x)
+    x = decoder.layer_norm(x)
     logits = self.shared.attend(x).astype(jnp.float32) + self.final_logits_bias[...]
     return logits, (None if cache is None else new_cache)
 
@@ -240,3 +275,15 @@ class MBart(nnx.Module):
     logits, _ = self.decode(decoder_input_ids, attention_mask, self.cross_attention_kv(encoder_out),
                             rngs=rngs)
     return logits
+
+  def translation_loss(self, attention_mask, decoder_input_ids, labels, label_weights, *,
+                       input_ids=None, inputs_embeds=None, label_smoothing: float, rngs=None):
+    """(label-smoothed cross entropy per target token, {'ce', 'tokens'}) of the teacher-forced
+    translation of a source (token ids or `inputs_embeds`, as `encode` takes), labels and
+    label_weights [batch, tgt_len]. The training objective of every system that translates
+    with this network (IP-SLT's refinement extends it)."""
+    logits = self(input_ids, attention_mask, decoder_input_ids, inputs_embeds=inputs_embeds,
+                  rngs=rngs)
+    ce_sum, tokens = label_smoothed_cross_entropy(logits, labels, label_weights, label_smoothing)
+    ce = ce_sum / jnp.maximum(tokens, 1.0)
+    return ce, {'ce': ce, 'tokens': tokens}

@@ -26,6 +26,7 @@ from sltjax.models.backbones import registry as backbones
 from sltjax.models.layers.conv import BatchNorm
 from sltjax.models.layers.dense import dense, embedding, layer_norm
 from sltjax.models.mbart import EncoderLayer, MBart, MBartConfig
+from sltjax.models.systems.ipslt import PrototypeConfig, translation_network
 
 STAGES = ('pretrain', 'slt', 'slret')
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP / CiCo clamp the learned log-scale here
@@ -155,13 +156,15 @@ class SignTranslator(_OnVisualFeatures):
   """Sign2Text: V -> Linear -> mBART `inputs_embeds` -> decoder."""
 
   def __init__(self, visual: VisualEncoderConfig, translation: MBartConfig, *,
-               train_visual: bool = False, rngs: nnx.Rngs):
+               train_visual: bool = False, prototype: PrototypeConfig | None = None,
+               rngs: nnx.Rngs):
     self.train_visual = train_visual
     self.visual = VisualEncoder(visual, rngs=rngs)
     self.projection = dense(visual.d_model, translation.d_model, ('conv_in', 'embed'),
                             dtype=translation.dtype, param_dtype=translation.param_dtype,
                             rngs=rngs)
-    self.translation = MBart(translation, rngs=rngs)
+    # With `prototype`, IP-SLT refines the mBART encoder's output (sltjax/models/systems/ipslt.py).
+    self.translation = translation_network(translation, prototype, rngs=rngs)
 
   def encoder_inputs(self, inputs, mask, rngs=None):
     """(`inputs_embeds` [B, T, d_mbart], attention mask [B, T]) of features or frames."""

@@ -19,7 +19,8 @@ from sltjax.models.backbones import registry as backbones
 from sltjax.models.layers.conv import BatchNorm
 from sltjax.models.layers.dense import dense, layer_norm
 from sltjax.models.layers.positions import sinusoidal_positions
-from sltjax.models.mbart import MBart, MBartConfig
+from sltjax.models.mbart import MBartConfig
+from sltjax.models.systems.ipslt import PrototypeConfig, translation_network
 
 MAPPERS = ('mlp', 'gloss_probs')
 
@@ -39,6 +40,7 @@ class MMTLBConfig:
   mapper: str = 'mlp'  # MAPPERS
   mapper_hidden: int = 1024
   translation: MBartConfig | None = None  # None: Sign2Gloss only
+  prototype: PrototypeConfig | None = None  # IP-SLT's refinement of the translation encoder
   dtype: str = 'float32'
   param_dtype: str = 'float32'
 
@@ -131,7 +133,8 @@ class MMTLB(nnx.Module):
                    MLPMapper(cfg.head_dim, cfg.mapper_hidden, d, cfg, rngs=rngs)
                    if cfg.mapper == 'mlp' else
                    GlossProbabilityMapper(cfg.num_glosses, d, cfg, rngs=rngs))
-    self.translation = MBart(cfg.translation, rngs=rngs) if translates else None
+    self.translation = (translation_network(cfg.translation, cfg.prototype, rngs=rngs)
+                        if translates else None)
 
   def visual(self, frames, frame_mask, rngs=None):
     """frames [B, T, H, W, 3] normalised (or features [B, T', C] for backbone='features'),
@@ -155,6 +158,15 @@ class MMTLB(nnx.Module):
     embeds = jnp.where((position == valid + 1)[..., None], specials[1].astype(mapped.dtype),
                        embeds)
     return embeds, (position < valid + 2).astype(jnp.int32)
+
+  def translation_loss(self, visual, decoder_input_ids, labels, label_weights, *, eos_id: int,
+                       sign_lang_id: int, label_smoothing: float, rngs=None):
+    """(loss, metrics) of the translation network (MBart.translation_loss) on `visual`'s encoder
+    inputs; decoder_input_ids, labels, label_weights [B, L]."""
+    embeds, mask = self.encoder_inputs(visual, eos_id, sign_lang_id)
+    return self.translation.translation_loss(mask, decoder_input_ids, labels, label_weights,
+                                             inputs_embeds=embeds,
+                                             label_smoothing=label_smoothing, rngs=rngs)
 
   def __call__(self, frames, frame_mask, decoder_input_ids=None, *, eos_id: int = 2,
                sign_lang_id: int = 0, rngs=None):

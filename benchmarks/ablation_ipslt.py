@@ -1,0 +1,192 @@
+r"""Does IP-SLT's iterative prototype refinement help? Its ablation on real text and on video.
+
+  .venv/bin/python benchmarks/ablation_ipslt.py --workdir=/tmp/ipslt_ablation \
+      [--phoenix=../shared/data/phoenix2014t] [--data_dir=data] [--parts=phoenix,synthetic]
+
+  phoenix    PHOENIX-2014T Gloss2Text on the real text files (configs/ipslt.py:gloss2text: the
+             from-scratch 2+2-layer d256 transformer), --steps (600) at --batch_size (32), scored
+             on dev at the last step (the test split is never read): K = 0 (the base system),
+             K = 1 and K = 3 with KL distillation, K = 3 with MSE on prototypes, per seed
+  synthetic  synthetic_signs Sign2Text on the README main job's base
+             (configs/ipslt.py:runlocal_mmtlb_sign2text = configs/mmtlb.py:runlocal_staged,
+             started from its Sign2Gloss and Gloss2Text stages, trained here once): K = 0 and
+             K = 3, best dev checkpoint scored on test, per seed
+
+Every run has its own workdir (WORKDIR/<part>/seed<N>/<run>); finished runs are recorded in
+WORKDIR/results.json and skipped by a rerun, and an interrupted run resumes from its last
+checkpoint, so the ablation can span sessions. Each row gives BLEU-4, the median training step
+time (log windows after the first, which holds compilation) and the evaluation time per sentence
+of a second, warm pass over the scored split (beam search; for video also the visual encoder),
+and the table divides both by K = 0's of the same part. Run it on an idle machine: the times
+are only comparable when nothing else shares the cores.
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+from absl import flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# name -> model.prototype overrides (iterations 0 is the base system)
+PHOENIX_RUNS = {'K=0 (base)': {'iterations': 0}, 'K=1 KL': {'iterations': 1},
+                'K=3 KL': {'iterations': 3}, 'K=3 MSE': {'iterations': 3, 'distillation': 'mse'}}
+SYNTHETIC_RUNS = {'K=0 (base)': {'iterations': 0}, 'K=3 KL': {'iterations': 3}}
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--phoenix', default=str(REPO.parent / 'shared' / 'data' / 'phoenix2014t'),
+                      help='Folder of PHOENIX-2014T\'s {train,dev}.{gloss,de}.')
+  parser.add_argument('--data_dir', default='data', help='Where synthetic_signs is (or is built).')
+  parser.add_argument('--parts', default='phoenix,synthetic')
+  parser.add_argument('--seeds', default='0,1')
+  parser.add_argument('--steps', type=int, default=600, help='PHOENIX Gloss2Text steps.')
+  parser.add_argument('--batch_size', type=int, default=32, help='PHOENIX Gloss2Text batch.')
+  return parser.parse_args()
+
+
+def phoenix_config(args, seed: int, prototype: dict):
+  from configs import ipslt  # pylint: disable=import-outside-toplevel
+  c = ipslt.get_config('gloss2text')
+  c.data.path = args.phoenix
+  c.seed = seed
+  c.total_steps = args.steps
+  c.batch_size = args.batch_size
+  c.eval_every_steps = c.checkpoint_every_steps = args.steps
+  c.log_every_steps = 50
+  c.schedule.warmup_steps = args.steps // 10
+  c.model.prototype.update(prototype)
+  return c
+
+
+def synthetic_configs(args, root: str):
+  """(stage configs {name: (config, workdir)} trained once, a function seed, prototype ->
+  the Sign2Text config)."""
+  from configs import ipslt, mmtlb  # pylint: disable=import-outside-toplevel
+  stages = {}
+  for name, variant in (('sign2gloss', 'runlocal_sign2gloss'),
+                        ('gloss2text', 'runlocal_gloss2text')):
+    config = mmtlb.get_config(variant)
+    config.data.data_dir = args.data_dir
+    stages[name] = (config, os.path.join(root, 'stages', name))
+
+  def sign2text(seed: int, prototype: dict):
+    c = ipslt.get_config('runlocal_mmtlb_sign2text')
+    c.data.data_dir = args.data_dir
+    c.init.visual, c.init.translation = stages['sign2gloss'][1], stages['gloss2text'][1]
+    c.seed = seed
+    c.model.prototype.update(prototype)
+    return c
+
+  return stages, sign2text
+
+
+def step_seconds(workdir: str) -> float:
+  """Median seconds per training step over the log windows after the first."""
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    rates = [line['steps_per_sec'] for line in map(json.loads, f)
+             if line.get('split') == 'train' and 'steps_per_sec' in line]
+  return 1.0 / statistics.median(rates[1:] or rates)
+
+
+def run(config, workdir: str, split: str) -> dict:
+  """Trains (or resumes) `config`, scores its best checkpoint on `split` and times a second,
+  warm evaluation of it."""
+  from sltjax import train  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  train.train_and_evaluate(config, workdir)
+  scored = config.copy_and_resolve_references()
+  scored.eval.split = split
+  exp = train.build_experiment(scored, workdir)
+  params, rest, step = exp.eval_variables()
+  metrics, predictions = exp.evaluate(params, rest, split)  # compiles
+  timer = time.perf_counter()
+  exp.evaluate(params, rest, split)
+  eval_seconds = time.perf_counter() - timer
+  return {'split': split, 'best_step': int(step), 'bleu4': metrics['bleu4'],
+          'step_s': step_seconds(workdir),
+          'eval_ms_per_sentence': 1000 * eval_seconds / len(predictions['text']),
+          'minutes': round((time.perf_counter() - start) / 60, 1)}
+
+
+def load_rows(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def save_rows(rows: list[dict], path: str) -> None:
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(rows, f, indent=1)
+  os.replace(path + '.tmp', path)  # a kill never leaves a truncated results file
+
+
+def print_table(rows: list[dict], part: str, title: str) -> None:
+  """Mean [per-seed values] of BLEU-4, and step / evaluation times against K = 0's."""
+  rows = [r for r in rows if r['part'] == part]
+  if not rows:
+    return
+  names = list(dict.fromkeys(r['run'] for r in rows))
+  mean = lambda run, key: statistics.mean(r[key] for r in rows if r['run'] == run)
+  base = names[0]
+  print(f'\n{title}')
+  print('| run | seeds | BLEU-4 mean [per seed] | spread (max - min) | train step s (x K=0) '
+        '| eval ms / sentence (x K=0) |')
+  print('|---|---|---|---|---|---|')
+  for name in names:
+    group = [r for r in rows if r['run'] == name]
+    bleu = [r['bleu4'] for r in group]
+    step, decode = mean(name, 'step_s'), mean(name, 'eval_ms_per_sentence')
+    print(f'| {name} | {len(group)} | {statistics.mean(bleu):.2f} '
+          f'[{", ".join(f"{b:.2f}" for b in bleu)}] | {max(bleu) - min(bleu):.2f} '
+          f'| {step:.3f} ({step / mean(base, "step_s"):.2f}x) '
+          f'| {decode:.1f} ({decode / mean(base, "eval_ms_per_sentence"):.2f}x) |')
+
+
+def main():
+  args = parse_args()
+  flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+  from sltjax import train  # pylint: disable=import-outside-toplevel
+  os.makedirs(args.workdir, exist_ok=True)
+  results = os.path.join(args.workdir, 'results.json')
+  rows = load_rows(results)
+  done = {(r['part'], r['seed'], r['run']) for r in rows}
+  seeds = [int(s) for s in args.seeds.split(',')]
+  parts = args.parts.split(',')
+  plans = []  # (part, seed, run name, config, scored split)
+  if 'phoenix' in parts:
+    for seed in seeds:
+      for name, prototype in PHOENIX_RUNS.items():
+        plans.append(('phoenix', seed, name, phoenix_config(args, seed, prototype), 'dev'))
+  if 'synthetic' in parts:
+    root = os.path.join(args.workdir, 'synthetic')
+    stages, sign2text = synthetic_configs(args, root)
+    for seed in seeds:
+      for name, prototype in SYNTHETIC_RUNS.items():
+        plans.append(('synthetic', seed, name, sign2text(seed, prototype), 'test'))
+  plans = [plan for plan in plans if plan[:3] not in done]
+  if any(plan[0] == 'synthetic' for plan in plans):
+    for stage_config, stage_workdir in stages.values():  # resumed where a run stopped
+      train.train_and_evaluate(stage_config, stage_workdir)
+  for part, seed, name, config, split in plans:
+    workdir = os.path.join(args.workdir, part, f'seed{seed}',
+                           name.split(' (')[0].replace('=', '').replace(' ', '_'))
+    rows.append({'part': part, 'seed': seed, 'run': name, **run(config, workdir, split)})
+    save_rows(rows, results)
+    print(json.dumps(rows[-1]), flush=True)
+  print_table(rows, 'phoenix', f'PHOENIX-2014T Gloss2Text, dev BLEU-4 at step {args.steps} '
+              f'(batch {args.batch_size}; from scratch, d256 2+2 layers, E2 1 layer)')
+  print_table(rows, 'synthetic', 'synthetic_signs Sign2Text (the README main job\'s base, '
+              'started from its stages), test BLEU-4 of the best dev checkpoint')
+
+
+if __name__ == '__main__':
+  main()
