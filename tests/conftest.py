@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny learnable parallel corpus, tiny configs, the XLA compilation cache."""
+import importlib
 import json
 import os
 import pathlib
@@ -69,10 +70,14 @@ def shrink_video_config(config, data_dir, frames: int, **overrides):
   return apply_overrides(config, overrides)
 
 
-def config_flags(config) -> list[str]:
-  """--config.* flags that turn configs/gloss2text.py:runlocal,dataset=phoenix2014t into `config`."""
-  from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
-  base = get_config('runlocal,dataset=phoenix2014t').to_dict()
+G2T_RUNLOCAL = 'configs/gloss2text.py:runlocal,dataset=phoenix2014t'
+
+
+def config_flags(config, base_argument: str = G2T_RUNLOCAL) -> list[str]:
+  """--config.* flags that turn the config of --config=`base_argument` into `config`."""
+  path, _, argument = base_argument.partition(':')
+  module = importlib.import_module(path.removesuffix('.py').replace('/', '.'))
+  base = module.get_config(argument).to_dict()
   out = []
 
   def walk(prefix, want, have):
@@ -105,12 +110,13 @@ def save_mbart_with_tokenizer(directory, vocab_size, seed=0):
   return model
 
 
-def run_main(config, workdir, *extra, env=None, background=False, devices=1):
-  """Runs `python -m sltjax.main` on `config` in a subprocess; returns the CompletedProcess/Popen."""
-  cmd = [sys.executable, '-m', 'sltjax.main',
-         '--config=configs/gloss2text.py:runlocal,dataset=phoenix2014t',
+def run_main(config, workdir, *extra, env=None, background=False, devices=1,
+             base_argument: str = G2T_RUNLOCAL):
+  """Runs `python -m sltjax.main --config=<base_argument>` with the flags that make it `config`
+  in a subprocess; returns the CompletedProcess/Popen."""
+  cmd = [sys.executable, '-m', 'sltjax.main', f'--config={base_argument}',
          f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}',
-         *config_flags(config), *extra]
+         *config_flags(config, base_argument), *extra]
   full_env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
               'JAX_PLATFORMS': 'cpu', **(env or {})}
   if background:

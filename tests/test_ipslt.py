@@ -16,8 +16,8 @@ from sltjax.models import mbart
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems import ipslt
 from sltjax.models.systems.ipslt import IterativePrototypeMBart, PrototypeConfig
-from tests.conftest import (apply_overrides, assert_resumed_bitwise, read_metrics, shrink_video_config,
-                            tiny_config, train_killed_and_resumed)
+from tests.conftest import (apply_overrides, assert_resumed_bitwise, read_metrics, run_main,
+                            shrink_video_config, tiny_config, train_killed_and_resumed)
 
 pytestmark = pytest.mark.xdist_group('ipslt')
 
@@ -328,3 +328,25 @@ def test_c2rl_sign2text_with_the_plugin_trains_and_evaluates(synthetic_signs_dir
   assert 'bleu4' in best
   last = [line for line in read_metrics(tmp_path / 'slt') if line['split'] == 'train'][-1]
   assert {'ce_0', 'ce', 'distillation'} <= set(last)
+
+
+@pytest.mark.slow
+def test_eight_devices_and_remat_give_the_single_device_loss(toy_corpus, tmp_path):
+  """configs/ipslt.py through sltjax.main, on 1 device and on data 2 x fsdp 2 x tensor 2 of 8
+  with every layer (the refinement's included) rematerialised."""
+  from configs.ipslt import get_config  # pylint: disable=import-outside-toplevel
+  argument = 'configs/ipslt.py:runlocal_gloss2text,dataset=phoenix2014t'
+  config = get_config(argument.partition(':')[2])
+  reference = tiny_config(toy_corpus, total_steps=12, log_every_steps=4, eval_every_steps=0,
+                          checkpoint_every_steps=12)
+  reference.model.prototype = config.model.prototype
+  reference.model.prototype.iterations = 2
+  one = run_main(reference, tmp_path / 'one', base_argument=argument)
+  assert one.returncode == 0, one.stderr
+  eight = run_main(reference, tmp_path / 'eight', '--config.mesh.data=2', '--config.mesh.fsdp=2',
+                   '--config.mesh.tensor=2', '--config.model.remat=full', devices=8,
+                   base_argument=argument)
+  assert eight.returncode == 0, eight.stderr
+  losses = lambda w: [m['loss'] for m in read_metrics(w) if m['split'] == 'train']
+  assert len(losses(tmp_path / 'one')) == 3
+  np.testing.assert_allclose(losses(tmp_path / 'eight'), losses(tmp_path / 'one'), rtol=1e-4)

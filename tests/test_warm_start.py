@@ -30,11 +30,11 @@ def test_only_names_of_the_table_may_be_set():
 def test_a_start_fills_its_prefix_from_a_source_with_or_without_it():
   flat = fresh_flat()
   workdir_source = {('params', 'head', 'kernel'): np.ones((2, 3))}
-  assert len(warm_start.graft(flat, workdir_source, ('head',), 'w/s2g')) == 1
+  assert warm_start.graft(flat, workdir_source, ('head',), 'w/s2g') == ({('params', ('head', 'kernel'))}, [])
   np.testing.assert_array_equal(flat['params'][('head', 'kernel')].value, np.ones((2, 3)))
   assert not flat['params'][('translation', 'shared', 'embedding')].value.any()
   converted_mbart = {('params', 'shared', 'embedding'): np.full((5, 4), 2.0)}
-  assert len(warm_start.graft(flat, converted_mbart, ('translation',), 'pretrained/mbart')) == 1
+  assert len(warm_start.graft(flat, converted_mbart, ('translation',), 'pretrained/mbart').copied) == 1
   np.testing.assert_array_equal(flat['params'][('translation', 'shared', 'embedding')].value, 2.0)
 
 
@@ -58,3 +58,32 @@ def test_files_come_along_once_and_a_resumed_run_keeps_its_own(tmp_path):
   warm_start.bring_files(TABLE, {'visual': str(source), 'translation': str(source)}, str(workdir))
   assert (workdir / 'tokenizer' / 'vocab.json').read_text() == '{"a": 4}'
   assert (workdir / 'glosses.json').read_text() == '["MINE"]'
+
+
+def test_a_start_names_what_it_leaves_out_and_derived_parts_may_be_missing():
+  def flat_with_derived_part():
+    flat = fresh_flat()
+    flat['params'][('translation', 'refined', 'embedding')] = nnx.Param(jnp.zeros((5, 4)))
+    flat['params'][('translation', 'refined', 'bias')] = nnx.Param(jnp.zeros(3))  # no origin
+    return flat
+
+  source = {('params', 'translation', 'shared', 'embedding'): np.ones((5, 4)),
+            ('params', 'translation', 'extra', 'kernel'): np.ones(2),
+            ('params', 'head', 'kernel'): np.ones((2, 3))}  # another prefix: not this start's
+  with pytest.raises(UserError, match='missing params/translation/refined/embedding'):
+    warm_start.graft(flat_with_derived_part(), source, ('translation',), 'w')
+  flat = flat_with_derived_part()
+  grafted = warm_start.graft(flat, source, ('translation',), 'w',
+                             derived=(('translation', 'refined'),))
+  assert grafted.copied == {('params', ('translation', 'shared', 'embedding'))}
+  assert grafted.left_out == ['params/translation/extra/kernel']
+  # The derived part starts as a copy of its origin where it has one...
+  copies = {('translation', 'refined'): ('translation', 'shared')}
+  assert warm_start.copy_initial(flat, copies, keep=set()) == {('translation', 'refined'): 1}
+  np.testing.assert_array_equal(flat['params'][('translation', 'refined', 'embedding')].value, 1.0)
+  np.testing.assert_array_equal(flat['params'][('translation', 'refined', 'bias')].value, 0.0)
+  # ... unless a start wrote it.
+  flat['params'][('translation', 'refined', 'embedding')] = nnx.Param(jnp.full((5, 4), 7.0))
+  keep = {('params', ('translation', 'refined', 'embedding'))}
+  assert warm_start.copy_initial(flat, copies, keep) == {}
+  np.testing.assert_array_equal(flat['params'][('translation', 'refined', 'embedding')].value, 7.0)

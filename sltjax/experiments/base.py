@@ -132,11 +132,15 @@ class Experiment:
     for name, directory in starts.items():
       source = sources[directory]
       for prefix in table[name].prefixes:
-        copied = warm_start.graft(flat, source, prefix, directory,
-                                  derived=tuple(self.initial_copies))
-        written |= copied
+        grafted = warm_start.graft(flat, source, prefix, directory,
+                                   derived=tuple(self.initial_copies))
+        written |= grafted.copied
         log(f'init.{name}: {"/".join(prefix) or "the model"} <- {directory} '
-            f'({len(copied)} tensors)')
+            f'({len(grafted.copied)} tensors)')
+        if grafted.left_out:
+          log(f'init.{name}: {len(grafted.left_out)} tensors of {directory} have no place in '
+              f'this model and were left out ({", ".join(grafted.left_out[:3])}, ...): it was '
+              'trained with a part this config does not build (a model.prototype block?).')
     for target, count in warm_start.copy_initial(flat, self.initial_copies, written).items():
       log(f'init: {"/".join(target)} <- {"/".join(self.initial_copies[target])} '
           f'({count} tensors)')

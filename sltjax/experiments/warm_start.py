@@ -12,6 +12,7 @@ A source whose model is exactly the part (a Gloss2Text workdir, a converted mBAR
 `translation/`) is read without the prefix.
 """
 import dataclasses
+from typing import NamedTuple
 import os
 import shutil
 
@@ -69,14 +70,19 @@ def tokenizer_config(config_tokenizer, source_directory: str) -> ml_collections.
   return ml_collections.ConfigDict({**config_tokenizer.to_dict(), 'path': source_directory})
 
 
+class Grafted(NamedTuple):
+  copied: set[tuple]  # (kind, path) keys written
+  left_out: list[str]  # source tensors under the prefix that this model has no place for
+
+
 def graft(flat: Flat, source: dict[tuple, np.ndarray], prefix: tuple[str, ...],
-          directory: str, derived: tuple[tuple[str, ...], ...] = ()) -> set[tuple]:
+          directory: str, derived: tuple[tuple[str, ...], ...] = ()) -> Grafted:
   """Replaces flat[kind][prefix + p] by the source tensor at prefix + p (or at p, when the source
-  model is the part itself); returns the (kind, path) keys it wrote. Every tensor under the
-  prefix must be in the source with the same shape, except under a `derived` path prefix (a
-  part that starts as a copy of another when its source lacks it: see `copy_initial`)."""
+  model is the part itself). Every tensor under the prefix must be in the source with the same
+  shape, except under a `derived` path prefix (a part that starts as a copy of another when its
+  source lacks it: see `copy_initial`)."""
   has_prefix = any(path[1:1 + len(prefix)] == prefix for path in source)
-  copied, problems = set(), []
+  copied, read, problems = set(), set(), []
   for kind in ('params', 'rest'):
     for path, variable in flat[kind].items():
       names = tuple(map(str, path))
@@ -87,6 +93,7 @@ def graft(flat: Flat, source: dict[tuple, np.ndarray], prefix: tuple[str, ...],
         if not any(names[:len(d)] == d for d in derived):
           problems.append(f'missing {"/".join(key)}')
         continue
+      read.add(key)
       value = np.asarray(source[key])
       if value.shape != variable.shape:
         problems.append(f'{"/".join(key)} has shape {value.shape}, expected {variable.shape}')
@@ -99,7 +106,9 @@ def graft(flat: Flat, source: dict[tuple, np.ndarray], prefix: tuple[str, ...],
   if not copied:
     raise UserError(f'Cannot start {"/".join(prefix)} from {directory}: this model has no '
                     'parameters there.')
-  return copied
+  left_out = sorted('/'.join(key) for key in source if key not in read
+                    and (not has_prefix or key[1:1 + len(prefix)] == prefix))
+  return Grafted(copied, left_out)
 
 
 def initial_copies(model) -> dict[tuple[str, ...], tuple[str, ...]]:
