@@ -61,7 +61,8 @@ def phoenix_config(args, seed: int, prototype: dict):
   c.seed = seed
   c.total_steps = args.steps
   c.batch_size = args.batch_size
-  c.eval_every_steps = c.checkpoint_every_steps = args.steps
+  c.eval_every_steps = args.steps
+  c.checkpoint_every_steps = min(500, args.steps)  # a killed run resumes near where it stopped
   c.log_every_steps = 50
   c.schedule.warmup_steps = args.steps // 10
   c.model.prototype.update(prototype)
