@@ -34,6 +34,8 @@ from absl import flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ of this checkout
 
+from benchmarks.learning_table import load_rows, save_rows  # pylint: disable=wrong-import-position
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # name -> model.prototype overrides (iterations 0 is the base system)
 PHOENIX_RUNS = {'K=0 (base)': {'iterations': 0}, 'K=1 KL': {'iterations': 1},
@@ -119,19 +121,6 @@ def run(config, workdir: str, split: str) -> dict:
           'minutes': round((time.perf_counter() - start) / 60, 1)}
 
 
-def load_rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
-def save_rows(rows: list[dict], path: str) -> None:
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(rows, f, indent=1)
-  os.replace(path + '.tmp', path)  # a kill never leaves a truncated results file
-
-
 def print_table(rows: list[dict], part: str, title: str) -> None:
   """Mean [per-seed values] of BLEU-4, and step / evaluation times against K = 0's."""
   rows = [r for r in rows if r['part'] == part]
@@ -159,8 +148,7 @@ def main():
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags
   from sltjax import train  # pylint: disable=import-outside-toplevel
   os.makedirs(args.workdir, exist_ok=True)
-  results = os.path.join(args.workdir, 'results.json')
-  rows = load_rows(results)
+  rows = load_rows(args.workdir)
   done = {(r['part'], r['seed'], r['run']) for r in rows}
   seeds = [int(s) for s in args.seeds.split(',')]
   parts = args.parts.split(',')
@@ -185,7 +173,7 @@ def main():
     workdir = os.path.join(args.workdir, part, f'seed{seed}',
                            name.split(' (')[0].replace('=', '').replace(' ', '_'))
     rows.append({'part': part, 'seed': seed, 'run': name, **run(config, workdir, split)})
-    save_rows(rows, results)
+    save_rows(rows, args.workdir)
     print(json.dumps(rows[-1]), flush=True)
   print_table(rows, phoenix, f'PHOENIX-2014T Gloss2Text, dev BLEU-4 at step {args.steps} '
               f'(batch {args.batch_size}; from scratch, d256 2+2 layers, E2 1 layer)')

@@ -32,8 +32,20 @@ def train_every_seed(rows: list[dict], runs, seeds: list[int], root: str) -> lis
 
 
 def save_rows(rows: list[dict], root: str) -> None:
-  with open(os.path.join(root, 'results.json'), 'w', encoding='utf-8') as f:
+  """Writes root/results.json; a kill never leaves it truncated."""
+  path = os.path.join(root, 'results.json')
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(rows, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def load_rows(root: str) -> list[dict]:
+  """The rows root/results.json holds (none before the first save)."""
+  path = os.path.join(root, 'results.json')
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
 
 
 def print_table(rows: list[dict], columns: tuple[str, ...], title: str) -> None:

@@ -223,7 +223,7 @@ class MBart(nnx.Module):
 
   def cross_attention_kv(self, encoder_out, decoder: DecoderParts | None = None):
     """Per decoder layer, the encoder keys and values (computed once per source for decoding)."""
-    decoder = decoder or self.decoder_parts()
+    decoder = self.decoder_parts() if decoder is None else decoder
     return [layer.encoder_attn.project_kv(encoder_out) for layer in decoder.layers]
 
   def init_cache(self, batch_size: int, max_length: int):
@@ -246,7 +246,7 @@ class MBart(nnx.Module):
     is in cache row s*beams + cache_slots[s, i, t]. `decoder`: which decoder runs (default
     `decoder_parts()`; cross_kv must come from the same one).
     """
-    decoder = decoder or self.decoder_parts()
+    decoder = self.decoder_parts() if decoder is None else decoder
     tgt_len = decoder_input_ids.shape[1]
     query_positions = cache_index + jnp.arange(tgt_len)  # [tgt_len]
     key_positions = query_positions if cache is None else jnp.arange(cache[0]['k'].shape[1])
