@@ -7,7 +7,6 @@ Saves are atomic (orbax writes a temporary directory, then renames), so a proces
 save leaves the previous checkpoint intact and the partial one is removed at the next start.
 SIGTERM (a preemption notice) makes the trainer save at the current step and exit with 143.
 """
-import os
 import signal
 import sys
 
@@ -16,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from sltjax import storage
 from sltjax.errors import MissingInputError, UserError
 
 
@@ -30,11 +30,9 @@ def _manager(directory: str, item_names: tuple[str, ...], keep: int) -> ocp.Chec
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int):
-    if '://' not in workdir:  # orbax wants absolute local paths; leave gs:// and the like alone
-      workdir = os.path.abspath(workdir)
-    self.workdir = workdir
-    self.latest = _manager(os.path.join(workdir, 'checkpoints'), ('state', 'data', 'meta'), keep)
-    self.best = _manager(os.path.join(workdir, 'best'), ('params', 'meta'), 1)
+    self.workdir = workdir = storage.absolute(workdir)  # orbax wants absolute local paths
+    self.latest = _manager(storage.join(workdir, 'checkpoints'), ('state', 'data', 'meta'), keep)
+    self.best = _manager(storage.join(workdir, 'best'), ('params', 'meta'), 1)
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -61,16 +59,16 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore raise many kinds)
         reason = str(e).splitlines()[0][:300]
       multihost_utils.sync_global_devices(f'checkpoint {step} unreadable')
-      target = os.path.join(self.workdir, 'damaged_checkpoints', str(step))
+      target = storage.join(self.workdir, 'damaged_checkpoints', str(step))
       if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(os.path.join(self.latest.directory, str(step)), target)
+        storage.path(target).parent.mkdir(parents=True, exist_ok=True)
+        storage.path(self.latest.directory / str(step)).rename(target)
       multihost_utils.sync_global_devices(f'checkpoint {step} moved')
       self.latest.reload()
       print(f'warning: checkpoint of step {step} is unreadable ({reason}); moved it to {target} '
             'and resumed from the one before.', file=sys.stderr)
     raise UserError(f'No readable checkpoint under {self.latest.directory} (the unreadable ones '
-                    f'are in {os.path.join(self.workdir, "damaged_checkpoints")}): move them back '
+                    f'are in {storage.join(self.workdir, "damaged_checkpoints")}): move them back '
                     'if they can be repaired, or start again in a new workdir.')
 
   def discard_best_after(self, step: int) -> None:
@@ -139,15 +137,16 @@ def read_best_variables(directory: str) -> dict[tuple[str, ...], object]:
   Paths are tuples of strings ('params'|'rest', 'head', 'conv1', 'kernel'), without orbax's
   trailing 'value'; arrays are host numpy.
   """
-  directory = os.path.abspath(directory)
-  best = os.path.join(directory, 'best')
-  if os.path.isdir(best):
-    steps = [int(s) for s in os.listdir(best) if s.isdigit()]
+  directory = storage.absolute(directory)
+  storage.check_access(directory, write=False)
+  best = storage.path(directory) / 'best'
+  if best.is_dir():
+    steps = [int(p.name) for p in best.iterdir() if p.name.isdigit()]
     if not steps:
       raise MissingInputError(f'{best} holds no checkpoint: train that stage first.')
-    path = os.path.join(best, str(max(steps)), 'params')
-  elif os.path.isdir(os.path.join(directory, 'model')):
-    path = os.path.join(directory, 'model')
+    path = best / str(max(steps)) / 'params'
+  elif (storage.path(directory) / 'model').is_dir():
+    path = storage.path(directory) / 'model'
   else:
     raise MissingInputError(f'{directory} is neither a training workdir (with best/) nor a '
                             'pretrained directory (with model/).')

@@ -12,10 +12,11 @@ import os
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sltjax import config_validation, workdirs
+from sltjax import config_validation, storage, workdirs
 from sltjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
@@ -78,6 +79,25 @@ def parse_flags(argv):
     exit_with_user_error(f'{message} (config {" ".join(overrides) or "file"})')
 
 
+def config_paths(config) -> list[str]:
+  """Every gs:// path a config names (data, starts, pretrained weights, ...)."""
+  found = []
+  for value in config.values():
+    if isinstance(value, ml_collections.ConfigDict):
+      found += config_paths(value)
+    elif isinstance(value, str) and storage.is_remote(value):
+      found.append(value)
+  return found
+
+
+def check_storage(config, workdir: str) -> None:
+  """Fails before anything starts, with one message naming the path, when the workdir or a
+  gs:// path of the config is in a missing bucket or out of this account's reach."""
+  storage.check_access(workdir, write=True)
+  for location in config_paths(config):
+    storage.check_access(location, write=False)
+
+
 def main(argv):
   try:
     run(argv)
@@ -97,6 +117,7 @@ def run(argv):
   initialize_distributed()
   workdir = _WORKDIR.value or workdirs.default_workdir(flags.FLAGS['config'].config_filename,
                                                        config)
+  check_storage(config, workdir)
   workdirs.prepare(workdir, config, _MODE.value)
   from sltjax import train  # pylint: disable=import-outside-toplevel  (after distributed init)
   if _MODE.value == 'train':

@@ -1,13 +1,19 @@
 """Where training and evaluation results go: metrics.jsonl, TensorBoard events, predictions/.
 
 Only JAX process 0 writes. On resume, entries logged after the restored step (by the run that
-crashed) are dropped, so the files read as if the run had never been interrupted.
+crashed) are dropped, so the files read as if the run had never been interrupted. metrics.jsonl
+is rewritten whole at every write (a Cloud Storage object cannot be appended to), so a reader
+never sees a partial line. For a gs:// workdir, TensorBoard events are written to a local
+temporary folder and uploaded after every write.
 """
 import json
-import os
+import shutil
+import tempfile
 
 import jax
 from tensorboardX import SummaryWriter
+
+from sltjax import storage
 
 
 class MetricWriter:
@@ -15,44 +21,53 @@ class MetricWriter:
   def __init__(self, workdir: str, resume_step: int | None = None):
     """resume_step: drop entries logged after this step (None: keep everything, append)."""
     self.enabled = jax.process_index() == 0
-    self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
-    self.predictions_dir = os.path.join(workdir, 'predictions')
+    self.metrics_path = storage.join(workdir, 'metrics.jsonl')
+    self.predictions_dir = storage.join(workdir, 'predictions')
     if not self.enabled:
       return
-    os.makedirs(self.predictions_dir, exist_ok=True)
-    if resume_step is not None:
-      self._drop_entries_after(resume_step)
-    self.tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+    self.lines = self._kept_lines(resume_step)
+    self.events_dir = storage.join(workdir, 'tensorboard')
+    self.local_events_dir = (tempfile.mkdtemp(prefix='sltjax-tensorboard-')
+                             if storage.is_remote(workdir) else None)
+    self.tensorboard = SummaryWriter(self.local_events_dir or self.events_dir,
                                      purge_step=resume_step + 1 if resume_step else None)
 
-  def _drop_entries_after(self, step: int) -> None:
-    if not os.path.exists(self.metrics_path):
-      return
-    with open(self.metrics_path, encoding='utf-8') as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    with open(self.metrics_path + '.tmp', 'w', encoding='utf-8') as f:
-      f.writelines(kept)
-    os.replace(self.metrics_path + '.tmp', self.metrics_path)
+  def _kept_lines(self, resume_step: int | None) -> list[str]:
+    """metrics.jsonl's lines up to resume_step (all of them when None), rewritten if any went."""
+    if not storage.path(self.metrics_path).exists():
+      return []
+    lines = [line + '\n' for line in storage.read_text(self.metrics_path).splitlines()
+             if line.strip()]
+    if resume_step is None:
+      return lines
+    kept = [line for line in lines if json.loads(line)['step'] <= resume_step]
+    if kept != lines:
+      storage.write_text(self.metrics_path, ''.join(kept))
+    return kept
 
   def write(self, step: int, split: str, values: dict[str, float]) -> None:
     """One JSON line {'step', 'split', **values} and one TensorBoard scalar per value."""
     if not self.enabled:
       return
     values = {k: float(v) for k, v in values.items()}
-    with open(self.metrics_path, 'a', encoding='utf-8') as f:
-      f.write(json.dumps({'step': step, 'split': split, **values}) + '\n')
+    self.lines.append(json.dumps({'step': step, 'split': split, **values}) + '\n')
+    storage.write_text(self.metrics_path, ''.join(self.lines))
     for name, value in values.items():
       self.tensorboard.add_scalar(f'{split}/{name}', value, step)
     self.tensorboard.flush()
+    if self.local_events_dir:
+      storage.copy_files(self.local_events_dir, self.events_dir)
 
   def write_predictions(self, name: str, hypotheses: list[str]) -> str:
     """Writes predictions/<name>.txt (one hypothesis per line, in dataset order)."""
-    path = os.path.join(self.predictions_dir, f'{name}.txt')
+    path = storage.join(self.predictions_dir, f'{name}.txt')
     if self.enabled:
-      with open(path, 'w', encoding='utf-8') as f:
-        f.write(''.join(h + '\n' for h in hypotheses))
+      storage.write_text(path, ''.join(h + '\n' for h in hypotheses))
     return path
 
   def close(self) -> None:
     if self.enabled:
       self.tensorboard.close()
+      if self.local_events_dir:
+        storage.copy_files(self.local_events_dir, self.events_dir)
+        shutil.rmtree(self.local_events_dir)

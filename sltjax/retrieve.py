@@ -17,6 +17,7 @@ JSON lines: for a sentence, the --top best indexed videos in rank order, one per
 rank order. An index built with another checkpoint than the workdir's best is refused.
 """
 import contextlib
+import io
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from sltjax import translate
+from sltjax import storage, translate
 from sltjax.errors import UserError
 from sltjax.experiments.base import RETRIEVE
 
@@ -41,18 +42,18 @@ class Index:
 
   def __init__(self, directory: str):
     self.directory = directory
-    self.path = os.path.join(directory, INDEX_FILE)
+    self.path = storage.join(directory, INDEX_FILE)
     self.meta = None
-    if os.path.isfile(self.path):
-      with open(self.path, encoding='utf-8') as f:
-        self.meta = json.load(f)
+    storage.check_access(directory, write=False)
+    if storage.path(self.path).is_file():
+      self.meta = json.loads(storage.read_text(self.path))
 
   def check_model(self, workdir: str, step: int) -> None:
     """Refuses an index built with another workdir or checkpoint than (workdir, step)."""
     if self.meta is None:
       return
     built = (self.meta['workdir'], self.meta['step'])
-    if built != (os.path.abspath(workdir), step):
+    if built != (storage.absolute(workdir), step):
       raise UserError(f'{self.directory} was built with {built[0]} at checkpoint step {built[1]}, '
                       f'but {workdir}\'s best checkpoint is step {step}: its features would not '
                       'be comparable. Build a new index (index --index=NEW_DIR ...).')
@@ -64,20 +65,20 @@ class Index:
   def add(self, workdir: str, step: int, model: str, entries: list[tuple[dict, np.ndarray]]):
     """Writes the features of new videos, then the index listing them (atomically), so an
     interrupted run never lists a video without its features."""
-    os.makedirs(os.path.join(self.directory, FEATURES_DIR), exist_ok=True)
     if self.meta is None:
-      self.meta = {'workdir': os.path.abspath(workdir), 'step': step, 'model': model,
+      self.meta = {'workdir': storage.absolute(workdir), 'step': step, 'model': model,
                    'videos': []}
     for entry, features in entries:
       name = os.path.join(FEATURES_DIR, f'{len(self.meta["videos"]):07d}.npy')
-      np.save(os.path.join(self.directory, name), features.astype(np.float32))
+      buffer = io.BytesIO()
+      np.save(buffer, features.astype(np.float32))
+      storage.write_bytes(storage.join(self.directory, name), buffer.getvalue())
       self.meta['videos'].append({**entry, 'features': name})
-    with open(self.path + '.tmp', 'w', encoding='utf-8') as f:
-      json.dump(self.meta, f, ensure_ascii=False, indent=1)
-    os.replace(self.path + '.tmp', self.path)
+    storage.write_text(self.path, json.dumps(self.meta, ensure_ascii=False, indent=1))
 
   def features(self) -> list[np.ndarray]:
-    return [np.load(os.path.join(self.directory, v['features'])) for v in self.videos]
+    return [np.load(io.BytesIO(storage.path(storage.join(self.directory, v['features'])).read_bytes()))
+            for v in self.videos]
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
@@ -138,10 +139,9 @@ def search(exp, params, rest, step: int, index: Index, sentences: list[str], top
 
 
 def read_texts(path: str) -> list[str]:
-  if not os.path.isfile(path):
+  if not storage.path(path).is_file():
     raise UserError(f'--texts={path}: no such file.')
-  with open(path, encoding='utf-8') as f:
-    lines = [line.strip() for line in f if line.strip()]
+  lines = [line.strip() for line in storage.read_text(path).splitlines() if line.strip()]
   if not lines:
     raise UserError(f'--texts={path} holds no sentences (one per line).')
   return lines

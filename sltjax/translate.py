@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from sltjax import experiments, workdirs
+from sltjax import experiments, storage, workdirs
 from sltjax.data import augmentation, video
 from sltjax.data.frames import FrameError, read_image_file
 from sltjax.data.video_files import VideoError, read_video
@@ -180,9 +180,8 @@ def main(argv):
   progress.close()
   failures = sum('error' in r for r in results)
   if FLAGS.output:
-    with open(FLAGS.output, 'w', encoding='utf-8') as f:
-      for result in results:
-        f.write(json.dumps(result, ensure_ascii=False) + '\n')
+    storage.write_text(FLAGS.output, ''.join(json.dumps(result, ensure_ascii=False) + '\n'
+                                             for result in results))
   print(f'{len(paths) - failures} of {len(paths)} inputs translated '
         f'({len(paths) / (time.perf_counter() - start):.2f} inputs/s).', file=sys.stderr)
   return 1 if failures else 0

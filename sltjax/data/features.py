@@ -6,19 +6,22 @@ transform) over every split and writes W/features/:
   {split}.array_record  one record per video, in the split's order: np.save bytes of [T', C]
   {split}.json          its index: ids, glosses, texts, lengths, feature dim, what produced it
 
-A split is written under temporary names and renamed when complete, so an interrupted extraction
-resumes by redoing only unfinished splits and never rewrites a finished one. Training reads the
+A split's records are written under a temporary name (in a local temporary folder when the
+directory is on gs://) and moved in place when complete, its index last: an interrupted extraction
+resumes by redoing only splits without an index and never rewrites a finished one. Training reads the
 directory with model.backbone='features' and data.features_dir=W/features.
 """
 import dataclasses
 import io
 import json
 import os
+import tempfile
 
 import grain
 import numpy as np
 from array_record.python import array_record_module
 
+from sltjax import storage
 from sltjax.data import batching
 from sltjax.data.sign_labels import SignLabels
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
@@ -47,52 +50,56 @@ class FeatureSplit:
 
 
 def split_complete(directory: str, split: str) -> bool:
-  return os.path.isfile(os.path.join(directory, INDEX.format(split=split)))
+  return storage.path(storage.join(directory, INDEX.format(split=split))).is_file()
 
 
 def write_split(directory: str, split: str, rows, index: dict) -> int:
   """Writes `rows` (an iterable of [T', C] arrays, one per video in order) and `index` ({'id',
   'gloss', 'text', ...: one entry per video}) as `split`; returns the number written."""
-  os.makedirs(directory, exist_ok=True)
-  records = os.path.join(directory, RECORDS.format(split=split))
-  writer = array_record_module.ArrayRecordWriter(records + '.tmp', 'group_size:1')
-  lengths, dims = [], set()
-  try:
-    for features in rows:
-      buffer = io.BytesIO()
-      np.save(buffer, features)
-      writer.write(buffer.getvalue())
-      lengths.append(int(features.shape[0]))
-      dims.add(int(features.shape[1]))
-  finally:
-    writer.close()
-  if len(lengths) != len(index['id']):
-    raise ValueError(f'{split}: {len(lengths)} feature arrays for {len(index["id"])} videos.')
-  os.replace(records + '.tmp', records)
+  records = storage.join(directory, RECORDS.format(split=split))
+  storage.path(directory).mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:  # ArrayRecord writes local files only
+    written = (os.path.join(tmp, RECORDS.format(split=split)) if storage.is_remote(directory)
+               else records + '.tmp')
+    writer = array_record_module.ArrayRecordWriter(written, 'group_size:1')
+    lengths, dims = [], set()
+    try:
+      for features in rows:
+        buffer = io.BytesIO()
+        np.save(buffer, features)
+        writer.write(buffer.getvalue())
+        lengths.append(int(features.shape[0]))
+        dims.add(int(features.shape[1]))
+    finally:
+      writer.close()
+    if len(lengths) != len(index['id']):
+      raise ValueError(f'{split}: {len(lengths)} feature arrays for {len(index["id"])} videos.')
+    if storage.is_remote(directory):
+      storage.copy_file(written, records)
+    else:
+      os.replace(written, records)
   index = {**index, 'num_features': lengths, 'dim': dims.pop() if dims else 0}
-  index_path = os.path.join(directory, INDEX.format(split=split))
-  with open(index_path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(index, f)
-  os.replace(index_path + '.tmp', index_path)  # the split counts as complete from here
+  # The split counts as complete from here.
+  storage.write_text(storage.join(directory, INDEX.format(split=split)), json.dumps(index))
   return len(lengths)
 
 
 def open_split(directory: str, split: str, expected_dim: int) -> FeatureSplit:
   """`split` of the features dataset in `directory`, checked against the model's input size."""
-  index_path = os.path.join(directory, INDEX.format(split=split))
-  if not os.path.isfile(index_path):
+  index_path = storage.join(directory, INDEX.format(split=split))
+  storage.check_access(directory, write=False)
+  if not storage.path(index_path).is_file():
     raise FileNotFoundError(
         f'{index_path} not found: data.features_dir={directory!r} holds no complete {split!r} '
         'split. Write it with python -m sltjax.main --config=<the backbone\'s config> '
         '--workdir=<its workdir> --mode=extract_features (into <workdir>/features).')
-  with open(index_path, encoding='utf-8') as f:
-    index = json.load(f)
+  index = json.loads(storage.read_text(index_path))
   if index['dim'] != expected_dim:
     raise ValueError(f'{index_path}: features have {index["dim"]} channels but '
                      f'model.feature_dim={expected_dim}; set --config.model.feature_dim='
                      f'{index["dim"]}.')
   source = grain.sources.ArrayRecordDataSource(
-      [os.path.join(directory, RECORDS.format(split=split))])
+      [storage.join(directory, RECORDS.format(split=split))])
   if len(source) != len(index['id']):
     raise ValueError(f'{directory}: {split} has {len(source)} records but its index lists '
                      f'{len(index["id"])} videos; the directory is damaged: delete both '

@@ -18,11 +18,12 @@ import collections
 import functools
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from sltjax import storage
 
 KEPT_TAGS = frozenset({'NOUN', 'NUM', 'ADV', 'PRON', 'PROPN', 'ADJ', 'VERB'})
 LANGUAGES = ('de', 'en', 'zh')
@@ -136,14 +137,11 @@ class Vocabulary:
     return out
 
   def save(self, path: str) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump({'language': self.language, 'pseudo_glosses': self.glosses}, f,
-                ensure_ascii=False, indent=0)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps({'language': self.language,
+                                         'pseudo_glosses': self.glosses},
+                                        ensure_ascii=False, indent=0))
 
   @classmethod
   def load(cls, path: str) -> 'Vocabulary':
-    with open(path, encoding='utf-8') as f:
-      data = json.load(f)
+    data = json.loads(storage.read_text(path))
     return cls(data['pseudo_glosses'], data['language'])

@@ -4,41 +4,41 @@ Gloss2Text reads `train.gloss` + `train.de`; each line pair is one example. Exam
 once, then batched by the global-batch plan of sltjax/data/batching.py and padded to length buckets.
 """
 import dataclasses
-import os
 
 import grain
 import numpy as np
 
+from sltjax import storage
 from sltjax.data import batching
 from sltjax.data.tokenizers import Tokenizer
 from sltjax.errors import MissingInputError, UserError
 
 
 def split_paths(config, split: str) -> tuple[str, str]:
-  return (os.path.join(config.path, f'{split}.{config.source_suffix}'),
-          os.path.join(config.path, f'{split}.{config.target_suffix}'))
+  return (storage.join(config.path, f'{split}.{config.source_suffix}'),
+          storage.join(config.path, f'{split}.{config.target_suffix}'))
 
 
 def available_splits(config) -> list[str]:
   """Splits with both a source and a target file under config.path."""
-  if not os.path.isdir(config.path):
+  folder = storage.path(config.path)
+  if not folder.is_dir():
     return []
-  names = {f.rsplit('.', 1)[0] for f in os.listdir(config.path)}
-  return sorted(s for s in names if all(os.path.isfile(p) for p in split_paths(config, s)))
+  names = {p.name.rsplit('.', 1)[0] for p in folder.iterdir()}
+  return sorted(s for s in names
+                if all(storage.path(p).is_file() for p in split_paths(config, s)))
 
 
 def read_parallel(config, split: str) -> tuple[list[str], list[str]]:
   """Source and target lines of `split`, checked to be parallel and non-empty."""
   paths = split_paths(config, split)
-  missing = [p for p in paths if not os.path.isfile(p)]
+  storage.check_access(config.path, write=False)
+  missing = [p for p in paths if not storage.path(p).is_file()]
   if missing:
     raise MissingInputError(
         f'Split {split!r}: missing {missing}. Splits present under data.path={config.path!r}: '
         f'{available_splits(config) or "none"}.')
-  sides = []
-  for path in paths:
-    with open(path, encoding='utf-8') as f:
-      sides.append(f.read().splitlines())
+  sides = [storage.read_text(path).splitlines() for path in paths]
   (src_path, tgt_path), (sources, targets) = paths, sides
   if len(sources) != len(targets):
     raise UserError(f'{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}: '
@@ -56,22 +56,13 @@ def read_parallel(config, split: str) -> tuple[list[str], list[str]]:
 def write_parallel(directory: str, split: str, sources: list[str], targets: list[str],
                    source_suffix: str = 'gloss', target_suffix: str = 'de') -> None:
   """Writes `split` as {split}.{source_suffix} / {split}.{target_suffix}, one example per line
-  (the layout read_parallel reads); both files are written before either replaces the old pair."""
+  (the layout read_parallel reads); both are encoded before either replaces the old pair."""
   if len(sources) != len(targets):
     raise ValueError(f'Split {split!r}: {len(sources)} sources but {len(targets)} targets.')
-  os.makedirs(directory, exist_ok=True)
-  paths = [os.path.join(directory, f'{split}.{suffix}') for suffix in (source_suffix, target_suffix)]
-  try:
-    for path, lines in zip(paths, (sources, targets)):
-      with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.write(''.join(line + '\n' for line in lines))
-  except BaseException:
-    for path in paths:
-      if os.path.exists(path + '.tmp'):
-        os.remove(path + '.tmp')
-    raise
-  for path in paths:
-    os.replace(path + '.tmp', path)
+  contents = {suffix: ''.join(line + '\n' for line in lines).encode('utf-8')
+              for suffix, lines in ((source_suffix, sources), (target_suffix, targets))}
+  for suffix, data in contents.items():
+    storage.write_bytes(storage.join(directory, f'{split}.{suffix}'), data)
 
 
 @dataclasses.dataclass

@@ -6,13 +6,14 @@ formats apply everywhere:
 source `X </s> src_lang`, target labels `X </s> tgt_lang` (the language-code label is ignored in
 the loss), decoder input `tgt_lang X </s>` (decoding starts from the language code).
 """
+import io
 import json
-import os
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
+
+from sltjax import storage
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ('<s>', '<pad>', '</s>', '<unk>')
@@ -66,12 +67,12 @@ class SentencePieceTokenizer(Tokenizer):
   FAIRSEQ_OFFSET = 1
 
   def __init__(self, directory: str, what: str):
-    model_file = os.path.join(directory, SENTENCEPIECE_FILE)
-    if not os.path.isfile(model_file):
+    model_file = storage.path(directory) / SENTENCEPIECE_FILE
+    if not model_file.is_file():
       raise FileNotFoundError(f'{model_file} not found: {what} tokenizer directory holds '
                               f'{SENTENCEPIECE_FILE} (as saved by transformers).')
     self.directory = directory
-    self.sp = spm.SentencePieceProcessor(model_file=model_file)
+    self.sp = spm.SentencePieceProcessor(model_proto=model_file.read_bytes())
     self.first_added_id = self.sp.get_piece_size() + self.FAIRSEQ_OFFSET  # after the pieces
 
   def _piece_ids(self, text: str) -> list[int]:
@@ -135,14 +136,12 @@ class WordTokenizer(Tokenizer):
     return cls(words, language_codes)
 
   def save(self, path: str) -> None:
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump({'words': self.words, 'language_codes': list(self.lang_code_to_id)}, f,
-                ensure_ascii=False)
+    storage.write_text(path, json.dumps(
+        {'words': self.words, 'language_codes': list(self.lang_code_to_id)}, ensure_ascii=False))
 
   @classmethod
   def load(cls, path: str) -> 'WordTokenizer':
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
+    saved = json.loads(storage.read_text(path))
     return cls(saved['words'], saved['language_codes'])
 
   def _piece_ids(self, text: str) -> list[int]:
@@ -155,18 +154,20 @@ class WordTokenizer(Tokenizer):
 
 def train_sentencepiece(texts: Iterable[str], directory: str, vocab_size: int) -> None:
   """Trains a BPE SentencePiece model on `texts` into directory/sentencepiece.bpe.model."""
-  os.makedirs(directory, exist_ok=True)
+  model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(list(texts)), model_prefix=os.path.join(directory, 'sentencepiece.bpe'),
+      sentence_iterator=iter(list(texts)), model_writer=model,
       vocab_size=vocab_size, model_type='bpe', character_coverage=1.0,
       unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+  storage.write_bytes(storage.join(directory, SENTENCEPIECE_FILE), model.getvalue())
 
 
 def copy_tokenizer_files(source: str, target: str) -> None:
-  """Copies the TOKENIZER_FILES that `source` (an mBART or XGLM directory) holds into `target`."""
-  for name in TOKENIZER_FILES:
-    if os.path.isfile(os.path.join(source, name)):
-      shutil.copy(os.path.join(source, name), target)
+  """Copies the TOKENIZER_FILES that `source` (an mBART or XGLM directory) holds into `target`,
+  the SentencePiece model last: a folder holding it is complete."""
+  for name in sorted(TOKENIZER_FILES, key=lambda name: name == SENTENCEPIECE_FILE):
+    if (storage.path(source) / name).is_file():
+      storage.copy_file(storage.join(source, name), storage.join(target, name))
 
 
 def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokenizer:
@@ -182,28 +183,21 @@ def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokeni
   pretrained = {'mbart': MBartTokenizer, 'xglm': XGLMTokenizer}
   if config.kind in pretrained:
     make = pretrained[config.kind]
-    if not os.path.isfile(os.path.join(directory, SENTENCEPIECE_FILE)):
+    if not (storage.path(directory) / SENTENCEPIECE_FILE).is_file():
       if not config.path:
         raise ValueError(f'config.tokenizer.path must point at an {config.kind} tokenizer '
                          f'directory (holding {SENTENCEPIECE_FILE}) when tokenizer.kind='
                          f'"{config.kind}".')
       make(config.path)  # a clear error when config.path holds no tokenizer
-      staging = f'{directory}.tmp{os.getpid()}'
-      os.makedirs(staging, exist_ok=True)
-      copy_tokenizer_files(config.path, staging)
-      if os.path.isdir(directory):  # a partial copy of an earlier, interrupted run
-        shutil.rmtree(directory)
-      os.replace(staging, directory)
+      copy_tokenizer_files(config.path, directory)
     return make(directory)
   if config.kind == 'word':
-    vocab_file = os.path.join(directory, 'vocab.json')
-    if not os.path.exists(vocab_file):
-      os.makedirs(directory, exist_ok=True)
-      WordTokenizer.build(train_texts, languages, config.min_count).save(vocab_file + f'.tmp{os.getpid()}')
-      os.replace(vocab_file + f'.tmp{os.getpid()}', vocab_file)
+    vocab_file = storage.join(directory, 'vocab.json')
+    if not storage.path(vocab_file).exists():
+      WordTokenizer.build(train_texts, languages, config.min_count).save(vocab_file)
     return WordTokenizer.load(vocab_file)
   if config.kind == 'sentencepiece':
-    if not os.path.exists(os.path.join(directory, 'sentencepiece.bpe.model')):
+    if not (storage.path(directory) / SENTENCEPIECE_FILE).exists():
       train_sentencepiece(train_texts, directory, config.vocab_size)
     return MBartTokenizer(directory)
   raise ValueError(f'config.tokenizer.kind={config.kind!r}; expected "mbart", "xglm", "word" or '
@@ -235,12 +229,8 @@ class GlossVocabulary:
     return ' '.join(names[int(i)] for i in ids if int(i) != self.BLANK_ID)
 
   def save(self, path: str) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump({'glosses': self.glosses}, f, ensure_ascii=False)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps({'glosses': self.glosses}, ensure_ascii=False))
 
   @classmethod
   def load(cls, path: str) -> 'GlossVocabulary':
-    with open(path, encoding='utf-8') as f:
-      return cls(json.load(f)['glosses'])
+    return cls(json.loads(storage.read_text(path))['glosses'])

@@ -16,6 +16,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from sltjax import storage
 from sltjax.data import augmentation, batching, clip_builder, sampling
 from sltjax.data.sign_labels import SignLabels
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
@@ -80,6 +81,7 @@ class VideoSplit:
 
 def _built_index(config):
   """(builder, {split: index}) of dataset config.name under config.data_dir; says how to build it if absent."""
+  storage.check_access(config.data_dir, write=False)
   builder = clip_builder.builder_class(config.name)(data_dir=config.data_dir)
   if not builder.is_prepared():
     raise MissingInputError(

@@ -1,6 +1,5 @@
 """The part of an experiment every system shares: mesh, checkpoints, the abstract sharded model,
 and starting from earlier runs (config.init, sltjax/experiments/warm_start.py)."""
-import os
 from collections.abc import Callable
 
 import jax
@@ -8,7 +7,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from sltjax import sharding
+from sltjax import sharding, storage
 from sltjax.checkpointing import Checkpointer, read_best_variables
 from sltjax.errors import UserError
 from sltjax.experiments import warm_start
@@ -72,7 +71,7 @@ class Experiment:
     log(f'Mesh {dict(self.mesh.shape)} over {jax.device_count()} devices in '
         f'{jax.process_count()} processes.')
     self.checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-    os.makedirs(workdir, exist_ok=True)
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
     warm_start.bring_files(self.warm_starts(config), config.get('init'), workdir)
 
   def start_directory(self, file_name: str) -> str:

@@ -13,7 +13,6 @@ through the frozen encoder; either way the encoder is part of the checkpoint, so
 `retrieve` go from videos end to end.
 """
 import json
-import os
 import re
 
 import jax
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sltjax import experiments, sharding
+from sltjax import experiments, sharding, storage
 from sltjax.convert import pretrained
 from sltjax.data import batching
 from sltjax.data.sign_labels import target_ids
@@ -146,12 +145,11 @@ class C2RLExperiment(VideoExperiment):
     be the one the checkpoint holds, so videos would be encoded differently)."""
     if not self.on_features:
       return
-    index = os.path.join(self.config.data.features_dir, f'{self.config.data.train_split}.json')
-    if not os.path.isfile(index):
+    index = storage.join(self.config.data.features_dir, f'{self.config.data.train_split}.json')
+    if not storage.path(index).is_file():
       return  # opening the split says what is missing
-    with open(index, encoding='utf-8') as f:
-      source = json.load(f).get('extracted_by', {}).get('workdir', '')
-    if source and os.path.abspath(source) != os.path.abspath(self.config.init.visual):
+    source = json.loads(storage.read_text(index)).get('extracted_by', {}).get('workdir', '')
+    if source and storage.absolute(source) != storage.absolute(self.config.init.visual):
       raise UserError(f'{self.config.data.features_dir} holds features of {source}, but '
                       f'init.visual={self.config.init.visual}: start from the workdir that '
                       'extracted them.')

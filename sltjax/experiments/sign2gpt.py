@@ -14,6 +14,7 @@ their architectures are copied into the workdir (architectures.json), so that `t
 word vectors of its prototypes (word_vectors.npy) are written into the stage-1 workdir.
 """
 import functools
+import io
 import json
 import os
 
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sltjax import experiments, sharding
+from sltjax import experiments, sharding, storage
 from sltjax.convert.dinov2 import hf_config as dinov2_hf_config
 from sltjax.convert.dinov2 import meta_config as dinov2_meta_config
 from sltjax.convert.hf_checkpoint import read_config, read_state_dict
@@ -136,8 +137,8 @@ class Sign2GPTExperiment(VideoExperiment):
     """{'frames': DINOv2Config fields, 'lm': XGLMConfig fields}: the workdir's, else read from
     the pretrained directories (or model.frames_architecture without backbone weights) and
     written there."""
-    path = os.path.join(self.workdir, ARCHITECTURES_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(self.workdir, ARCHITECTURES_FILE)
+    if not storage.path(path).is_file():
       m = self.config.model
       found = {'frames': (backbone_architecture(m.backbone_weights) if m.backbone_weights
                           else dict(m.frames_architecture))}
@@ -147,12 +148,9 @@ class Sign2GPTExperiment(VideoExperiment):
         found['lm'] = {k: v for k, v in vars(lm).items()
                        if k not in ('dtype', 'param_dtype', 'remat')}
       if jax.process_index() == 0:
-        with open(f'{path}.tmp', 'w', encoding='utf-8') as f:
-          json.dump(found, f, indent=1)
-        os.replace(f'{path}.tmp', path)
+        storage.write_text(path, json.dumps(found, indent=1))
       multihost_utils.sync_global_devices('architectures written')
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
 
   @functools.cached_property
   def glosser(self) -> PseudoGlosser:
@@ -161,8 +159,8 @@ class Sign2GPTExperiment(VideoExperiment):
   @functools.cached_property
   def pseudo_glosses(self) -> Vocabulary:
     """The workdir's pseudo-gloss vocabulary, built from the train split on first use."""
-    path = os.path.join(self.workdir, PSEUDO_GLOSS_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(self.workdir, PSEUDO_GLOSS_FILE)
+    if not storage.path(path).is_file():
       if jax.process_index() == 0:
         texts = self.train_split.texts
         vocabulary = Vocabulary.build(
@@ -182,9 +180,9 @@ class Sign2GPTExperiment(VideoExperiment):
   def word_vectors(self) -> np.ndarray:
     """[V, dim] prototypes' word vectors: the workdir's, else from pseudo_glosses.word_vectors
     (a FastText .bin) or trained on the train split's pseudo-glosses, and saved there."""
-    path = os.path.join(self.workdir, WORD_VECTORS_FILE)
+    path = storage.join(self.workdir, WORD_VECTORS_FILE)
     glosses = self.pseudo_glosses.glosses
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
       if jax.process_index() == 0:
         source = self.config.pseudo_glosses.word_vectors
         if source:
@@ -199,11 +197,11 @@ class Sign2GPTExperiment(VideoExperiment):
           vectors = word_vectors.trained_vectors(
               [self.glosser(t) for t in self.train_split.texts], glosses,
               seed=self.config.seed)
-        with open(f'{path}.tmp', 'wb') as f:
-          np.save(f, vectors)
-        os.replace(f'{path}.tmp', path)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        storage.write_bytes(path, buffer.getvalue())
       multihost_utils.sync_global_devices('word vectors')
-    vectors = np.load(path)
+    vectors = np.load(io.BytesIO(storage.path(path).read_bytes()))
     if len(vectors) != len(glosses):
       raise UserError(f'{path} holds {len(vectors)} vectors for {len(glosses)} pseudo-glosses '
                       f'in {PSEUDO_GLOSS_FILE}: delete it to have it made again.')
@@ -323,8 +321,7 @@ class Sign2GPTExperiment(VideoExperiment):
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
     from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
-    folder = os.path.join(directory, prefix + FIGURES_DIR_SUFFIX)
-    os.makedirs(folder, exist_ok=True)
+    folder = storage.join(directory, prefix + FIGURES_DIR_SUFFIX)
     names = self.pseudo_glosses.glosses
     stride = 2 ** (len(self.signs_config.stage_depths) - 1)  # sampled frames per time step
     paths = []
@@ -340,9 +337,11 @@ class Sign2GPTExperiment(VideoExperiment):
       else:
         axes.text(0.5, 0.5, 'no pseudo-gloss above the threshold', ha='center',
                   transform=axes.transAxes)
-      path = os.path.join(folder, f'{video_id.replace(os.sep, "_")}.png')
+      path = storage.join(folder, f'{video_id.replace(os.sep, "_")}.png')
       figure.tight_layout()
-      figure.savefig(path, dpi=80)
+      image = io.BytesIO()
+      figure.savefig(image, format='png', dpi=80)
+      storage.write_bytes(path, image.getvalue())
       pyplot.close(figure)
       paths.append(path)
     return paths

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sltjax import sharding
+from sltjax import sharding, storage
 from sltjax.data import augmentation, batching, features, video
 from sltjax.decoding import encoder_decoder_search
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer, load_tokenizer
@@ -91,8 +91,8 @@ class VideoExperiment(Experiment):
   @functools.cached_property
   def glosses(self) -> GlossVocabulary:
     """The workdir's gloss vocabulary: brought from a start, else built from the train split."""
-    gloss_file = os.path.join(self.workdir, GLOSS_FILE)
-    if not os.path.exists(gloss_file) and jax.process_index() == 0:
+    gloss_file = storage.join(self.workdir, GLOSS_FILE)
+    if not storage.path(gloss_file).exists() and jax.process_index() == 0:
       GlossVocabulary.build(self.train_split.glosses).save(gloss_file)
     multihost_utils.sync_global_devices('gloss vocabulary')
     return GlossVocabulary.load(gloss_file)
@@ -101,10 +101,10 @@ class VideoExperiment(Experiment):
   def tokenizer(self) -> Tokenizer:
     """The workdir's tokenizer: brought from a start (a workdir's tokenizer/, or the one a
     converted mBART holds), else built from the train split's sentences."""
-    directory = os.path.join(self.workdir, TOKENIZER_DIR)
+    directory = storage.join(self.workdir, TOKENIZER_DIR)
     config = warm_start.tokenizer_config(self.config.tokenizer, self.start_directory(TOKENIZER_DIR))
-    return load_tokenizer(config, directory,
-                          train_texts=[] if os.path.exists(directory) else self.train_split.texts)
+    return load_tokenizer(config, directory, train_texts=[] if storage.path(directory).exists()
+                          else self.train_split.texts)
 
   def record_labels(self, split) -> dict[str, np.ndarray]:
     """Labels the system adds to every batch of `split`: {name: [records, ...] array}."""
@@ -206,7 +206,7 @@ class VideoExperiment(Experiment):
     complete there are kept as they are."""
     self.require(EXTRACT_FEATURES, 'extracting features')
     params, rest = self.extraction_variables()
-    directory = os.path.join(self.workdir, FEATURES_DIR)
+    directory = storage.join(self.workdir, FEATURES_DIR)
     shardings = sharding.batch_sharding(self.mesh)
 
     def run(params, rest, batch):
@@ -234,7 +234,7 @@ class VideoExperiment(Experiment):
               yield np.asarray(out['features'][row, :out['lengths'][row]])
 
       index = {'dataset': data.name, 'id': data.ids, 'gloss': data.glosses, 'text': data.texts,
-               'extracted_by': {'workdir': os.path.abspath(self.workdir),
+               'extracted_by': {'workdir': storage.absolute(self.workdir),
                                 'model': self.describe()}}
       if jax.process_index() == 0:
         written[split] = features.write_split(directory, split, rows(), index)

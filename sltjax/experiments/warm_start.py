@@ -13,8 +13,6 @@ A source whose model is exactly the part (a Gloss2Text workdir, a converted mBAR
 """
 import dataclasses
 from typing import NamedTuple
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from sltjax import storage
 from sltjax.errors import UserError
 
 Flat = dict[str, dict[tuple, object]]  # {'params' | 'rest': {path: nnx variable}}
@@ -55,10 +54,13 @@ def bring_files(table: dict[str, WarmStart], init_config, workdir: str) -> None:
   yet (a resumed run keeps the ones it started with)."""
   for name, directory in sources(table, init_config).items():
     for file_name in table[name].files:
-      source, target = os.path.join(directory, file_name), os.path.join(workdir, file_name)
-      if os.path.exists(source) and not os.path.exists(target):
+      source, target = storage.join(directory, file_name), storage.join(workdir, file_name)
+      if storage.path(source).exists() and not storage.is_complete(target):
         if jax.process_index() == 0:
-          (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, target)
+          if storage.path(source).is_dir():
+            storage.copy_folder(source, target)
+          else:
+            storage.copy_file(source, target)
         multihost_utils.sync_global_devices(f'copied {file_name}')
 
 
