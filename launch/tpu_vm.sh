@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Cloud TPU VM lifecycle for sltjax: create, setup (copy + install on every worker), run, logs, delete.
+# Cloud TPU VM lifecycle for sltjax: create, setup (copy + install on every worker), build (a
+# dataset into a bucket, once), run, logs, delete.
 #
 #   launch/tpu_vm.sh [--dry-run] --name=NAME --zone=ZONE [--project=P] [--accelerator=v5litepod-16]
-#                    [--version=v2-alpha-tpuv5-lite] COMMAND [-- ARGS FOR sltjax.main]
+#                    [--version=v2-alpha-tpuv5-lite] [--release=gs://BUCKET/raw/RELEASE]
+#                    COMMAND [-- ARGS]
 #
-#   COMMAND: create | setup | run | logs | delete
+#   COMMAND: create | setup | build | run | logs | delete
+#   build runs `python -m sltjax.data.build ARGS` on worker 0 (in the foreground), e.g.
+#     -- --dataset=phoenix2014t --data_dir=gs://BUCKET/tensorflow_datasets
+#   with --release, it first copies that downloaded release from the bucket to worker 0's disk
+#   and adds --manual_dir=<that copy>. Every worker then reads the built dataset from the bucket.
 #   run starts `python -m sltjax.main --multihost ARGS` on all workers in the background (nohup),
 #   logging to ~/sltjax.log on each; logs tails worker 0's log.
 # --dry-run prints the exact commands instead of running them.
 set -euo pipefail
 
 dry_run=0; name=""; zone=""; project=""; accelerator="v5litepod-16"; version="v2-alpha-tpuv5-lite"
+release=""
 command=""; main_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -20,13 +27,14 @@ while [[ $# -gt 0 ]]; do
     --project=*) project="${1#*=}" ;;
     --accelerator=*) accelerator="${1#*=}" ;;
     --version=*) version="${1#*=}" ;;
-    create|setup|run|logs|delete) command="$1" ;;
+    --release=*) release="${1#*=}" ;;
+    create|setup|build|run|logs|delete) command="$1" ;;
     --) shift; main_args=("$@"); break ;;
     *) echo "tpu_vm.sh: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
   esac
   shift
 done
-[[ -n "$command" ]] || { echo "tpu_vm.sh: give a COMMAND: create | setup | run | logs | delete" >&2; exit 2; }
+[[ -n "$command" ]] || { echo "tpu_vm.sh: give a COMMAND: create | setup | build | run | logs | delete" >&2; exit 2; }
 [[ -n "$name" && -n "$zone" ]] || { echo "tpu_vm.sh: --name and --zone are required" >&2; exit 2; }
 
 gcloud_tpu=(gcloud compute tpus tpu-vm)
@@ -48,6 +56,15 @@ case "$command" in
   setup)
     run "${gcloud_tpu[@]}" scp --recurse "$repo_root" "$name:~/sltjax" "${common[@]}" --worker=all
     on_all_workers "cd ~/sltjax && python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . 'jax[tpu]'" ;;
+  build)
+    quoted=$(printf '%q ' "${main_args[@]}")
+    fetch=""
+    if [[ -n "$release" ]]; then
+      fetch="mkdir -p ~/release && gcloud storage cp -r $(printf '%q' "$release") ~/release && "
+      quoted+="--manual_dir=\$HOME/release/$(printf '%q' "$(basename "$release")")"
+    fi
+    run "${gcloud_tpu[@]}" ssh "$name" "${common[@]}" --worker=0 \
+      --command="cd ~/sltjax && ${fetch}.venv/bin/python -m sltjax.data.build $quoted" ;;
   run)
     quoted=$(printf '%q ' "${main_args[@]}")
     on_all_workers "cd ~/sltjax && nohup .venv/bin/python -m sltjax.main --multihost $quoted > ~/sltjax.log 2>&1 &" ;;

@@ -61,8 +61,7 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f'checkpoint {step} unreadable')
       target = storage.join(self.workdir, 'damaged_checkpoints', str(step))
       if jax.process_index() == 0:
-        storage.path(target).parent.mkdir(parents=True, exist_ok=True)
-        storage.path(self.latest.directory / str(step)).rename(target)
+        storage.move_folder(self.latest.directory / str(step), target)
       multihost_utils.sync_global_devices(f'checkpoint {step} moved')
       self.latest.reload()
       print(f'warning: checkpoint of step {step} is unreadable ({reason}); moved it to {target} '

@@ -17,9 +17,14 @@ import re
 import shutil
 import uuid
 
+import fsspec
 from etils import epath
 
 from sltjax.errors import MissingInputError, UserError
+
+# gcsfs keeps directory listings for the life of a process by default; other hosts and orbax's
+# TensorStore write into the same folders, so every check must ask the bucket.
+fsspec.config.conf.setdefault('gs', {})['use_listings_cache'] = False
 
 REMOTE_PREFIXES = ('gs://',)
 # Cloud Storage's rule for bucket names (dotted names may be longer; sltjax does not need them).
@@ -50,10 +55,17 @@ def join(location, *names: str) -> str:
   return os.path.join(os.fspath(location), *names)
 
 
+def make_folder(location) -> None:
+  """Creates a local folder and its parents; nothing for gs:// (Cloud Storage has no folders,
+  and gcsfs would create a missing bucket)."""
+  if not is_remote(location):
+    path(location).mkdir(parents=True, exist_ok=True)
+
+
 def write_bytes(location, data: bytes) -> None:
   """Writes `location` whole or not at all (its folder is created)."""
   target = path(location)
-  target.parent.mkdir(parents=True, exist_ok=True)
+  make_folder(target.parent)
   if is_remote(target):
     target.write_bytes(data)  # an object appears only when its upload completes
     return
@@ -85,7 +97,7 @@ def copy_file(source, target) -> None:
   if is_remote(source) and is_remote(target):
     source.copy(target, overwrite=True)  # a copy inside Cloud Storage, without a download
     return
-  target.parent.mkdir(parents=True, exist_ok=True)
+  make_folder(target.parent)
   temporary = target if is_remote(target) else target.parent / f'{target.name}.tmp{os.getpid()}'
   with source.open('rb') as reader, temporary.open('wb') as writer:
     shutil.copyfileobj(reader, writer, 16 << 20)
@@ -112,19 +124,25 @@ def is_complete(target) -> bool:
   return path(target).exists() and not path(staging_folder(target)).exists()
 
 
-def replace_folder(target) -> None:
-  """Moves the finished staging_folder(target) to `target`, replacing what was there.
-
-  Locally a rename; on Cloud Storage a copy of every object, then the staging objects' removal,
-  so a move killed half way leaves the staging folder behind and `is_complete` false."""
-  staging, target = path(staging_folder(target)), path(target)
-  if target.exists():
-    target.rmtree()
-  if is_remote(target):
-    copy_files(staging, target)
-    staging.rmtree()
+def move_folder(source, target) -> None:
+  """Moves the folder `source` to `target` (which must not exist). Locally a rename; with a gs://
+  side a copy of every file, then the source's removal, so a move cut short leaves the source
+  whole."""
+  source, target = path(source), path(target)
+  if is_remote(source) or is_remote(target):
+    copy_files(source, target)
+    source.rmtree()
   else:
-    os.replace(staging, target)
+    make_folder(target.parent)
+    os.replace(source, target)
+
+
+def replace_folder(target) -> None:
+  """Moves the finished staging_folder(target) to `target`, replacing what was there; a move cut
+  short leaves the staging folder behind and `is_complete` false."""
+  if path(target).exists():
+    path(target).rmtree()
+  move_folder(staging_folder(target), target)
 
 
 def copy_folder(source, target) -> None:
@@ -134,8 +152,34 @@ def copy_folder(source, target) -> None:
   if staging.exists():
     staging.rmtree()  # left by an interrupted copy
   copy_files(source, staging)
-  staging.mkdir(parents=True, exist_ok=True)
+  make_folder(staging)  # an empty source
   replace_folder(target)
+
+
+DOWNLOADS = '~/.cache/sltjax/downloads'
+
+
+def local_copy(location) -> str:
+  """A local path holding the file or folder `location`: itself when local; for gs:// a copy made
+  once under DOWNLOADS (for readers of local files only: torch, safetensors, FastText). Each host
+  keeps its own copy; processes of one host that fetch it together each stage their own and the
+  first to finish puts it in place. A copy is not refreshed if the object changes later."""
+  location = os.fspath(location)
+  if not is_remote(location):
+    return os.path.expanduser(location)
+  target = os.path.join(os.path.expanduser(DOWNLOADS), location[len('gs://'):].rstrip('/'))
+  if os.path.exists(target):
+    return target
+  source, staging = path(location), f'{target}.partial-{os.getpid()}'
+  if source.is_dir():
+    copy_files(source, staging)
+  else:
+    copy_file(source, staging)
+  try:
+    os.replace(staging, target)
+  except OSError:  # another process of this host put its copy there first
+    shutil.rmtree(staging) if os.path.isdir(staging) else os.remove(staging)
+  return target
 
 
 def _cloud_problem(location: str, error: Exception, action: str) -> UserError:
@@ -170,7 +214,6 @@ def check_access(location, *, write: bool) -> None:
   if not BUCKET_NAME.fullmatch(name):
     raise UserError(f'{location}: {name!r} is not a valid bucket name (3 to 63 lowercase letters, '
                     'digits, dashes or underscores, starting and ending with a letter or digit).')
-  import fsspec  # pylint: disable=import-outside-toplevel  (gcsfs: loaded for gs:// only)
   cloud = fsspec.filesystem('gs')
 
   def listed(prefix: str) -> bool:  # a listing needs the viewer role

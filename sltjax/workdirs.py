@@ -94,6 +94,6 @@ def prepare(workdir: str, config, mode: str) -> None:
           + '\n  '.join(differences[:30]) + '\nUse a new --workdir, or the same config to resume.')
     if mode != 'train':
       return  # eval and extraction leave the training config as it was
-  storage.path(workdir).mkdir(parents=True, exist_ok=True)
+  storage.make_folder(workdir)
   if jax.process_index() == 0:
     storage.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')

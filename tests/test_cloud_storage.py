@@ -63,6 +63,18 @@ def test_gloss2text_in_a_bucket_is_killed_resumes_bitwise_and_evaluates(bucket, 
   predictions = storage.read_text(f'{workdir}/predictions/dev_best_step{best["step"]}.txt')
   assert predictions == (reference / f'predictions/dev_step{best["step"]}.txt').read_text()
 
+  # A damaged newest checkpoint in the bucket is moved aside whole and the run redone from the
+  # one before.
+  state = f'{workdir}/checkpoints/30/state'
+  for name in storage.files_under(state):
+    if '/d/' in name:  # the arrays' data files
+      storage.write_bytes(f'{state}/{name}', b'truncated')
+  result = run_main(config, workdir, '--config.total_steps=40')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'checkpoint of step 30 is unreadable' in result.stderr
+  assert 'Resumed from step 20 ' in result.stdout + result.stderr
+  assert storage.path(f'{workdir}/damaged_checkpoints/30/state').is_dir()
+
 
 SMALL_BUILD = {'num_train': 24, 'num_dev': 6, 'num_test': 4, 'size': 64}  # conftest's local build
 
@@ -273,3 +285,18 @@ def test_metrics_features_and_indexes_live_in_a_bucket_as_on_disk(folder):
   reopened = retrieve.Index(f'{folder}/index')
   assert [v['input'] for v in reopened.videos] == ['v.mp4']
   np.testing.assert_array_equal(reopened.features()[0], rows[0])
+
+
+def test_weights_in_a_bucket_are_read_through_one_local_copy(bucket, tmp_path, monkeypatch):
+  monkeypatch.setattr(storage, 'DOWNLOADS', str(tmp_path / 'downloads'))
+  storage.write_bytes(f'{bucket}/xglm/model.safetensors', b'weights')
+  storage.write_text(f'{bucket}/xglm/config.json', '{}')
+  storage.write_bytes(f'{bucket}/s3d.pt', b'torch')
+  folder = storage.local_copy(f'{bucket}/xglm')
+  assert folder == str(tmp_path / 'downloads' / bucket[len('gs://'):] / 'xglm')
+  assert sorted(os.listdir(folder)) == ['config.json', 'model.safetensors']
+  assert open(storage.local_copy(f'{bucket}/s3d.pt'), 'rb').read() == b'torch'
+  storage.write_bytes(f'{bucket}/s3d.pt', b'changed')
+  assert open(storage.local_copy(f'{bucket}/s3d.pt'), 'rb').read() == b'torch'  # made once
+  assert storage.local_copy(str(tmp_path / 'local.pt')) == str(tmp_path / 'local.pt')
+  assert sorted(os.listdir(tmp_path / 'downloads' / bucket[len('gs://'):])) == ['s3d.pt', 'xglm']

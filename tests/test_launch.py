@@ -25,6 +25,21 @@ def test_tpu_vm_commands():
   assert dry_run('tpu_vm.sh', *common, 'delete').split()[-1] == '--quiet'
 
 
+def test_tpu_vm_builds_a_dataset_into_the_bucket_on_worker_0():
+  common = ['--name=slt', '--zone=us-central2-b']
+  build = ['--', '--dataset=phoenix2014t', '--data_dir=gs://b/tensorflow_datasets']
+  *ssh, remote = shlex.split(dry_run('tpu_vm.sh', *common, 'build', *build))
+  assert ssh[-1] == '--worker=0'
+  assert remote == ('--command=cd ~/sltjax && .venv/bin/python -m sltjax.data.build '
+                    '--dataset=phoenix2014t --data_dir=gs://b/tensorflow_datasets ')
+  *_, remote = shlex.split(dry_run('tpu_vm.sh', *common, '--release=gs://b/raw/PHOENIX-2014-T',
+                                   'build', *build))
+  assert remote == ('--command=cd ~/sltjax && mkdir -p ~/release && gcloud storage cp -r '
+                    'gs://b/raw/PHOENIX-2014-T ~/release && .venv/bin/python -m sltjax.data.build '
+                    '--dataset=phoenix2014t --data_dir=gs://b/tensorflow_datasets '
+                    '--manual_dir=$HOME/release/PHOENIX-2014-T')
+
+
 def test_tpu_vm_requires_name_and_command():
   result = subprocess.run(['bash', str(REPO / 'launch' / 'tpu_vm.sh'), '--dry-run', 'create'],
                           capture_output=True, text=True)

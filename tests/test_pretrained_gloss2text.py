@@ -106,3 +106,20 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(pretrained_dir, toy_corpus
                              **{'tokenizer.path': str(tmp_path / 'other')})
   with pytest.raises(ValueError, match='use the tokenizer that was trimmed with it'):
     train.build_experiment(config, str(tmp_path))
+
+
+def test_convert_writes_a_pretrained_directory_into_a_bucket(pretrained_dir, bucket):
+  from sltjax import storage  # pylint: disable=import-outside-toplevel
+  from sltjax.checkpointing import read_best_variables  # pylint: disable=import-outside-toplevel
+  from sltjax.convert import pretrained  # pylint: disable=import-outside-toplevel
+  target = f'{bucket}/pretrained/mbart'
+  run_module('sltjax.convert', f'--model={pretrained_dir / "trimmed"}', f'--output={target}')
+  assert storage.is_complete(target)
+  assert pretrained.read_architecture(target) == pretrained.read_architecture(
+      str(pretrained_dir / 'sltjax'))
+  assert {'sentencepiece.bpe.model', 'tokenizer_config.json', 'model_config.json'} <= set(
+      storage.files_under(target))
+  local, remote = read_best_variables(str(pretrained_dir / 'sltjax')), read_best_variables(target)
+  assert remote.keys() == local.keys()
+  for key, value in local.items():
+    np.testing.assert_array_equal(remote[key], value, err_msg=str(key))

@@ -7,13 +7,16 @@ configs/gloss2text.py:pretrained). Trim the vocabulary first with `python -m slt
 """
 from absl import app, flags
 
+from sltjax import storage
 from sltjax.convert.hf import load_mbart
 from sltjax.convert.pretrained import save_pretrained
 
-_MODEL = flags.DEFINE_string('model', None, 'Hugging Face mBART directory (config.json + weights).')
+_MODEL = flags.DEFINE_string('model', None, 'Hugging Face mBART directory (config.json + weights; '
+                             'gs:// is read through a local copy).')
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Directory with sentencepiece.bpe.model '
                                  '(default: --model).')
-_OUTPUT = flags.DEFINE_string('output', None, 'sltjax pretrained directory to write.')
+_OUTPUT = flags.DEFINE_string('output', None, 'sltjax pretrained directory to write (local or '
+                              'gs://).')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Storage dtype.')
 flags.mark_flags_as_required(['model', 'output'])
 
@@ -21,7 +24,7 @@ flags.mark_flags_as_required(['model', 'output'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  model = load_mbart(_MODEL.value, dtype=_DTYPE.value)
+  model = load_mbart(storage.local_copy(_MODEL.value), dtype=_DTYPE.value)
   save_pretrained(model, _OUTPUT.value, _TOKENIZER.value or _MODEL.value)
   print(f'Wrote {_OUTPUT.value} (vocabulary {model.config.vocab_size}, d_model '
         f'{model.config.d_model}, {model.config.encoder_layers}+{model.config.decoder_layers} '

@@ -57,7 +57,7 @@ def write_split(directory: str, split: str, rows, index: dict) -> int:
   """Writes `rows` (an iterable of [T', C] arrays, one per video in order) and `index` ({'id',
   'gloss', 'text', ...: one entry per video}) as `split`; returns the number written."""
   records = storage.join(directory, RECORDS.format(split=split))
-  storage.path(directory).mkdir(parents=True, exist_ok=True)
+  storage.make_folder(directory)
   with tempfile.TemporaryDirectory() as tmp:  # ArrayRecord writes local files only
     written = (os.path.join(tmp, RECORDS.format(split=split)) if storage.is_remote(directory)
                else records + '.tmp')

@@ -71,7 +71,7 @@ class Experiment:
     log(f'Mesh {dict(self.mesh.shape)} over {jax.device_count()} devices in '
         f'{jax.process_count()} processes.')
     self.checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-    storage.path(workdir).mkdir(parents=True, exist_ok=True)
+    storage.make_folder(workdir)
     warm_start.bring_files(self.warm_starts(config), config.get('init'), workdir)
 
   def start_directory(self, file_name: str) -> str:

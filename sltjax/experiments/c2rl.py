@@ -174,7 +174,8 @@ class C2RLExperiment(VideoExperiment):
     if self.stage != 'pretrain' or not path:
       return {}
     return {('visual', 'backbone'): backbones.read_weights(
-        self.visual_config.backbone, self.visual_config.backbone_options, path)}
+        self.visual_config.backbone, self.visual_config.backbone_options,
+        storage.local_copy(path))}
 
   def constrain(self, params):
     """The logit scale clamped at ln 100 after every update (CLIP, CiCo)."""

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sltjax import experiments, sharding
+from sltjax import experiments, sharding, storage
 from sltjax.convert import pretrained
 from sltjax.convert.gloss_embeddings import gloss_embeddings
 from sltjax.ctc_decoding import ctc_decode_batch
@@ -109,7 +109,8 @@ class MMTLBExperiment(VideoExperiment):
     if not path:
       return {}
     return {('backbone',): backbones.read_weights(self.model_config.backbone,
-                                                   self.model_config.backbone_options, path)}
+                                                   self.model_config.backbone_options,
+                                                   storage.local_copy(path))}
 
   def init_variables(self):
     """config.init's starts; then, with model.mapper_init='gloss_embeddings' (CSL-Daily), the

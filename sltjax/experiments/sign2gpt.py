@@ -140,10 +140,11 @@ class Sign2GPTExperiment(VideoExperiment):
     path = storage.join(self.workdir, ARCHITECTURES_FILE)
     if not storage.path(path).is_file():
       m = self.config.model
-      found = {'frames': (backbone_architecture(m.backbone_weights) if m.backbone_weights
-                          else dict(m.frames_architecture))}
+      found = {'frames': (backbone_architecture(storage.local_copy(m.backbone_weights))
+                          if m.backbone_weights else dict(m.frames_architecture))}
       if self.config.stage == 'translation':
-        lm = xglm_config_from_hf(read_config(m.lm_weights), dropout=m.lm_dropout,
+        lm = xglm_config_from_hf(read_config(storage.local_copy(m.lm_weights)),
+                                 dropout=m.lm_dropout,
                                  attention_dropout=m.lm_dropout)
         found['lm'] = {k: v for k, v in vars(lm).items()
                        if k not in ('dtype', 'param_dtype', 'remat')}
@@ -186,11 +187,11 @@ class Sign2GPTExperiment(VideoExperiment):
       if jax.process_index() == 0:
         source = self.config.pseudo_glosses.word_vectors
         if source:
-          if not os.path.isfile(source):
+          if not storage.path(source).is_file():
             raise UserError(f'pseudo_glosses.word_vectors={source} not found: give a FastText '
                             '.bin (cc.de.300.bin, cc.zh.300.bin) or leave it empty to train '
                             'vectors on the training sentences.')
-          vectors = word_vectors.fasttext_vectors(source, glosses)
+          vectors = word_vectors.fasttext_vectors(storage.local_copy(source), glosses)
         else:
           log('pseudo_glosses.word_vectors is empty: training FastText vectors on the training '
               'sentences\' pseudo-glosses (a substitute for cc.*.300.bin).')
@@ -230,10 +231,11 @@ class Sign2GPTExperiment(VideoExperiment):
     parts = {}
     if m.backbone_weights:
       parts[('frames', 'backbone')] = backbones.read_weights(
-          m.backbone, self.frames_config.backbone_options, m.backbone_weights)
+          m.backbone, self.frames_config.backbone_options, storage.local_copy(m.backbone_weights))
     if self.stage == 'translation':
       abstract = nnx.state(nnx.eval_shape(lambda: XGLM(self.lm_config, rngs=nnx.Rngs(0))))
-      parts[('lm',)] = xglm_state_from_hf(read_state_dict(m.lm_weights), abstract,
+      parts[('lm',)] = xglm_state_from_hf(read_state_dict(storage.local_copy(m.lm_weights)),
+                                          abstract,
                                           jnp.dtype(self.lm_config.param_dtype))
     return parts
 
