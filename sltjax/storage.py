@@ -9,7 +9,7 @@ visible only once its upload completes, so a killed writer leaves the previous o
 Clients reach Cloud Storage through the standard settings: Application Default Credentials, and
 for an emulator STORAGE_EMULATOR_HOST (gcsfs), TENSORSTORE_GCS_HTTP_URL with
 GOOGLE_AUTH_TOKEN_FOR_TESTING (orbax's TensorStore) and CLOUD_STORAGE_EMULATOR_ENDPOINT (ArrayRecord's
-reader): `emulator_environment` gives all of them for one endpoint.
+reader): `emulator_environment` gives them all for one endpoint.
 """
 import logging
 import os
@@ -224,7 +224,8 @@ def check_access(location, *, write: bool) -> None:
       return False
 
   gcsfs_log = logging.getLogger('gcsfs')  # it logs each refused request with a traceback
-  level, gcsfs_log.level = gcsfs_log.level, logging.CRITICAL
+  level = gcsfs_log.level
+  gcsfs_log.setLevel(logging.CRITICAL)
   try:
     if not listed(location[len('gs://'):]) and not listed(name):
       raise FileNotFoundError(name)
