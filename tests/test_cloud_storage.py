@@ -230,21 +230,18 @@ def folder(request, tmp_path):
   return request.getfixturevalue('bucket') + '/folder'
 
 
-def test_files_are_written_whole_and_folders_copied_with_their_marker_last(folder, tmp_path):
+def test_files_are_written_whole_and_folders_copied_with_their_marker_last(folder, monkeypatch):
   storage.write_text(f'{folder}/a/b.txt', 'first')
   storage.write_text(f'{folder}/a/b.txt', 'second')  # replaces, leaving no temporary behind
   storage.write_bytes(f'{folder}/c.bin', b'\x00\x01')
   assert storage.files_under(folder) == ['a/b.txt', 'c.bin']
   assert storage.read_text(f'{folder}/a/b.txt') == 'second'
 
-  copied = []
-  original_copy = storage.copy_file
-  try:
-    storage.copy_file = lambda source, target: (copied.append(os.path.basename(str(target))),
-                                                 original_copy(source, target))
-    storage.copy_files(folder, f'{folder}-copy', last=('c.bin',))
-  finally:
-    storage.copy_file = original_copy
+  copied, copy_file = [], storage.copy_file
+  monkeypatch.setattr(storage, 'copy_file', lambda source, target: (
+      copied.append(os.path.basename(str(target))), copy_file(source, target)))
+  storage.copy_files(folder, f'{folder}-copy', last=('c.bin',))
+  monkeypatch.undo()
   assert copied == ['b.txt', 'c.bin']  # the marker after every other file
   assert storage.path(f'{folder}-copy/c.bin').read_bytes() == b'\x00\x01'
 

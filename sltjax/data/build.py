@@ -86,7 +86,7 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, num_wor
                             f'--manual_dir={manual_dir!r} is not a folder.\n'
                             f'{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}')
   if storage.is_remote(data_dir):
-    return _build_and_upload(builder, data_dir, settings, staging_dir, functools.partial(
+    return _build_and_upload(builder, data_dir, staging_dir, functools.partial(
         build, dataset, manual_dir=manual_dir, num_workers=num_workers, on_error=on_error,
         frame_size=frame_size, jpeg_quality=jpeg_quality, options=options,
         show_progress=show_progress))
@@ -103,21 +103,20 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, num_wor
   return summary
 
 
-def _build_and_upload(remote: clip_builder.SignVideoBuilder, data_dir: str, settings: dict,
-                      staging_dir: str, build_locally) -> dict:
+def _build_and_upload(remote: clip_builder.SignVideoBuilder, data_dir: str, staging_dir: str,
+                      build_locally) -> dict:
   """Builds remote's dataset (build_locally(data_dir)) under a local staging folder named after
   its gs:// data_dir, then uploads it to remote.data_path (dataset_info.json last) and removes
   the local copy."""
   remote_dir = os.fspath(remote.data_path)
   local_dir = storage.absolute(storage.join(staging_dir, data_dir[len('gs://'):]))
-  summary = build_locally(local_dir)
-  local = clip_builder.builder_class(remote.name)(data_dir=local_dir, **settings)
-  summary['path'] = remote_dir
-  storage.write_text(local.data_path / 'build_summary.json', json.dumps(summary, indent=1))
+  summary = {**build_locally(local_dir), 'path': remote_dir}
+  local_path = os.path.join(local_dir, remote.name, str(remote.version))  # TFDS's data_path
+  storage.write_text(storage.join(local_path, 'build_summary.json'), json.dumps(summary, indent=1))
   if storage.path(remote_dir).exists():
     storage.path(remote_dir).rmtree()  # a partial upload (no dataset_info.json)
-  print(f'Uploading {local.data_path} to {remote_dir} ...', file=sys.stderr)
-  storage.copy_files(local.data_path, remote_dir, last=('dataset_info.json',))
+  print(f'Uploading {local_path} to {remote_dir} ...', file=sys.stderr)
+  storage.copy_files(local_path, remote_dir, last=('dataset_info.json',))
   shutil.rmtree(local_dir)
   return summary
 
