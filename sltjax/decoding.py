@@ -22,6 +22,10 @@ import numpy as np
 from flax import nnx
 
 NEG_INF = -1.0e9  # HF's "very large negative" score for impossible/unfinished beams
+# A search attends to a cache of this many positions, then of twice as many, and so on (then
+# max_len), rather than to the whole cache from the first step: each length compiles the step
+# once more (see attended_lengths).
+FIRST_ATTENDED_LENGTH = 16
 
 
 @flax.struct.dataclass
@@ -62,13 +66,19 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
                 forced_eos_id: int | None = None):
   """Best sequences [batch, beams, 1 + max_new_tokens] (start token first, pad after EOS), scores.
 
-  tokens_to_logits(tokens [batch*beams], cache, position, cache_slots [batch, beams, max_len])
+  tokens_to_logits(tokens [batch*beams], cache, position, cache_slots [batch, beams, length])
   -> (logits [batch*beams, vocab], cache) consumes the last token of every live beam at
-  `position` (0 = the start token), writing its state into its own row of `cache` (leading axis
-  batch*beams) at `position`. The cache is never reordered when beams change parents (a copy of
-  the whole cache per step, which dominated decoding time): beam i of sentence b reads its
-  position t from row b*beams + cache_slots[b, i, t] instead. `forced_eos_id` forces EOS as the last possible token
-  (HF's forced_eos_token_id). Sequences are sorted best first.
+  `position` (0 = the start token), writing its state into its own row of `cache` at
+  `position` (after the cache's prefix) and attending to the cache's `length` positions (after
+  its prefix), masked after `position`. `cache` is a pytree of [batch*beams, prefix + max_len,
+  ...] arrays (the prefix: a prompt's keys and values, the same in every beam's row, or
+  nothing); the search passes it cut to the prefix and the first of
+  `attended_lengths(max_len)`, and grows it to the next length when the search reaches it
+  (attention over positions not yet written is work for nothing). The cache is never
+  reordered when beams change parents (a copy of the whole cache per step, which dominated
+  decoding time): beam i of sentence b reads its position t from row b*beams +
+  cache_slots[b, i, t] instead. `forced_eos_id` forces EOS as the last possible token (HF's
+  forced_eos_token_id). Sequences are sorted best first.
   """
   batch = start_ids.shape[0]
   max_len = 1 + max_new_tokens
@@ -86,9 +96,11 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
       cache_slots=jnp.broadcast_to(own_slots[None, :, None], (batch, beam_size, max_len)))
   num_candidates = 2 * beam_size
 
-  def step(state: BeamState) -> tuple[BeamState, jax.Array]:
+  def step(state: BeamState, attended: int) -> tuple[BeamState, jax.Array]:
+    """One token per beam, attending to a cache of `attended` positions (after any prefix)."""
     tokens = _flat(state.live_seqs)[:, state.cur_len - 1]  # [batch*beams]
-    logits, cache = tokens_to_logits(tokens, state.cache, state.cur_len - 1, state.cache_slots)
+    logits, cache = tokens_to_logits(tokens, state.cache, state.cur_len - 1,
+                                     state.cache_slots[:, :, :attended])
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch*beams, vocab]
     vocab = log_probs.shape[-1]
     at_last = state.cur_len + 1 >= max_len
@@ -139,17 +151,39 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
                           cache=cache, cache_slots=cache_slots)
     return new_state, at_last
 
-  def body(carry):
-    state, _ = carry
-    return step(state)
-
   def should_continue(carry):
     state, reached_max = carry
     open_beams = ~jnp.all(state.finished_flags) if early_stopping else True
     return jnp.any(state.improvable) & open_beams & ~reached_max
 
-  state, _ = jax.lax.while_loop(should_continue, body, (state, jnp.array(False)))
+  lengths = attended_lengths(max_len)
+  prefix = jax.tree.leaves(cache)[0].shape[1] - max_len
+  state = state.replace(cache=jax.tree.map(lambda c: c[:, :prefix + lengths[0]], cache))
+  carry = (state, jnp.array(False))
+  for i, attended in enumerate(lengths):  # one loop per length, each until the search reaches it
+    if i:
+      carry = (carry[0].replace(cache=_grown(carry[0].cache, attended - lengths[i - 1])), carry[1])
+    carry = jax.lax.while_loop(
+        lambda carry, attended=attended: should_continue(carry) & (carry[0].cur_len <= attended),
+        lambda carry, attended=attended: step(carry[0], attended), carry)
+  state, _ = carry
   return state.finished_seqs, state.finished_scores
+
+
+def attended_lengths(max_len: int) -> list[int]:
+  """The cache lengths a search of max_len positions attends to, in turn: doubling from
+  FIRST_ATTENDED_LENGTH, then max_len (a length within half the first one of max_len is
+  skipped: a loop of so few steps is not worth its compilation)."""
+  lengths = [FIRST_ATTENDED_LENGTH]
+  while lengths[-1] < max_len:
+    lengths.append(2 * lengths[-1])
+  return [n for n in lengths if n + FIRST_ATTENDED_LENGTH // 2 <= max_len] + [max_len]
+
+
+def _grown(cache, positions: int):
+  """The cache (leaves [batch*beams, length, ...]) with `positions` zero positions appended."""
+  return jax.tree.map(
+      lambda c: jnp.pad(c, [(0, 0), (0, positions)] + [(0, 0)] * (c.ndim - 2)), cache)
 
 
 def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=None,
@@ -215,7 +249,8 @@ def decoder_only_search(model, input_ids, attention_mask, *, eos_token_id: int,
 
   def tokens_to_logits(tokens, cache, position, cache_slots):
     logits, cache = model.decode(
-        tokens[:, None], (last_position + position)[:, None], key_mask, cache, prefix + position,
+        tokens[:, None], (last_position + position)[:, None],
+        key_mask[:, :prefix + cache_slots.shape[2]], cache, prefix + position,
         cache_slots=jnp.concatenate([prompt_slots, cache_slots], axis=2), visual_kv=visual_kv)
     return logits[:, 0], cache
 

@@ -1,6 +1,7 @@
 """Beam search against a toy Markov model whose best sequences are known by enumeration, and
 against the teacher-forced mBART model (cache, padding, per-sequence EOS)."""
 import itertools
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sltjax.decoding import beam_search, generate, length_normalizer
+from sltjax.decoding import attended_lengths, beam_search, generate, length_normalizer
 from sltjax.models.mbart import MBart, MBartConfig
 
 EOS, PAD, START = 3, 4, 5
@@ -44,7 +45,8 @@ def run_toy_search(table, beam_size, max_new_tokens, alpha=0.0, style='hf', batc
   def tokens_to_logits(tokens, cache, position, cache_slots):
     return table[tokens], cache
 
-  return beam_search(tokens_to_logits, jnp.full((batch,), START), jnp.zeros((batch * beam_size,)),
+  cache = jnp.zeros((batch * beam_size, 1 + max_new_tokens))  # [batch*beams, positions]
+  return beam_search(tokens_to_logits, jnp.full((batch,), START), cache,
                      beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=EOS, pad_id=PAD,
                      length_penalty=alpha, length_penalty_style=style)
 
@@ -104,8 +106,9 @@ def test_batch_rows_end_independently():
 
   def search(rows, beam_size=3):
     def tokens_to_logits(tokens, cache, position, cache_slots):
-      return tables[cache, tokens], cache
-    cache = jnp.repeat(jnp.asarray(rows), beam_size)  # [batch*beams] table index of each beam
+      return tables[cache[:, 0], tokens], cache
+    # [batch*beams, positions]: the table index of each beam, at every position
+    cache = jnp.repeat(jnp.asarray(rows), beam_size)[:, None].repeat(7, axis=1)
     return beam_search(tokens_to_logits, jnp.full((len(rows),), START), cache,
                        beam_size=beam_size, max_new_tokens=6, eos_id=EOS, pad_id=PAD)[0]
 
@@ -208,3 +211,47 @@ def test_attention_through_cache_slots_reads_each_position_from_its_row(groups):
   positions = jnp.arange(kv_len)[None]
   gathered = attention(queries, keys[rows, positions], values[rows, positions], mask)
   np.testing.assert_allclose(out, gathered, atol=1e-5)
+
+
+def test_search_attends_to_doubling_cache_lengths():
+  """The search's attended cache lengths: doubling from 16, max_len last, no bound so near
+  max_len that its loop would run a few steps."""
+  assert attended_lengths(5) == [5]
+  assert attended_lengths(17) == [17]
+  assert attended_lengths(41) == [16, 32, 41]
+  assert attended_lengths(64) == [16, 32, 64]
+  assert attended_lengths(65) == [16, 32, 65]
+
+
+@pytest.mark.parametrize('kind', ['encoder_decoder', 'decoder_only'])
+def test_searching_past_the_first_attended_length_equals_attending_to_the_whole_cache(
+    tiny_mbart, kind, monkeypatch):
+  """A search of 30 new tokens (attending to 16, then 31 cached positions) returns what a search
+  attending to the whole cache at every step returns."""
+  from sltjax import decoding  # pylint: disable=import-outside-toplevel
+  from sltjax.models.xglm import XGLM, XGLMConfig  # pylint: disable=import-outside-toplevel
+  ids = source_batch()
+  mask = (ids != 1).astype(np.int32)
+  if kind == 'decoder_only':  # left-padded prompts
+    ids = np.stack([np.roll(row, -int(m.sum())) for row, m in zip(ids, mask)])
+    mask = (ids != 1).astype(np.int32)
+    model = XGLM(XGLMConfig(vocab_size=40, d_model=32, num_layers=2, attention_heads=4,
+                            ffn_dim=64, max_position_embeddings=64), rngs=nnx.Rngs(0))
+    model.embed_tokens.embedding[2] = 0.0  # EOS's logit 0: beams end at different steps
+    search = partial(decoding.decoder_only_search, eos_token_id=2, pad_token_id=1)
+  else:
+    model = tiny_mbart
+    search = partial(decoding.encoder_decoder_search, decoder_start_token_id=3, eos_token_id=2,
+                     pad_token_id=1)
+  options = dict(num_beams=4, max_new_tokens=30, length_penalty=1.0, length_penalty_style='hf',
+                 early_stopping=False)
+
+  def run():  # a new function each time: jit traces it afresh
+    return np.asarray(nnx.jit(lambda m: search(m, ids, mask, **options))(model))
+
+  segmented = run()
+  monkeypatch.setattr(decoding, 'FIRST_ATTENDED_LENGTH', 64)
+  whole_cache = run()
+  assert decoding.attended_lengths(31) == [31]
+  np.testing.assert_array_equal(segmented, whole_cache)
+  assert np.any(segmented[..., -13:] != 1)  # some beams ran past 16 positions
