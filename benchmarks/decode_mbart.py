@@ -11,7 +11,8 @@ in turns (so the shared machine's slow and fast periods fall on both); medians a
 Per case: sentences/s of both sides, the ratio, how many outputs are identical, and what bounds
 sltjax's time: the decoder's matmul FLOPs at the machine's measured matmul rate, and the bytes
 a step reads (weights, self-attention cache, encoder keys/values) at its measured read bandwidth
-(weights that stay in cache across steps make this share an overestimate), each as a share of
+(weights that stay in cache across steps make this share an overestimate; the self-attention
+cache counts the positions the search attends to, which grow with it), each as a share of
 the measured time per step. Run it on an idle machine.
 """
 import argparse
@@ -27,7 +28,7 @@ import transformers
 from flax import nnx
 
 from sltjax.convert.hf import mbart_config_from_hf, mbart_state_from_hf
-from sltjax.decoding import generate
+from sltjax.decoding import attended_lengths, generate
 from sltjax.models.mbart import MBart
 
 VOCAB = 2454
@@ -87,13 +88,16 @@ def machine_rates():
   return rates
 
 
-def step_costs(cfg, rows: int, src_len: int, max_len: int):
-  """(FLOPs, bytes read) of one decoding step over `rows` = batch*beams."""
+def step_costs(cfg, rows: int, src_len: int, max_len: int, steps: int):
+  """(FLOPs, bytes read) of a decoding step over `rows` = batch*beams, on average over `steps`
+  steps (the self-attention cache read grows with the search: decoding.attended_lengths)."""
   d, f, layers = cfg.d_model, cfg.decoder_ffn_dim, cfg.decoder_layers
   weights_per_layer = 4 * d * d + 2 * d * d + 2 * d * f  # self q/k/v/o, cross q/o, FFN
   flops = 2 * rows * (layers * weights_per_layer + d * cfg.vocab_size)
   weight_bytes = 4 * (layers * weights_per_layer + d * cfg.vocab_size)
-  cache_bytes = 4 * layers * 2 * rows * max_len * d  # self-attention keys and values
+  lengths = attended_lengths(max_len)
+  attended = np.mean([min(n for n in lengths if n > position) for position in range(steps)])
+  cache_bytes = 4 * layers * 2 * rows * attended * d  # self-attention keys and values
   cross_bytes = 4 * layers * 2 * (rows // 4) * src_len * d  # shared by a sentence's beams
   return flops, weight_bytes + cache_bytes + cross_bytes
 
@@ -130,7 +134,7 @@ def main():
           args.repeats)
       steps = out.shape[1] - 1
       flops, read = step_costs(model.config, batch * args.num_beams, ids.shape[1],
-                               1 + args.max_new_tokens)
+                               1 + args.max_new_tokens, steps)
       compute_share = steps * flops / flop_rate / ours_s
       memory_share = steps * read / byte_rate / ours_s
       same = sum(len(a) == len(b) and bool(np.array_equal(a, b)) for a, b in zip(
