@@ -1,6 +1,7 @@
 r"""Beam-search decoding throughput: sltjax (XLA) vs transformers' `generate` (PyTorch), same weights.
 
   .venv/bin/python benchmarks/decode_mbart.py [--sizes=d512,large] [--batch_sizes=1,16,64]
+      [--first_attended_length=16]
 
 Two mBART shapes with PHOENIX-2014T's trimmed vocabulary (2,454 ids) and random weights from a
 fixed seed, converted in memory with sltjax.convert.hf: `d512` (6+6 layers, 8 heads, FFN 2048:
@@ -28,6 +29,7 @@ import transformers
 from flax import nnx
 
 from sltjax.convert.hf import mbart_config_from_hf, mbart_state_from_hf
+from sltjax import decoding
 from sltjax.decoding import attended_lengths, generate
 from sltjax.models.mbart import MBart
 
@@ -109,7 +111,12 @@ def main():
   parser.add_argument('--max_new_tokens', type=int, default=40)
   parser.add_argument('--num_beams', type=int, default=4)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--first_attended_length', type=int, default=decoding.FIRST_ATTENDED_LENGTH,
+                      help='the search\'s first cache length; above max_new_tokens, it attends '
+                      'to the whole cache from the first step (the version before the growing '
+                      'cache)')
   args = parser.parse_args()
+  decoding.FIRST_ATTENDED_LENGTH = args.first_attended_length
   flop_rate, byte_rate = machine_rates()
   print(f'jax {jax.devices()[0].device_kind} x{jax.device_count()}, torch threads '
         f'{torch.get_num_threads()}; measured: matmul {flop_rate / 1e9:.0f} GFLOP/s, read '
