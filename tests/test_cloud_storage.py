@@ -277,6 +277,15 @@ def test_metrics_features_and_indexes_live_in_a_bucket_as_on_disk(folder):
   np.testing.assert_array_equal(stored.features(1), rows[1])
   assert storage.files_under(f'{folder}/features') == ['dev.array_record', 'dev.json']
 
+  def interrupted():  # a rewrite that stops half-way leaves the finished split as it was
+    yield rows[0]
+    raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    features.write_split(f'{folder}/features', 'dev', interrupted(), index)
+  np.testing.assert_array_equal(
+      features.open_split(f'{folder}/features', 'dev', expected_dim=3).features(1), rows[1])
+  assert storage.files_under(f'{folder}/features') == ['dev.array_record', 'dev.json']
+
   search_index = retrieve.Index(f'{folder}/index')
   search_index.add('gs://b/w', 7, 'model', [({'input': 'v.mp4', 'frames': 3}, rows[0])])
   reopened = retrieve.Index(f'{folder}/index')

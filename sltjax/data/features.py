@@ -11,6 +11,7 @@ directory is on gs://) and moved in place when complete, its index last: an inte
 resumes by redoing only splits without an index and never rewrites a finished one. Training reads the
 directory with model.backbone='features' and data.features_dir=W/features.
 """
+import contextlib
 import dataclasses
 import io
 import json
@@ -58,9 +59,13 @@ def write_split(directory: str, split: str, rows, index: dict) -> int:
   'gloss', 'text', ...: one entry per video}) as `split`; returns the number written."""
   records = storage.join(directory, RECORDS.format(split=split))
   storage.make_folder(directory)
-  with tempfile.TemporaryDirectory() as tmp:  # ArrayRecord writes local files only
-    written = (os.path.join(tmp, RECORDS.format(split=split)) if storage.is_remote(directory)
-               else records + '.tmp')
+  with contextlib.ExitStack() as cleanup:
+    if storage.is_remote(directory):  # ArrayRecord writes local files only
+      tmp = cleanup.enter_context(tempfile.TemporaryDirectory())
+      written = os.path.join(tmp, RECORDS.format(split=split))
+    else:
+      written = records + '.tmp'  # removed if writing stops before it is moved in place
+      cleanup.callback(lambda: os.path.exists(written) and os.remove(written))
     writer = array_record_module.ArrayRecordWriter(written, 'group_size:1')
     lengths, dims = [], set()
     try:
