@@ -237,7 +237,7 @@ def test_searching_past_the_first_attended_length_equals_attending_to_the_whole_
     mask = (ids != 1).astype(np.int32)
     model = XGLM(XGLMConfig(vocab_size=40, d_model=32, num_layers=2, attention_heads=4,
                             ffn_dim=64, max_position_embeddings=64), rngs=nnx.Rngs(0))
-    model.embed_tokens.embedding[2] = 0.0  # EOS's logit 0: beams end at different steps
+    model.embed_tokens.embedding[2] = 0.0  # EOS logit 0: beams run past 16 positions
     search = partial(decoding.decoder_only_search, eos_token_id=2, pad_token_id=1)
   else:
     model = tiny_mbart
