@@ -215,12 +215,22 @@ def test_attention_through_cache_slots_reads_each_position_from_its_row(groups):
 
 def test_search_attends_to_doubling_cache_lengths():
   """The search's attended cache lengths: doubling from 16, max_len last, no bound so near
-  max_len that its loop would run a few steps."""
+  max_len that its loop would run a few steps; the model sees the cache and slots at those
+  lengths, in turn."""
   assert attended_lengths(5) == [5]
   assert attended_lengths(17) == [17]
   assert attended_lengths(41) == [16, 32, 41]
   assert attended_lengths(64) == [16, 32, 64]
   assert attended_lengths(65) == [16, 32, 65]
+  seen = []
+
+  def tokens_to_logits(tokens, cache, position, cache_slots):  # traced once per length
+    seen.append((cache.shape[1], cache_slots.shape[2]))
+    return jnp.zeros((tokens.shape[0], 8)).at[:, 6].set(1.0), cache
+
+  beam_search(tokens_to_logits, jnp.full((1,), START), jnp.zeros((2, 3 + 40)), beam_size=2,
+              max_new_tokens=40, eos_id=EOS, pad_id=PAD)
+  assert seen == [(2 + 16, 16), (2 + 32, 32), (2 + 41, 41)]  # after a 2-position prefix
 
 
 @pytest.mark.parametrize('kind', ['encoder_decoder', 'decoder_only'])
