@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sltjax.models.layers.attention import KVCache
+
 NEG_INF = -1.0e9  # HF's "very large negative" score for impossible/unfinished beams
 # A search attends to a cache of this many positions, then of twice as many, and so on (then
 # max_len), rather than to the whole cache from the first step: each length compiles the step
@@ -37,7 +39,7 @@ class BeamState:
   finished_scores: jax.Array  # [batch, beams] length-normalised; NEG_INF for empty slots
   finished_flags: jax.Array   # [batch, beams] bool
   improvable: jax.Array       # [batch] bool: can live beams still beat the finished ones?
-  cache: Any                  # model cache, leading axis batch*beams; never reordered
+  cache: Any                  # model cache (KVCaches), batch*beams rows; never reordered
   cache_slots: jax.Array      # [batch, beams, max_len] which of its sentence's rows holds each
                               # beam's position t
 
@@ -70,9 +72,9 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
   -> (logits [batch*beams, vocab], cache) consumes the last token of every live beam at
   `position` (0 = the start token), writing its state into its own row of `cache` at
   `position` (after the cache's prefix) and attending to the cache's `length` positions (after
-  its prefix), masked after `position`. `cache` is a pytree of [batch*beams, prefix + max_len,
-  ...] arrays (the prefix: a prompt's keys and values, the same in every beam's row, or
-  nothing); the search passes it cut to the prefix and the first of
+  its prefix), masked after `position`. `cache` is a pytree of KVCaches of batch*beams rows and
+  prefix + max_len positions (the prefix: a prompt's keys and values, the same in every beam's
+  row, or nothing); the search passes it cut to the prefix and the first of
   `attended_lengths(max_len)`, and grows it to the next length when the search reaches it
   (attention over positions not yet written is work for nothing). The cache is never
   reordered when beams change parents (a copy of the whole cache per step, which dominated
@@ -157,12 +159,10 @@ def beam_search(tokens_to_logits: Callable, start_ids, cache, *, beam_size: int,
     return jnp.any(state.improvable) & open_beams & ~reached_max
 
   lengths = attended_lengths(max_len)
-  prefix = jax.tree.leaves(cache)[0].shape[1] - max_len
-  state = state.replace(cache=jax.tree.map(lambda c: c[:, :prefix + lengths[0]], cache))
+  prefix = jax.tree.leaves(cache, is_leaf=_is_kv_cache)[0].length - max_len
   carry = (state, jnp.array(False))
-  for i, attended in enumerate(lengths):  # one loop per length, each until the search reaches it
-    if i:
-      carry = (carry[0].replace(cache=_grown(carry[0].cache, attended - lengths[i - 1])), carry[1])
+  for attended in lengths:  # one loop per length, each until the search reaches it
+    carry = (carry[0].replace(cache=_resized(carry[0].cache, prefix + attended)), carry[1])
     carry = jax.lax.while_loop(
         lambda carry, attended=attended: should_continue(carry) & (carry[0].cur_len <= attended),
         lambda carry, attended=attended: step(carry[0], attended), carry)
@@ -180,10 +180,13 @@ def attended_lengths(max_len: int) -> list[int]:
   return [n for n in lengths if n + FIRST_ATTENDED_LENGTH // 2 <= max_len] + [max_len]
 
 
-def _grown(cache, positions: int):
-  """The cache (leaves [batch*beams, length, ...]) with `positions` zero positions appended."""
-  return jax.tree.map(
-      lambda c: jnp.pad(c, [(0, 0), (0, positions)] + [(0, 0)] * (c.ndim - 2)), cache)
+def _is_kv_cache(node) -> bool:
+  return isinstance(node, KVCache)
+
+
+def _resized(cache, length: int):
+  """Every KVCache in `cache` cut, or zero-padded, to `length` positions."""
+  return jax.tree.map(lambda c: c.resized(length), cache, is_leaf=_is_kv_cache)
 
 
 def encoder_decoder_search(model, input_ids, attention_mask, *, inputs_embeds=None,

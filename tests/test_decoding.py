@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from sltjax.decoding import attended_lengths, beam_search, generate, length_normalizer
+from sltjax.models.layers.attention import KVCache, MultiHeadAttention
 from sltjax.models.mbart import MBart, MBartConfig
 
 EOS, PAD, START = 3, 4, 5
@@ -45,7 +46,7 @@ def run_toy_search(table, beam_size, max_new_tokens, alpha=0.0, style='hf', batc
   def tokens_to_logits(tokens, cache, position, cache_slots):
     return table[tokens], cache
 
-  cache = jnp.zeros((batch * beam_size, 1 + max_new_tokens))  # [batch*beams, positions]
+  cache = KVCache.zeros(batch * beam_size, 1 + max_new_tokens, 1, 1, jnp.float32)
   return beam_search(tokens_to_logits, jnp.full((batch,), START), cache,
                      beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=EOS, pad_id=PAD,
                      length_penalty=alpha, length_penalty_style=style)
@@ -106,9 +107,10 @@ def test_batch_rows_end_independently():
 
   def search(rows, beam_size=3):
     def tokens_to_logits(tokens, cache, position, cache_slots):
-      return tables[cache[:, 0], tokens], cache
-    # [batch*beams, positions]: the table index of each beam, at every position
-    cache = jnp.repeat(jnp.asarray(rows), beam_size)[:, None].repeat(7, axis=1)
+      return tables[cache.values[:, 0, 0, 0], tokens], cache
+    # values [batch*beams, positions, 1, 1]: the table index of each beam, at every position
+    table_index = jnp.repeat(jnp.asarray(rows), beam_size)[:, None, None, None].repeat(7, axis=1)
+    cache = KVCache(keys=jnp.zeros((len(rows) * beam_size, 1, 1, 7)), values=table_index)
     return beam_search(tokens_to_logits, jnp.full((len(rows),), START), cache,
                        beam_size=beam_size, max_new_tokens=6, eos_id=EOS, pad_id=PAD)[0]
 
@@ -195,8 +197,7 @@ def test_greedy_generate_matches_step_by_step_argmax(tiny_mbart):
 def test_attention_through_cache_slots_reads_each_position_from_its_row(groups):
   """A beam search step's self-attention (never-reordered cache, kv_slots) equals attention over
   keys/values gathered row by row, under jit, for one sentence (XLA's CPU reduce fusion once
-  miscompiled that shape) and several."""
-  from sltjax.models.layers.attention import MultiHeadAttention  # pylint: disable=import-outside-toplevel
+  miscompiled that shape) and several; without slots, each row reads its own."""
   attention = MultiHeadAttention(64, 4, 0.0, dtype='float32', param_dtype='float32',
                                  rngs=nnx.Rngs(0))
   group, kv_len = 4, 9
@@ -204,13 +205,31 @@ def test_attention_through_cache_slots_reads_each_position_from_its_row(groups):
   queries = jnp.asarray(rng.normal(size=(groups * group, 1, 64)), jnp.float32)
   keys = jnp.asarray(rng.normal(size=(groups * group, kv_len, 4, 16)), jnp.float32)
   values = jnp.asarray(rng.normal(size=(groups * group, kv_len, 4, 16)), jnp.float32)
+  cache = KVCache.zeros(groups * group, kv_len, 4, 16, jnp.float32).written(keys, values, 0)
   slots = jnp.asarray(rng.integers(0, group, size=(groups, group, kv_len)), jnp.int32)
   mask = (jnp.arange(kv_len) < 6)[None, None, None]
-  out = nnx.jit(lambda a, *x: a(*x, mask, kv_slots=slots))(attention, queries, keys, values)
+  attend = nnx.jit(lambda a, q, c, s: a.attend_to_cache(q, c, mask, kv_slots=s))
+  out = attend(attention, queries, cache, slots)
   rows = (slots + jnp.arange(groups)[:, None, None] * group).reshape(groups * group, kv_len)
   positions = jnp.arange(kv_len)[None]
   gathered = attention(queries, keys[rows, positions], values[rows, positions], mask)
   np.testing.assert_allclose(out, gathered, atol=1e-5)
+  own = attend(attention, queries, cache, None)
+  np.testing.assert_allclose(own, attention(queries, keys, values, mask), atol=1e-5)
+
+
+def test_kv_cache_writes_cuts_and_grows_along_positions():
+  keys = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)  # [batch, new, h, d]
+  cache = KVCache.zeros(2, 6, 4, 5, jnp.float32).written(keys, -keys, 2)
+  np.testing.assert_array_equal(cache.keys[:, :, :, 2:5], keys.transpose(0, 2, 3, 1))
+  np.testing.assert_array_equal(cache.values[:, 2:5], -keys)
+  assert not cache.keys[..., [0, 1, 5]].any() and not cache.values[:, [0, 1, 5]].any()
+  cut = cache.resized(4)
+  assert (cut.keys.shape, cut.values.shape, cut.length) == ((2, 4, 5, 4), (2, 4, 4, 5), 4)
+  grown = cut.resized(7)
+  np.testing.assert_array_equal(grown.keys[..., :4], cut.keys)
+  np.testing.assert_array_equal(grown.values[:, :4], cut.values)
+  assert grown.length == 7 and not grown.keys[..., 4:].any() and not grown.values[:, 4:].any()
 
 
 def test_search_attends_to_doubling_cache_lengths():
@@ -225,12 +244,13 @@ def test_search_attends_to_doubling_cache_lengths():
   seen = []
 
   def tokens_to_logits(tokens, cache, position, cache_slots):  # traced once per length
-    seen.append((cache.shape[1], cache_slots.shape[2]))
+    seen.append((cache.keys.shape[3], cache.values.shape[1], cache_slots.shape[2]))
     return jnp.zeros((tokens.shape[0], 8)).at[:, 6].set(1.0), cache
 
-  beam_search(tokens_to_logits, jnp.full((1,), START), jnp.zeros((2, 3 + 40)), beam_size=2,
-              max_new_tokens=40, eos_id=EOS, pad_id=PAD)
-  assert seen == [(2 + 16, 16), (2 + 32, 32), (2 + 41, 41)]  # after a 2-position prefix
+  beam_search(tokens_to_logits, jnp.full((1,), START), KVCache.zeros(2, 3 + 40, 1, 1, jnp.float32),
+              beam_size=2, max_new_tokens=40, eos_id=EOS, pad_id=PAD)
+  # after a 2-position prefix
+  assert seen == [(2 + 16, 2 + 16, 16), (2 + 32, 2 + 32, 32), (2 + 41, 2 + 41, 41)]
 
 
 @pytest.mark.parametrize('kind', ['encoder_decoder', 'decoder_only'])

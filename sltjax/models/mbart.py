@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sltjax.losses import label_smoothed_cross_entropy
-from sltjax.models.layers.attention import MultiHeadAttention
+from sltjax.models.layers.attention import KVCache, MultiHeadAttention
 from sltjax.models.layers.dense import Buffer, dense, embedding, layer_norm
 
 POSITION_OFFSET = 2  # mBART's learned positions start at index 2 (fairseq legacy).
@@ -134,23 +134,24 @@ class DecoderLayer(nnx.Module):
     x: [batch, tgt_len, d_model]; self_mask: [1 or batch, 1, tgt_len, kv_len]; cross_kv: encoder
     keys and values [batch, src_len, heads, head_dim] (None without cross-attention); cross_mask:
     [batch, 1, 1, src_len].
-    With `cache` ({'k', 'v'}: [batch, max_len, heads, head_dim]) the new keys/values are written at
+    With `cache` (a KVCache of max_len positions) the new keys/values are written at
     `cache_index` and attention runs over the whole cache (through `cache_slots` [sentences,
-    beams, max_len] in a beam search: see MultiHeadAttention). `visual`: this layer's
+    beams, max_len] in a beam search: see MultiHeadAttention.attend_to_cache). `visual`: this layer's
     (keys, values, mask) of another modality for `visual_adaptor`, whose per-head output joins
     self-attention's. Returns (x, updated cache or None).
     """
     drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)
     h = self.self_attn_layer_norm(x)
     k, v = self.self_attn.project_kv(h, rngs)
-    if cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), cache_index, 1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), cache_index, 1)
-      cache = {'k': k, 'v': v}
     added = (None if visual is None or self.visual_adaptor is None else
              self.visual_adaptor(h, self.self_attn, visual, rngs))
-    x = x + drop(self.self_attn(h, k, v, self_mask, kv_slots=cache_slots, added_heads=added,
-                                rngs=rngs))
+    if cache is None:
+      h = self.self_attn(h, k, v, self_mask, added_heads=added, rngs=rngs)
+    else:
+      cache = cache.written(k, v, cache_index)
+      h = self.self_attn.attend_to_cache(h, cache, self_mask, kv_slots=cache_slots,
+                                         added_heads=added, rngs=rngs)
+    x = x + drop(h)
     if self.encoder_attn is not None:
       h = self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask, rngs=rngs)
       x = x + drop(h)
@@ -227,11 +228,10 @@ class MBart(nnx.Module):
     return [layer.encoder_attn.project_kv(encoder_out) for layer in decoder.layers]
 
   def init_cache(self, batch_size: int, max_length: int):
-    """Zeroed self-attention KV cache: per layer {'k', 'v'}: [batch, max_length, heads, head_dim]."""
+    """Zeroed self-attention cache: a KVCache of max_length positions per decoder layer."""
     cfg = self.config
-    shape = (batch_size, max_length, cfg.decoder_attention_heads,
-             cfg.d_model // cfg.decoder_attention_heads)
-    return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
+    heads = cfg.decoder_attention_heads
+    return [KVCache.zeros(batch_size, max_length, heads, cfg.d_model // heads, cfg.dtype)
             for _ in self.decoder_layers]
 
   def decode(self, decoder_input_ids, encoder_mask, cross_kv, *, cache=None, cache_index=0,
@@ -249,7 +249,7 @@ class MBart(nnx.Module):
     decoder = self.decoder_parts() if decoder is None else decoder
     tgt_len = decoder_input_ids.shape[1]
     query_positions = cache_index + jnp.arange(tgt_len)  # [tgt_len]
-    key_positions = query_positions if cache is None else jnp.arange(cache[0]['k'].shape[1])
+    key_positions = query_positions if cache is None else jnp.arange(cache[0].length)
     self_mask = (key_positions[None, :] <= query_positions[:, None])[None, None]
     x = self.embed_tokens(decoder_input_ids)
     x = x + decoder.embed_positions(query_positions + POSITION_OFFSET)[None]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sltjax.models.layers.attention import KVCache
 from sltjax.models.layers.dense import embedding, layer_norm
 from sltjax.models.mbart import DecoderLayer, MBartConfig, call_layer, config_from_dict
 
@@ -124,10 +125,10 @@ class XGLM(nnx.Module):
     return self.logits(x)
 
   def init_cache(self, batch_size: int, max_length: int):
-    """Zeroed KV cache: per layer {'k', 'v'}: [batch, max_length, heads, head_dim]."""
+    """Zeroed self-attention cache: a KVCache of max_length positions per layer."""
     cfg = self.config
-    shape = (batch_size, max_length, cfg.attention_heads, cfg.d_model // cfg.attention_heads)
-    return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
+    heads = cfg.attention_heads
+    return [KVCache.zeros(batch_size, max_length, heads, cfg.d_model // heads, cfg.dtype)
             for _ in self.layers]
 
   def decode(self, input_ids, position_ids, key_mask, cache, cache_index, cache_slots=None,
@@ -136,7 +137,7 @@ class XGLM(nnx.Module):
     attends to the cached positions that key_mask [batch, max_length] marks and that are not
     after it. cache_slots: as MBart.decode's (a beam search's). visual_kv: `visual_kv`'s, per
     sentence (consecutive rows of the batch may be beams of one sentence)."""
-    length, max_length = input_ids.shape[1], cache[0]['k'].shape[1]
+    length, max_length = input_ids.shape[1], cache[0].length
     query_positions = cache_index + jnp.arange(length)
     causal = jnp.arange(max_length)[None, :] <= query_positions[:, None]  # [length, max_length]
     mask = causal[None, None] & (key_mask[:, None, None, :] > 0)  # [batch, 1, length, max]
