@@ -40,11 +40,13 @@ COMMANDS = ('index', 'search')
 class Index:
   """An index directory: what it was built with and the features of its videos."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, *, write: bool):
+    """`write`: the index will be added to (checked up front in a bucket, before any video is
+    embedded); else it is only searched."""
     self.directory = directory
     self.path = storage.join(directory, INDEX_FILE)
     self.meta = None
-    storage.check_access(directory, write=False)
+    storage.check_access(directory, write=write)
     if storage.path(self.path).is_file():
       self.meta = json.loads(storage.read_text(self.path))
 
@@ -161,7 +163,7 @@ def main(argv):
   try:
     with contextlib.redirect_stdout(sys.stderr):
       exp, params, rest, step = load(FLAGS.workdir)
-      index = Index(FLAGS.index)
+      index = Index(FLAGS.index, write=command == 'index')
       if command == 'index':
         return run_index(exp, params, rest, step, index, args)
       if FLAGS.texts and args:

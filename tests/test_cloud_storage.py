@@ -1,5 +1,6 @@
 """Runs whose data, workdir and checkpoints are in a Cloud Storage bucket, against a local GCS
 emulator (conftest.gcs_emulator); and the path layer (sltjax/storage.py) on both kinds of path."""
+import contextlib
 import http.server
 import json
 import os
@@ -198,18 +199,24 @@ class RefusingStorage(http.server.BaseHTTPRequestHandler):
     pass
 
 
-@pytest.mark.parametrize('writes_only', [False, True], ids=['no_credentials', 'read_only'])
-def test_missing_credentials_or_permission_fail_before_work_naming_the_path(
-    writes_only, toy_corpus):
+@contextlib.contextmanager
+def refusing_storage(writes_only: bool):
+  """A RefusingStorage server on localhost for the duration; yields its endpoint."""
   handler = type('Handler', (RefusingStorage,), {'writes_only': writes_only})
   server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
   threading.Thread(target=server.serve_forever, daemon=True).start()
-  endpoint = f'http://127.0.0.1:{server.server_address[1]}'
   try:
-    result = run_main(tiny_config(toy_corpus), 'gs://refusing-bucket/run',
-                      env={**storage.emulator_environment(endpoint)})
+    yield f'http://127.0.0.1:{server.server_address[1]}'
   finally:
     server.shutdown()
+
+
+@pytest.mark.parametrize('writes_only', [False, True], ids=['no_credentials', 'read_only'])
+def test_missing_credentials_or_permission_fail_before_work_naming_the_path(
+    writes_only, toy_corpus):
+  with refusing_storage(writes_only) as endpoint:
+    result = run_main(tiny_config(toy_corpus), 'gs://refusing-bucket/run',
+                      env={**storage.emulator_environment(endpoint)})
   assert result.returncode == 2, result.stderr[-2000:]
   if writes_only:
     assert ('error: gs://refusing-bucket/run: permission denied to write it (Forbidden: '
@@ -220,6 +227,25 @@ def test_missing_credentials_or_permission_fail_before_work_naming_the_path(
             '(Anonymous caller does not have storage.objects.list access') in result.stderr
     assert 'gcloud auth application-default login' in result.stderr
   assert 'Traceback' not in result.stderr and 'Mesh' not in result.stdout + result.stderr
+
+
+def test_an_index_is_refused_up_front_where_it_cannot_be_written(monkeypatch):
+  """`retrieve index` into a bucket this account may only read fails before any video is
+  embedded; `retrieve search` there needs only reads."""
+  import gcsfs  # pylint: disable=import-outside-toplevel
+  from sltjax import retrieve  # pylint: disable=import-outside-toplevel
+  from sltjax.errors import UserError  # pylint: disable=import-outside-toplevel
+  with refusing_storage(writes_only=True) as endpoint:
+    for key, value in storage.emulator_environment(endpoint).items():
+      monkeypatch.setenv(key, value)
+    gcsfs.GCSFileSystem.clear_instance_cache()  # clients made for another endpoint
+    try:
+      assert retrieve.Index('gs://refusing-bucket/index', write=False).videos == []
+      with pytest.raises(UserError, match='gs://refusing-bucket/index: permission denied to '
+                         'write it'):
+        retrieve.Index('gs://refusing-bucket/index', write=True)
+    finally:
+      gcsfs.GCSFileSystem.clear_instance_cache()
 
 
 @pytest.fixture(params=['local', 'bucket'])
@@ -286,9 +312,9 @@ def test_metrics_features_and_indexes_live_in_a_bucket_as_on_disk(folder):
       features.open_split(f'{folder}/features', 'dev', expected_dim=3).features(1), rows[1])
   assert storage.files_under(f'{folder}/features') == ['dev.array_record', 'dev.json']
 
-  search_index = retrieve.Index(f'{folder}/index')
+  search_index = retrieve.Index(f'{folder}/index', write=True)
   search_index.add('gs://b/w', 7, 'model', [({'input': 'v.mp4', 'frames': 3}, rows[0])])
-  reopened = retrieve.Index(f'{folder}/index')
+  reopened = retrieve.Index(f'{folder}/index', write=True)
   assert [v['input'] for v in reopened.videos] == ['v.mp4']
   np.testing.assert_array_equal(reopened.features()[0], rows[0])
 
