@@ -136,9 +136,9 @@ class DecoderLayer(nnx.Module):
     [batch, 1, 1, src_len].
     With `cache` (a KVCache of max_len positions) the new keys/values are written at
     `cache_index` and attention runs over the whole cache (through `cache_slots` [sentences,
-    beams, max_len] in a beam search: see MultiHeadAttention.attend_to_cache). `visual`: this layer's
-    (keys, values, mask) of another modality for `visual_adaptor`, whose per-head output joins
-    self-attention's. Returns (x, updated cache or None).
+    beams, max_len] in a beam search: see MultiHeadAttention.attend_to_cache). `visual`: this
+    layer's (keys, values, mask) of another modality for `visual_adaptor`, whose per-head output
+    joins self-attention's. Returns (x, updated cache or None).
     """
     drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)
     h = self.self_attn_layer_norm(x)
