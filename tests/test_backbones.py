@@ -1,8 +1,9 @@
 """Backbones against PyTorch: ResNet-18 vs Hugging Face ResNetModel (and torchvision names), S3D
 vs golden outputs of torchvision's own S3D (tests/s3d_golden.py: torchvision cannot be installed
-next to the CPU torch wheel here), masked and frozen BatchNorm."""
+next to the CPU torch wheel here), masked and frozen BatchNorm, max pooling's gradient."""
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from transformers import ResNetConfig as HFResNetConfig, ResNetModel
 from sltjax.convert.backbones import resnet_state, s3d_state
 from sltjax.models.backbones.resnet import ResNet, ResNetConfig
 from sltjax.models.backbones.s3d import S3D, S3DConfig
+from sltjax.models.layers.conv import max_pool
 from tests.s3d_golden import load_golden, seeded_clip, seeded_weights
 
 
@@ -203,3 +205,24 @@ def test_backbones_are_chosen_by_name_and_read_their_weights_through_the_registr
     MMTLBConfig(num_glosses=5, backbone='vit')
   with pytest.raises(ValueError, match="Backbone 'features' has no weights to load"):
     registry.read_weights('features', options, str(tmp_path / 'resnet18.pt'))
+
+
+@pytest.mark.parametrize('shape, window, stride, padding', [
+    ((3, 15, 15, 4), (3, 3), (2, 2), (1, 1)),  # ResNet's pooling, odd size
+    ((2, 12, 9, 3), (3, 2), (2, 3), (1, 0)),
+    ((2, 6, 7, 7, 2), (1, 3, 3), (1, 2, 2), (0, 1, 1)),  # S3D's spatial pooling
+    ((2, 5, 6, 6, 2), (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # S3D's dense pooling (XLA's gradient)
+])
+def test_max_pool_gradient_equals_xla_with_ties_going_to_the_first_maximum(
+    shape, window, stride, padding):
+  rng = np.random.default_rng(sum(shape))
+  # ReLU'd and rounded, so most windows hold several equal maxima (zeros and repeats)
+  x = jnp.asarray(np.round(np.maximum(rng.standard_normal(shape), 0) * 2) / 2, jnp.float32)
+  pooled_shape = jax.eval_shape(lambda x: max_pool(x, window, stride, padding), x).shape
+  grad_out = jnp.asarray(rng.standard_normal(pooled_shape), jnp.float32)
+  reference = lambda x: nnx.max_pool(x, window, stride, tuple((p, p) for p in padding))
+  ours = jax.jit(jax.vjp(lambda x: max_pool(x, window, stride, padding), x)[1])(grad_out)[0]
+  expected = jax.vjp(reference, x)[1](grad_out)[0]
+  np.testing.assert_array_equal(max_pool(x, window, stride, padding), reference(x))
+  np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+  assert float(jnp.sum(x == 0)) > x.size / 3  # the ties are there

@@ -2,12 +2,18 @@
 
 `BatchNorm` adds what video models need on top of nnx.BatchNorm: statistics from the positions a
 mask marks (padded frames excluded, MMTLB's masked norm) and a `frozen` switch that always uses
-the running averages (frozen-BN fine-tuning).
+the running averages (frozen-BN fine-tuning). `max_pool` computes its gradient on CPU without
+XLA's slow select-and-scatter.
 """
+import functools
+import itertools
+import math
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 # torchvision's convolution init (kaiming normal, fan_out, ReLU gain).
 KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -50,5 +56,60 @@ class BatchNorm(nnx.BatchNorm):
 
 
 def max_pool(x, window: Sequence[int], stride: Sequence[int], padding: Sequence[int]):
-  """Max pooling over the spatial axes of channels-last x, padding with -inf (as PyTorch)."""
-  return nnx.max_pool(x, tuple(window), tuple(stride), tuple((p, p) for p in padding))
+  """Max pooling over the spatial axes of channels-last x, padding with -inf (as PyTorch).
+
+  x: [batch, *spatial, channels]. The gradient goes to the first maximum of each window in
+  row-major order, as XLA's own. Where each position lies in at most 4 windows (strided pooling:
+  ResNet's, S3D's spatial ones), it is computed tap by tap on CPU: ResNet-18's pooling of 128
+  frames at 112 px 0.25 s against 0.7 s for XLA:CPU's select-and-scatter, S3D's (1, 3, 3) / 2
+  3x faster; densely overlapping windows (S3D's 3x3x3 / 1: 2x slower by taps) keep XLA's.
+  """
+  window, stride = tuple(window), tuple(stride)
+  padding = tuple((p, p) for p in padding)
+  if math.prod(-(-w // s) for w, s in zip(window, stride)) > 4:
+    return nnx.max_pool(x, window, stride, padding)
+  return _max_pool(x, window, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+  return nnx.max_pool(x, window, strides, padding)
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  pooled = _max_pool(x, window, strides, padding)
+  return pooled, (x, pooled)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, grad_out):
+  x, pooled = residuals
+  return (lax.platform_dependent(
+      cpu=lambda: _max_pool_grad_by_taps(x, pooled, grad_out, window, strides, padding),
+      default=lambda: jax.vjp(lambda x: nnx.max_pool(x, window, strides, padding), x)[1](
+          grad_out)[0]),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _max_pool_grad_by_taps(x, pooled, grad_out, window, strides, padding):
+  """The input gradient [batch, *spatial, channels] of max pooling, one window tap at a time.
+
+  Each tap's strided view of the padded input is compared with the pooled maxima; the first tap
+  (row-major) equal to a window's maximum takes that window's gradient, placed back at the
+  tap's positions by an interior-padded copy. pooled, grad_out: [batch, *out_spatial, channels].
+  """
+  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+  out_spatial = pooled.shape[1:-1]
+  claimed = jnp.zeros(pooled.shape, bool)
+  grad = jnp.zeros(padded.shape, grad_out.dtype)
+  for offsets in itertools.product(*map(range, window)):
+    ends = [o + s * (n - 1) + 1 for o, s, n in zip(offsets, strides, out_spatial)]
+    seen = padded[(slice(None), *(slice(o, e, s) for o, e, s in zip(offsets, ends, strides)))]
+    takes = (seen == pooled) & ~claimed
+    claimed = claimed | takes
+    placement = [(0, 0, 0), *((o, size - e, s - 1) for o, e, s, size in
+                              zip(offsets, ends, strides, padded.shape[1:-1])), (0, 0, 0)]
+    grad = grad + lax.pad(jnp.where(takes, grad_out, 0), jnp.zeros((), grad.dtype), placement)
+  return grad[(slice(None), *(slice(lo, size - hi) for (lo, hi), size in
+                              zip(padding, padded.shape[1:-1])))]
