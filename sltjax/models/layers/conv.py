@@ -2,8 +2,8 @@
 
 `BatchNorm` adds what video models need on top of nnx.BatchNorm: statistics from the positions a
 mask marks (padded frames excluded, MMTLB's masked norm) and a `frozen` switch that always uses
-the running averages (frozen-BN fine-tuning). `max_pool` computes its gradient on CPU without
-XLA's slow select-and-scatter.
+the running averages (frozen-BN fine-tuning). `max_pool` computes the gradient of strided
+pooling on CPU without XLA's slow select-and-scatter.
 """
 import functools
 import itertools
