@@ -15,6 +15,11 @@ import uuid
 # training step ran 13x slower (71.8 s against 5.3 s for 100 steps of test_hf_mbart's fixture).
 # Set before anything imports torch; numpy's BLAS follows it too, XLA:CPU does not read it.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+# The tests compile hundreds of small programs and run each for a few steps: LLVM's optimisation
+# passes are half of each compilation (Sign2GPT's tiny train step: 39 s -> 22 s) and buy nothing
+# here. Subprocesses inherit it; those given their own XLA_FLAGS add TEST_XLA_FLAGS.
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np
@@ -119,6 +124,11 @@ def save_mbart_with_tokenizer(directory, vocab_size, seed=0):
   return model
 
 
+def subprocess_xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test's subprocess on `devices` fake CPU devices."""
+  return f'--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}'
+
+
 def run_main(config, workdir, *extra, env=None, background=False, devices=1,
              base_argument: str = G2T_RUNLOCAL):
   """Runs `python -m sltjax.main --config=<base_argument>` with the flags that make it `config`
@@ -126,7 +136,7 @@ def run_main(config, workdir, *extra, env=None, background=False, devices=1,
   cmd = [sys.executable, '-m', 'sltjax.main', f'--config={base_argument}',
          f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}',
          *config_flags(config, base_argument), *extra]
-  full_env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+  full_env = {**os.environ, 'XLA_FLAGS': subprocess_xla_flags(devices),
               'JAX_PLATFORMS': 'cpu', **(env or {})}
   if background:
     return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,

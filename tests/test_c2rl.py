@@ -26,7 +26,8 @@ from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTran
 from sltjax.optim import make_optimizer
 from tests.conftest import (MBART_DIR, REPO, SHARED_DATA, apply_overrides,
                             assert_resumed_bitwise, save_mbart_with_tokenizer,
-                            shrink_video_config, timeless, train_killed_and_resumed)
+                            shrink_video_config, subprocess_xla_flags, timeless,
+                            train_killed_and_resumed)
 
 pytestmark = pytest.mark.xdist_group('c2rl')  # one worker builds the shared workdirs once
 VIDEOS = SHARED_DATA / 'videos'
@@ -260,7 +261,7 @@ def _main(workdir, *flags, env=None, background=False, devices=1):
              '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4',
              '--config.eval.batch_size=6', *flags]
   full_env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-              'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', **(env or {})}
+              'XLA_FLAGS': subprocess_xla_flags(devices), **(env or {})}
   if background:
     return subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

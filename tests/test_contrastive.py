@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sltjax.losses import clcl_similarity, contrastive_loss
+from tests.conftest import subprocess_xla_flags
 
 
 def reference_similarity(video, video_mask, text, text_mask, temperature, mask_padding):
@@ -163,7 +164,7 @@ def test_eight_devices_give_the_one_device_loss_and_gradients(tmp_path):
       [sys.executable, '-c', SHARDED_LOSS, str(tmp_path / 'inputs.npz'), str(tmp_path / 'out.npz')],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+           'XLA_FLAGS': subprocess_xla_flags(8)})
   assert result.returncode == 0, result.stderr[-3000:]
   sharded = np.load(tmp_path / 'out.npz')
 
