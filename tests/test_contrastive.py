@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sltjax.losses import clcl_similarity, contrastive_loss
-from tests.conftest import subprocess_xla_flags
+from tests.conftest import REPO, subprocess_xla_flags
 
 
 def reference_similarity(video, video_mask, text, text_mask, temperature, mask_padding):
@@ -154,7 +154,6 @@ def test_eight_devices_give_the_one_device_loss_and_gradients(tmp_path):
   import os  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  from tests.conftest import REPO  # pylint: disable=import-outside-toplevel
   video, video_mask, text, text_mask = random_pairs(6, videos=16, texts=16)
   positives = np.eye(16)
   positives[2, 9] = positives[9, 2] = 1
