@@ -16,7 +16,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sltjax import config_validation, storage, workdirs
+from sltjax import config_validation, jax_fixes, storage, workdirs
 from sltjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
@@ -110,6 +110,7 @@ def run(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO
+  jax_fixes.fewer_gc_passes()
   config = _CONFIG.value
   config_validation.validate(config)
   if _COMPILATION_CACHE.value:

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from sltjax import storage, translate
+from sltjax import jax_fixes, storage, translate
 from sltjax.errors import UserError
 from sltjax.experiments.base import RETRIEVE
 
@@ -159,6 +159,7 @@ def main(argv):
     raise app.UsageError('--batch_size and --top must be at least 1.')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  jax_fixes.fewer_gc_passes()
   results_out = sys.stdout  # JSON lines only; every message goes to stderr
   try:
     with contextlib.redirect_stdout(sys.stderr):

@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from sltjax import experiments, storage, workdirs
+from sltjax import experiments, jax_fixes, storage, workdirs
 from sltjax.data import augmentation, video
 from sltjax.data.frames import FrameError, read_image_file
 from sltjax.data.video_files import VideoError, read_video
@@ -157,6 +157,7 @@ def main(argv):
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} must be at least 1.')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  jax_fixes.fewer_gc_passes()
   try:
     exp = load_experiment(FLAGS.workdir)
     params, rest, step = exp.eval_variables()
