@@ -66,10 +66,15 @@ def test_vocabulary_is_sorted_from_training_sentences_without_frequent_glosses(g
 def test_word_vectors_from_a_fasttext_file_and_trained_deterministically(tmp_path):
   from gensim.models import FastText  # pylint: disable=import-outside-toplevel
   from gensim.models.fasttext import save_facebook_model  # pylint: disable=import-outside-toplevel
-  from sltjax.data.word_vectors import fasttext_vectors, trained_vectors  # pylint: disable=import-outside-toplevel
+  from sltjax.data.word_vectors import (  # pylint: disable=import-outside-toplevel
+      BUCKETS_PER_NGRAM, MAX_BUCKETS, fasttext_vectors, ngram_buckets, trained_vectors)
   sentences = [['morgen', 'regnen', 'norden'], ['sonne', 'süden'], ['gewitter', 'norden']] * 20
   words = ['norden', 'sonne', 'unbekannt']
   first = trained_vectors(sentences, words, dim=8)
+  # '<ab>' has 3 n-grams of 3-6 characters ('<ab', 'ab>', '<ab>'); a large vocabulary gets
+  # FastText's 2M buckets.
+  assert ngram_buckets({'ab'}) == 3 * BUCKETS_PER_NGRAM
+  assert ngram_buckets({f'w{i:06d}' for i in range(100_000)}) == MAX_BUCKETS
   assert first.shape == (3, 8) and first.dtype == np.float32
   np.testing.assert_array_equal(trained_vectors(sentences, words, dim=8), first)
   assert not np.array_equal(trained_vectors(sentences, words, dim=8, seed=1), first)
