@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sltjax.data import build, frames
+from sltjax.data import build, frames, video
 from sltjax.data.clip_builder import BuildError, KeepEncoded, builder_class
 from sltjax.data.video_files import read_video
+from sltjax.errors import MissingInputError
 from tests import release_fixtures as fx
 from tests.conftest import REPO
 
@@ -209,8 +210,8 @@ def test_missing_manual_dir_prints_the_download_instructions(tmp_path):
 @pytest.mark.slow
 def test_killed_build_never_reads_as_complete_and_resumes_from_its_cache(tmp_path):
   command = [sys.executable, '-m', 'sltjax.data.build', '--dataset=synthetic_signs',
-             f'--data_dir={tmp_path}', '--num_workers=1', '--option=num_train=300',
-             '--option=num_dev=2', '--option=num_test=2']
+             f'--data_dir={tmp_path}', '--num_workers=1', '--option=num_train=120',
+             '--option=num_dev=2', '--option=num_test=2', '--option=size=64']
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   cache = tmp_path / 'synthetic_signs' / '.build-cache-1.0.0' / 'train'
@@ -220,14 +221,16 @@ def test_killed_build_never_reads_as_complete_and_resumes_from_its_cache(tmp_pat
   process.kill()
   process.wait()
   cached = len(list(cache.glob('*.npz')))
-  assert 40 <= cached < 300
+  assert 40 <= cached < 120
   assert not builder_class('synthetic_signs')(data_dir=str(tmp_path)).is_prepared()
-  with pytest.raises(Exception):
-    tfds.data_source('synthetic_signs', data_dir=str(tmp_path))
+  data = video.default_config()
+  data.data_dir = str(tmp_path)
+  with pytest.raises(MissingInputError, match='synthetic_signs is not built under data_dir='):
+    video.open_split(data, 'train')
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
   summary = json.loads((tmp_path / 'synthetic_signs' / '1.0.0' / 'build_summary.json')
                        .read_text())
-  assert summary['splits']['train']['examples'] == 300
+  assert summary['splits']['train']['examples'] == 120
   assert summary['clips_reused_from_cache'] >= cached - 1  # the last one may have been mid-write
   assert 'clips reused from an interrupted build' in result.stdout
   assert not (tmp_path / 'synthetic_signs' / '.build-cache-1.0.0').exists()
