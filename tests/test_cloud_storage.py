@@ -35,12 +35,11 @@ def assert_same_run(workdir, reference, steps) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('g2t_reference')
 def test_gloss2text_in_a_bucket_is_killed_resumes_bitwise_and_evaluates(bucket, toy_corpus,
-                                                                        tmp_path):
-  config = tiny_config(toy_corpus, total_steps=30, eval_every_steps=10, checkpoint_every_steps=10)
-  reference = tmp_path / 'reference'
-  assert run_main(config, reference).returncode == 0
-
+                                                                        g2t_reference):
+  config, reference = g2t_reference
+  config = config.copy_and_resolve_references()
   data, workdir = f'{bucket}/corpus', f'{bucket}/g2t'
   storage.copy_files(toy_corpus, data)
   config.data.path = data
@@ -51,9 +50,9 @@ def test_gloss2text_in_a_bucket_is_killed_resumes_bitwise_and_evaluates(bucket, 
   result = run_main(config, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resumed from step 10 ' in result.stdout + result.stderr
-  assert_same_run(workdir, reference, steps=(10, 20, 30))
+  assert_same_run(workdir, reference, steps=(20, 40, 60))
   assert json.loads(storage.read_text(f'{workdir}/config.json'))['data']['path'] == data
-  assert sorted(p.name for p in storage.path(f'{workdir}/checkpoints').iterdir()) == ['20', '30']
+  assert sorted(p.name for p in storage.path(f'{workdir}/checkpoints').iterdir()) == ['50', '60']
 
   evaluation = run_main(config, workdir, '--mode=eval')
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
@@ -66,15 +65,15 @@ def test_gloss2text_in_a_bucket_is_killed_resumes_bitwise_and_evaluates(bucket, 
 
   # A damaged newest checkpoint in the bucket is moved aside whole and the run redone from the
   # one before.
-  state = f'{workdir}/checkpoints/30/state'
+  state = f'{workdir}/checkpoints/60/state'
   for name in storage.files_under(state):
     if '/d/' in name:  # the arrays' data files
       storage.write_bytes(f'{state}/{name}', b'truncated')
-  result = run_main(config, workdir, '--config.total_steps=40')
+  result = run_main(config, workdir, '--config.total_steps=70')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'checkpoint of step 30 is unreadable' in result.stderr
-  assert 'Resumed from step 20 ' in result.stdout + result.stderr
-  assert storage.path(f'{workdir}/damaged_checkpoints/30/state').is_dir()
+  assert 'checkpoint of step 60 is unreadable' in result.stderr
+  assert 'Resumed from step 50 ' in result.stdout + result.stderr
+  assert storage.path(f'{workdir}/damaged_checkpoints/60/state').is_dir()
 
 
 SMALL_BUILD = {'num_train': 24, 'num_dev': 6, 'num_test': 4, 'size': 64}  # conftest's local build

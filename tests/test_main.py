@@ -42,13 +42,10 @@ def wait_for(predicate, process, timeout=300):
 
 
 @pytest.mark.slow
-def test_kill_9_anywhere_then_resume_is_bitwise_identical(toy_corpus, tmp_path):
-  total = 60
-  config = tiny_config(toy_corpus, total_steps=total, checkpoint_every_steps=10,
-                       eval_every_steps=20)
-  reference = tmp_path / 'reference'
-  result = run_main(config, reference)
-  assert result.returncode == 0, result.stderr
+@pytest.mark.xdist_group('g2t_reference')
+def test_kill_9_anywhere_then_resume_is_bitwise_identical(g2t_reference, toy_corpus, tmp_path):
+  config, reference = g2t_reference
+  total = config.total_steps
   config_json = json.loads((reference / 'config.json').read_text())
   assert config_json['total_steps'] == total and config_json['data']['path'] == str(toy_corpus)
 
@@ -92,16 +89,24 @@ def train_losses(workdir):
   return np.array([m['loss'] for m in read_metrics(workdir) if m['split'] == 'train'])
 
 
-@pytest.mark.slow
-def test_eight_devices_give_the_single_device_loss(toy_corpus, tmp_path):
+@pytest.fixture(scope='module')
+def one_device_run(toy_corpus, tmp_path_factory):
+  """(config, workdir) of 20 float32 steps on one device: what the sharded runs must track."""
   config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=0, checkpoint_every_steps=20)
-  assert run_main(config, tmp_path / 'one').returncode == 0
+  workdir = tmp_path_factory.mktemp('one_device')
+  assert run_main(config, workdir).returncode == 0
+  return config, workdir
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group('one_device_run')
+def test_eight_devices_give_the_single_device_loss(one_device_run, tmp_path):
+  config, one = one_device_run
   result = run_main(config, tmp_path / 'eight', '--config.mesh.data=2', '--config.mesh.fsdp=2',
                     '--config.mesh.tensor=2', devices=8)
   assert result.returncode == 0, result.stderr
   assert "Mesh {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 devices" in result.stdout + result.stderr
-  np.testing.assert_allclose(train_losses(tmp_path / 'eight'), train_losses(tmp_path / 'one'),
-                             rtol=2e-5)
+  np.testing.assert_allclose(train_losses(tmp_path / 'eight'), train_losses(one), rtol=2e-5)
 
 
 def free_port():
@@ -111,39 +116,16 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(toy_corpus, tmp_path):
-  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=20, checkpoint_every_steps=20)
-  single = run_main(config, tmp_path / 'single', devices=2)
-  assert single.returncode == 0, single.stderr
-  port = free_port()
-  workers = [run_main(config, tmp_path / 'multi', f'--coordinator_address=localhost:{port}',
-                      '--num_processes=2', f'--process_id={i}', background=True)
-             for i in range(2)]
-  outputs = [w.communicate(timeout=600)[0] for w in workers]
-  assert [w.returncode for w in workers] == [0, 0], outputs
-  assert 'over 2 devices in 2 processes' in outputs[0]
-  np.testing.assert_allclose(train_losses(tmp_path / 'multi'), train_losses(tmp_path / 'single'),
-                             rtol=2e-5)
-  multi = [m for m in read_metrics(tmp_path / 'multi') if m['split'] == 'dev']
-  ref = [m for m in read_metrics(tmp_path / 'single') if m['split'] == 'dev']
-  assert len(multi) == len(ref) == 1  # metrics written once, by process 0
-  assert multi[0]['bleu4'] == pytest.approx(ref[0]['bleu4'], abs=1e-6)
-  assert (tmp_path / 'multi' / 'predictions' / 'dev_step20.txt').read_text() == (
-      tmp_path / 'single' / 'predictions' / 'dev_step20.txt').read_text()
-
-
-@pytest.mark.slow
-def test_bfloat16_with_remat_on_fsdp_and_tensor_axes_tracks_float32(toy_corpus, tmp_path):
+@pytest.mark.xdist_group('one_device_run')
+def test_bfloat16_with_remat_on_fsdp_and_tensor_axes_tracks_float32(one_device_run, tmp_path):
   """bf16 compute + full remat, parameters over fsdp=2 x tensor=4 of 8 devices, against the
   single-device float32 run: the same losses to bf16 precision, float32 master weights."""
-  config = tiny_config(toy_corpus, total_steps=20, eval_every_steps=0, checkpoint_every_steps=20)
-  assert run_main(config, tmp_path / 'float32').returncode == 0
+  config, float32 = one_device_run
   result = run_main(config, tmp_path / 'bf16', '--config.mesh.data=1', '--config.mesh.fsdp=2',
                     '--config.mesh.tensor=4', '--config.model.dtype=bfloat16',
                     '--config.model.remat=full', devices=8)
   assert result.returncode == 0, result.stderr
-  np.testing.assert_allclose(train_losses(tmp_path / 'bf16'), train_losses(tmp_path / 'float32'),
-                             rtol=0.02)
+  np.testing.assert_allclose(train_losses(tmp_path / 'bf16'), train_losses(float32), rtol=0.02)
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = checkpointer.metadata(tmp_path / 'bf16' / 'checkpoints' / '20' / 'state')
   kernel = metadata.item_metadata['params']['encoder_layers']['0']['fc1']['kernel']['value']
