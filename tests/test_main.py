@@ -1,5 +1,5 @@
 """The command line: config errors before any work, config.json, kill -9 and resume, multi-device
-and multi-process runs equal to the single-device run."""
+runs equal to the single-device run (multi-process runs: test_cloud_storage's and test_c2rl's)."""
 import json
 import re
 import signal
