@@ -8,12 +8,30 @@ temporary folder and uploaded after every write.
 """
 import json
 import shutil
+import sys
 import tempfile
 
 import jax
-from tensorboardX import SummaryWriter
 
 from sltjax import storage
+
+
+def _import_summary_writer():
+  """tensorboardX's SummaryWriter class, imported without torch: tensorboardX imports torch
+  whenever it is installed, only to accept torch tensors (2-4 s of every training process's
+  start), and sltjax logs Python floats. A later `import torch` elsewhere works as usual."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    return SummaryWriter
+  sys.modules['torch'] = None  # makes `import torch` raise ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 
 
 class MetricWriter:

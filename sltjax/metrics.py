@@ -29,7 +29,6 @@ import jiwer
 
 import numpy as np
 import sacrebleu
-from rouge_score import rouge_scorer, tokenizers
 
 METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'bleu4_zh', 'chrf',
                 'rougeL_signjoey', 'rougeL_f')
@@ -107,7 +106,10 @@ def translation_metrics(hypotheses: Sequence[str], references: Sequence[str], *,
   scores['chrf'] = sacrebleu.corpus_chrf(raw_hypotheses, [raw_references]).score
   scores['rougeL_signjoey'] = 100 * float(np.mean(
       [rouge_l_signjoey(h, r) for h, r in zip(hypotheses, references)]))
-  # Whitespace tokens, so non-ASCII words (umlauts, Chinese) are kept as rouge-score would drop them.
+  # rouge-score imports nltk and with it scipy.stats (2 s): imported here, not by every process
+  # that imports the metric names. Whitespace tokens, so non-ASCII words (umlauts, Chinese) are
+  # kept as rouge-score's default tokenizer would drop them.
+  from rouge_score import rouge_scorer  # pylint: disable=import-outside-toplevel
   scorer = rouge_scorer.RougeScorer(['rougeL'], tokenizer=_WhitespaceTokenizer())
   scores['rougeL_f'] = 100 * float(np.mean(
       [scorer.score(r, h)['rougeL'].fmeasure for h, r in zip(hypotheses, references)]))
@@ -120,7 +122,8 @@ def protocol(eval_config) -> dict:
           'sacrebleu_tokenize': eval_config.get('sacrebleu_tokenize', '13a')}
 
 
-class _WhitespaceTokenizer(tokenizers.Tokenizer):
+class _WhitespaceTokenizer:
+  """rouge-score's tokenizer interface (rouge_score.tokenizers.Tokenizer), on whitespace."""
 
   def tokenize(self, text):
     return text.split()
