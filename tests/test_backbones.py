@@ -68,7 +68,8 @@ def test_resnet18_matches_hugging_face_resnet_model(hf_resnet18):
     expected = hf_resnet18(images).pooler_output.flatten(1).numpy()  # [3, 512]
   model = ResNet(ResNetConfig(), rngs=nnx.Rngs(0))
   nnx.update(model, resnet_state(_numpy(hf_resnet18.state_dict()), nnx.state(model)))
-  got = np.asarray(model.images(jnp.asarray(images.permute(0, 2, 3, 1).numpy())))
+  got = np.asarray(nnx.jit(lambda model, x: model.images(x))(
+      model, jnp.asarray(images.permute(0, 2, 3, 1).numpy())))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
   assert np.abs(expected).max() > 1.0  # the comparison is not between near-zero features
 
@@ -110,8 +111,9 @@ def test_s3d_matches_torchvision_golden_outputs_key_for_key():
   assert len(nnx.to_flat_state(converted)) == len(used) == 61 * 5
   nnx.update(model, converted)
   clip = seeded_clip()  # [2, 3, 16, 64, 64]
-  features, mask = model(jnp.asarray(clip.transpose(0, 2, 3, 4, 1)),
-                         jnp.array([[1] * 16, [1] * 10 + [0] * 6]))
+  forward = nnx.jit(lambda model, frames, frame_mask: model(frames, frame_mask))
+  features, mask = forward(model, jnp.asarray(clip.transpose(0, 2, 3, 4, 1)),
+                           jnp.array([[1] * 16, [1] * 10 + [0] * 6]))
   assert features.shape == (2, 4, 832)
   scale = np.abs(golden['features']).max()
   np.testing.assert_allclose(np.asarray(features), golden['features'], atol=2e-6 * scale, rtol=0)
@@ -132,10 +134,11 @@ def _train_twice_with_different_padding(model_fn):
   other_padding = clip.copy()
   other_padding[1, 4:] = rng.normal(size=(4, 32, 32, 3)) * 10
   mask = jnp.array([[1] * 8, [1] * 4 + [0] * 4])
+  forward = nnx.jit(lambda model, frames: model(frames, mask, train=True))  # updates BatchStats
   runs = []
   for frames in (clip, other_padding):
     model = model_fn()
-    features, out_mask = model(jnp.asarray(frames), mask, train=True)
+    features, out_mask = forward(model, jnp.asarray(frames))
     runs.append((model, np.asarray(features)[np.asarray(out_mask, bool)]))
   return runs
 

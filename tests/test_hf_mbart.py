@@ -7,6 +7,7 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 torch = pytest.importorskip('torch')
@@ -17,6 +18,9 @@ from sltjax.decoding import generate  # pylint: disable=wrong-import-position
 
 BOS, PAD, EOS = 0, 1, 2
 VOCAB = 64
+# The teacher-forced forward pass compiled once per shape (run op by op, every op compiles alone).
+forward = nnx.jit(lambda model, ids, mask, decoder_ids, embeds=None: model(
+    ids, mask, decoder_ids, inputs_embeds=embeds))
 ARCHITECTURES = {
     # mBART-large-cc25's layout (scaled embeddings), shrunk.
     'scaled': dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -80,7 +84,7 @@ def test_logits_match_transformers_on_a_padded_batch(models):
   with torch.no_grad():
     expected = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                   decoder_input_ids=torch.tensor(decoder_ids)).logits.numpy()
-  logits = model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(decoder_ids))
+  logits = forward(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(decoder_ids))
   assert logits.shape == (4, 7, VOCAB)
   np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
 
@@ -93,7 +97,7 @@ def test_logits_match_transformers_through_inputs_embeds(models):
   with torch.no_grad():
     expected = hf(inputs_embeds=torch.tensor(embeds), attention_mask=torch.tensor(mask),
                   decoder_input_ids=torch.tensor(decoder_ids)).logits.numpy()
-  logits = model(None, jnp.asarray(mask), jnp.asarray(decoder_ids), inputs_embeds=jnp.asarray(embeds))
+  logits = forward(model, None, jnp.asarray(mask), jnp.asarray(decoder_ids), jnp.asarray(embeds))
   np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
 
 
@@ -139,8 +143,9 @@ def test_bfloat16_conversion_keeps_logits_close(models):
   assert model_bf16.shared.embedding.dtype == jnp.bfloat16
   ids, mask = padded_sources([6, 4])
   decoder_ids = np.full((2, 3), 3)
-  full = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(decoder_ids)))
-  half = np.asarray(model_bf16(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(decoder_ids)))
+  full = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(decoder_ids)))
+  half = np.asarray(forward(model_bf16, jnp.asarray(ids), jnp.asarray(mask),
+                            jnp.asarray(decoder_ids)))
   assert half.dtype == np.float32  # logits are always float32
   scale = np.abs(full).max()
   assert np.abs(half - full).max() < 0.05 * scale

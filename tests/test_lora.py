@@ -21,8 +21,12 @@ IDS = jnp.array([[5, 6, 7, 2, 1], [8, 9, 2, 1, 1]])
 MASK = (IDS != 1).astype(jnp.int32)
 
 
+# Compiled once per model structure (run op by op, every op compiles alone).
+_forward = nnx.jit(lambda model: model(IDS, MASK, IDS[:, :4]))
+
+
 def logits(model):
-  return np.asarray(model(IDS, MASK, IDS[:, :4]))
+  return np.asarray(_forward(model))
 
 
 def test_zero_adapters_leave_the_model_unchanged_and_keep_parameter_paths():
@@ -77,7 +81,7 @@ def test_frozen_base_weights_get_no_gradient_and_no_optimizer_state():
   trainable = [p for p, f in jax.tree_util.tree_flatten_with_path(frozen)[0] if not f]
   assert len(trainable) == 2 * (2 * 4 + 2 * 8)  # lora_a and lora_b of every adapter
   tx, _ = make_optimizer(config, params)
-  opt_state = tx.init(params)
+  opt_state = jax.jit(tx.init)(params)
   state_leaves = [x for x in jax.tree.leaves(opt_state) if hasattr(x, 'shape') and x.ndim]
   # Adam's two moments for each adapter matrix, nothing for the frozen base.
   assert sum(x.size for x in state_leaves) == 2 * sum(
@@ -88,11 +92,11 @@ def test_frozen_base_weights_get_no_gradient_and_no_optimizer_state():
     out = nnx.merge(graphdef, params, rest)(IDS, MASK, IDS[:, :4])
     return jnp.mean(jax.nn.log_softmax(out)[..., 3])
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(frozen)):
     if f:
       assert not np.any(np.asarray(g))
-  updates, _ = tx.update(grads, opt_state, params)
+  updates, _ = jax.jit(tx.update)(grads, opt_state, params)
   new = optax.apply_updates(params, updates)
   flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
   old, updated, is_frozen = flat(params), flat(new), flat(frozen)

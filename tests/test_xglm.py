@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from sltjax.convert.hf import load_xglm
 from sltjax.decoding import generate
 
 PAD, EOS = 1, 2
+# The model's forward pass compiled once per shape (run op by op, every op compiles alone).
+forward = nnx.jit(lambda model, ids, mask=None, visual=None: model(ids, mask, visual=visual))
 
 
 def sequence(rng, length):
@@ -51,7 +54,7 @@ def test_forward_logits_match_with_right_padding(trained):
     mask[row, :n] = 1
   with torch.no_grad():
     expected = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
-  got = np.asarray(ours(ids, mask))
+  got = np.asarray(forward(ours, ids, mask))
   valid = mask.astype(bool)
   np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-4, atol=1e-4)
 
@@ -79,7 +82,6 @@ def test_generate_continues_left_padded_prompts_as_transformers(trained, num_bea
 
 def adapted_copy(directory, seed=0):
   """The converted XGLM with Sign2GPT's adapters (gates 0, LoRA B 0)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
   from sltjax.models.systems.sign2gpt import AdaptorConfig, adapt_xglm  # pylint: disable=import-outside-toplevel
   model = load_xglm(str(directory))
   adapt_xglm(model, AdaptorConfig(dropout=0.0, attention_dropout=0.0), nnx.Rngs(seed))
@@ -107,25 +109,25 @@ def test_zero_gates_and_zero_lora_compute_the_frozen_lm_exactly(trained, xglm_di
   rng = np.random.default_rng(3)
   ids = np.array([sequence(rng, 10) for _ in range(2)])
   visual = visual_tokens(rng, 2)
-  np.testing.assert_array_equal(np.asarray(adapted(ids, visual=visual)), np.asarray(frozen(ids)))
+  np.testing.assert_array_equal(np.asarray(forward(adapted, ids, None, visual)),
+                                np.asarray(forward(frozen, ids)))
 
 
 def test_open_gates_attend_to_valid_visual_tokens_with_a_straight_through_gradient(xglm_dir):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
   model = adapted_copy(xglm_dir)
   rng = np.random.default_rng(4)
   ids = np.array([sequence(rng, 10) for _ in range(2)])
   tokens, mask = visual_tokens(rng, 2)
-  closed = np.asarray(model(ids, visual=(tokens, mask)))
+  closed = np.asarray(forward(model, ids, None, (tokens, mask)))
   for layer in model.layers:
     layer.visual_adaptor.gate[...] = jnp.full_like(layer.visual_adaptor.gate[...], 0.7)
-  opened = np.asarray(model(ids, visual=(tokens, mask)))
+  opened = np.asarray(forward(model, ids, None, (tokens, mask)))
   assert np.abs(opened - closed).max() > 1e-3
   changed = tokens.copy()
   changed[1, 3:] = 100.0  # masked visual tokens of the second row
-  np.testing.assert_allclose(np.asarray(model(ids, visual=(changed, mask)))[1], opened[1],
+  np.testing.assert_allclose(np.asarray(forward(model, ids, None, (changed, mask)))[1], opened[1],
                              rtol=1e-5, atol=1e-5)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -135,9 +137,11 @@ def test_open_gates_attend_to_valid_visual_tokens_with_a_straight_through_gradie
     return jnp.mean(nnx.merge(graphdef, state, rest)(ids, visual=(tokens, mask))[..., 5])
 
   # Below 0 the forward pass sees 0, and the gradient still flows (straight through the clamp).
-  assert float(loss(-0.5)) == float(loss(0.0))
-  np.testing.assert_allclose(jax.grad(loss)(-0.5), jax.grad(loss)(0.0), rtol=1e-6)
-  assert float(jax.grad(loss)(0.0)) != 0.0
+  loss_and_grad = jax.jit(jax.value_and_grad(loss))
+  (below, below_grad), (zero, zero_grad) = loss_and_grad(-0.5), loss_and_grad(0.0)
+  assert float(below) == float(zero)
+  np.testing.assert_allclose(below_grad, zero_grad, rtol=1e-6)
+  assert float(zero_grad) != 0.0
 
 
 @pytest.mark.parametrize('num_beams', [1, 3])
@@ -164,12 +168,17 @@ def test_generate_with_visual_tokens_equals_decoding_without_a_cache(xglm_dir, n
       strip = lambda seq: [t for t in seq if t != PAD]
       assert strip(got[row, ids.shape[1]:]) == strip(alone[0, prompt.shape[1]:]), row
     return
+  # Each sequence lives in a fixed-width row, right-padded: causal attention keeps the padding out
+  # of the logits read, and one compiled forward pass serves every step.
+  width = ids.shape[1] + 8
   for row in range(len(ids)):
     sequence_ids = list(ids[row][mask[row] > 0])
     for _ in range(8):
-      x = np.array([sequence_ids])
-      logits = model(x, visual=(tokens[row:row + 1], visual_mask[row:row + 1]))
-      sequence_ids.append(int(np.argmax(logits[0, -1])))
+      padding = width - len(sequence_ids)
+      x = np.array([sequence_ids + [PAD] * padding])
+      x_mask = np.array([[1] * len(sequence_ids) + [0] * padding])
+      logits = forward(model, x, x_mask, (tokens[row:row + 1], visual_mask[row:row + 1]))
+      sequence_ids.append(int(np.argmax(logits[0, len(sequence_ids) - 1])))
       if sequence_ids[-1] == EOS:
         break
     continuation = [t for t in got[row, ids.shape[1]:] if t != PAD]
