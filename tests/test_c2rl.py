@@ -25,9 +25,8 @@ from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTran
                                         VisualEncoderConfig)
 from sltjax.optim import make_optimizer
 from tests.conftest import (MBART_DIR, REPO, SHARED_DATA, apply_overrides,
-                            assert_resumed_bitwise, save_mbart_with_tokenizer,
-                            shrink_video_config, subprocess_xla_flags, timeless,
-                            train_killed_and_resumed)
+                            assert_resumed_bitwise, run_main, save_mbart_with_tokenizer,
+                            shrink_video_config, timeless, train_killed_and_resumed)
 
 pytestmark = pytest.mark.xdist_group('c2rl')  # one worker builds the shared workdirs once
 VIDEOS = SHARED_DATA / 'videos'
@@ -53,28 +52,32 @@ def test_padded_frames_change_nothing_valid_and_shapes_follow_the_configs():
   changed = frames.at[1, 3:].set(5.0)
   model = C2RLPretraining(VISUAL, TEXT, rngs=nnx.Rngs(0))
   assert float(model.logit_scale[...]) == pytest.approx(math.log(1 / 0.07))
-  video, video_mask = model.visual(frames, mask)
+  visual = nnx.jit(lambda model, frames: model.visual(frames, mask))
+  video, video_mask = visual(model, frames)
   assert video.shape == (2, 6, 16)
   np.testing.assert_array_equal(video_mask, mask)
-  np.testing.assert_allclose(model.visual(changed, mask)[0][1, :3], video[1, :3], atol=1e-5)
+  np.testing.assert_allclose(visual(model, changed)[0][1, :3], video[1, :3], atol=1e-5)
   ids = jnp.array([[5, 6, 2, 27], [7, 2, 27, 1]])
-  out = model(frames, mask, ids, (ids != 1).astype(jnp.int32), ids)
+  forward = nnx.jit(lambda model, frames: model(frames, mask, ids, (ids != 1).astype(jnp.int32),
+                                                ids))
+  out = forward(model, frames)
   assert out['text'].shape == (2, 4, 16) and out['logits'].shape == (2, 4, 30)
-  np.testing.assert_allclose(model(changed, mask, ids, (ids != 1).astype(jnp.int32), ids)
-                             ['logits'][1], out['logits'][1], atol=1e-4)
+  np.testing.assert_allclose(forward(model, changed)['logits'][1], out['logits'][1], atol=1e-4)
   with pytest.raises(ValueError, match='must equal the visual'):
     C2RLPretraining(VISUAL, MBartConfig(**{**TEXT.__dict__, 'd_model': 8,
                                            'encoder_attention_heads': 2}), rngs=nnx.Rngs(0))
 
+  # The downstream models' shapes (traced, not run).
+  shape = lambda f, *args: nnx.eval_shape(f, *args).shape
   wide = MBartConfig(**{**TEXT.__dict__, 'd_model': 24})
   translator = SignTranslator(VISUAL, wide, rngs=nnx.Rngs(0))
   features = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)
-  assert translator(features, mask, ids).shape == (2, 4, 30)
-  assert translator(frames, mask, ids).shape == (2, 4, 30)
+  assert shape(lambda m: m(features, mask, ids), translator) == (2, 4, 30)
+  assert shape(lambda m: m(frames, mask, ids), translator) == (2, 4, 30)
   retriever = SignRetriever(VISUAL, wide, rngs=nnx.Rngs(0))
   assert len(retriever.video_encoder.decoder_layers) == 0  # encoders only
-  assert retriever.encode_video(features, mask)[0].shape == (2, 6, 24)
-  assert retriever.encode_text(ids, (ids != 1).astype(jnp.int32)).shape == (2, 4, 24)
+  assert shape(lambda m: m.encode_video(features, mask)[0], retriever) == (2, 6, 24)
+  assert shape(lambda m: m.encode_text(ids, (ids != 1).astype(jnp.int32)), retriever) == (2, 4, 24)
 
 
 def test_clips_of_one_sentence_are_positives():
@@ -250,42 +253,24 @@ def test_retrieve_indexes_videos_resumes_reports_broken_ones_and_refuses_a_stale
   assert 'checkpoint step 2' in stale.stderr and 'Build a new index' in stale.stderr
 
 
-def _main(workdir, *flags, env=None, background=False, devices=1):
-  """python -m sltjax.main on configs/c2rl.py:runlocal shrunk as tiny_c2rl_config does."""
-  from tests.conftest import COMPILATION_CACHE  # pylint: disable=import-outside-toplevel
-  command = [sys.executable, '-m', 'sltjax.main', '--config=configs/c2rl.py:runlocal',
-             f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}',
-             '--config.data.crop_size=32', '--config.data.eval_resize=32',
-             '--config.data.frame_buckets=(16,)', '--config.total_steps=4',
-             '--config.batch_size=4', '--config.log_every_steps=1',
-             '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4',
-             '--config.eval.batch_size=6', *flags]
-  full_env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-              'XLA_FLAGS': subprocess_xla_flags(devices), **(env or {})}
-  if background:
-    return subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-  return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True,
-                        timeout=600)
-
-
 @pytest.mark.slow
 def test_two_processes_pretrain_as_one_with_negatives_from_the_global_batch(synthetic_signs_dir,
+                                                                           pretraining_workdir,
                                                                            tmp_path):
   """Each process holds half of every batch; ICL's negatives still span the global batch, so
-  the losses and the dev retrieval scores equal a 2-device single-process run."""
+  the losses and the dev retrieval scores equal the one-device run of `pretraining_workdir`."""
   from tests.test_main import free_port  # pylint: disable=import-outside-toplevel
-  data = f'--config.data.data_dir={synthetic_signs_dir}'
-  single = _main(tmp_path / 'single', data, devices=2)
-  assert single.returncode == 0, single.stderr[-3000:]
+  *_, logs = pretraining_workdir
   port = free_port()
-  workers = [_main(tmp_path / 'multi', data, f'--coordinator_address=localhost:{port}',
-                   '--num_processes=2', f'--process_id={i}', background=True) for i in range(2)]
+  workers = [run_main(tiny_c2rl_config(synthetic_signs_dir), tmp_path,
+                      f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                      f'--process_id={i}', background=True,
+                      base_argument='configs/c2rl.py:runlocal') for i in range(2)]
   outputs = [w.communicate(timeout=600)[0] for w in workers]
   assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:]
   assert 'over 2 devices in 2 processes' in outputs[0]
-  multi = timeless((tmp_path / 'multi' / 'metrics.jsonl').read_text())
-  ref = timeless((tmp_path / 'single' / 'metrics.jsonl').read_text())
+  multi = timeless((tmp_path / 'metrics.jsonl').read_text())
+  ref = timeless(logs)
   assert [m['step'] for m in multi] == [m['step'] for m in ref]
   for m, r in zip(multi, ref):
     for key in ('loss', 'icl', 'ecl', *RETRIEVAL_METRIC_NAMES):
