@@ -20,8 +20,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 # here, and XLA's fast-compile preset (fewer HLO passes) takes the rest from 18.8 s to 15.1 s and
 # loading it from the cache from 4.6 s to 3.8 s. Subprocesses inherit them; those given their
 # own XLA_FLAGS add TEST_XLA_FLAGS.
-TEST_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
-                  '--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE')
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import jax  # pylint: disable=wrong-import-position
