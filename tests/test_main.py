@@ -143,3 +143,18 @@ def test_every_module_imports_into_one_process():
                           check=False, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert int(result.stdout.split()[-1]) > 40
+
+
+def test_a_training_process_starts_without_torch_nltk_or_scipy():
+  """tensorboardX imports torch whenever it is installed and rouge-score imports nltk and
+  scipy.stats (2-4 s of every run's start): the entry point and the experiments import neither,
+  and torch still imports afterwards."""
+  script = ('import sys\n'
+            'import sltjax.main, sltjax.train, sltjax.metric_writers, sltjax.experiments.mmtlb\n'
+            'print(sorted(m for m in ("torch", "nltk", "scipy") if m in sys.modules))\n'
+            'import torch\n'
+            'print(float(torch.ones(2).sum()))\n')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          check=False, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ['[]', '2.0']
