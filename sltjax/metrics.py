@@ -107,8 +107,8 @@ def translation_metrics(hypotheses: Sequence[str], references: Sequence[str], *,
   scores['rougeL_signjoey'] = 100 * float(np.mean(
       [rouge_l_signjoey(h, r) for h, r in zip(hypotheses, references)]))
   # rouge-score imports nltk and with it scipy.stats (2 s): imported here, not by every process
-  # that imports the metric names. Whitespace tokens, so non-ASCII words (umlauts, Chinese) are
-  # kept as rouge-score's default tokenizer would drop them.
+  # that imports the metric names. Whitespace tokens keep the non-ASCII words (umlauts, Chinese)
+  # that rouge-score's default tokenizer drops.
   from rouge_score import rouge_scorer  # pylint: disable=import-outside-toplevel
   scorer = rouge_scorer.RougeScorer(['rougeL'], tokenizer=_WhitespaceTokenizer())
   scores['rougeL_f'] = 100 * float(np.mean(
