@@ -132,6 +132,14 @@ def test_bfloat16_with_remat_on_fsdp_and_tensor_axes_tracks_float32(one_device_r
   assert kernel.dtype == np.float32
 
 
+def python_output(script: str) -> str:
+  """The stdout of `script` run by a fresh Python in the repository, which must succeed."""
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          check=False, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
 def test_every_module_imports_into_one_process():
   """Command-line modules that are also libraries (translate, build, trim_vocab, ...) are imported
   together by tests and notebooks; none may claim a flag name another one defines."""
@@ -139,10 +147,7 @@ def test_every_module_imports_into_one_process():
             'names = [m.name for m in pkgutil.walk_packages(sltjax.__path__, "sltjax.")]\n'
             'for name in names: importlib.import_module(name)\n'
             'print(len(names))\n')
-  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          check=False, cwd=REPO)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert int(result.stdout.split()[-1]) > 40
+  assert int(python_output(script).split()[-1]) > 40
 
 
 def test_a_training_process_starts_without_torch_nltk_or_scipy():
@@ -154,7 +159,4 @@ def test_a_training_process_starts_without_torch_nltk_or_scipy():
             'print(sorted(m for m in ("torch", "nltk", "scipy") if m in sys.modules))\n'
             'import torch\n'
             'print(float(torch.ones(2).sum()))\n')
-  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          check=False, cwd=REPO)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.split() == ['[]', '2.0']
+  assert python_output(script).split() == ['[]', '2.0']
