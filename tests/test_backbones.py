@@ -15,7 +15,7 @@ from transformers import ResNetConfig as HFResNetConfig, ResNetModel
 from sltjax.convert.backbones import resnet_state, s3d_state
 from sltjax.models.backbones.resnet import ResNet, ResNetConfig
 from sltjax.models.backbones.s3d import S3D, S3DConfig
-from sltjax.models.layers.conv import max_pool
+from sltjax.models.layers.conv import BatchNorm, max_pool
 from tests.s3d_golden import load_golden, seeded_clip, seeded_weights
 
 
@@ -161,6 +161,42 @@ def test_padded_frames_do_not_touch_s3d_first_statistics():
   np.testing.assert_allclose(first_a.mean[...], first_b.mean[...], atol=1e-6)
   np.testing.assert_allclose(first_a.var[...], first_b.var[...], atol=1e-6)
   assert np.abs(np.asarray(first_a.mean[...])).max() > 0
+
+
+@pytest.mark.parametrize('x_shape, mask_shape', [
+    ((6, 5, 4, 3), (6, 1, 1, 1)),        # ResNet: one mask entry per frame
+    ((2, 3, 5, 4, 3), (2, 3, 1, 1, 1)),  # S3D: one per (clip, frame)
+    ((2, 7, 3), (2, 7, 1)),              # a temporal layer: one per position
+    ((2, 7, 3), None)])
+def test_batch_norm_takes_statistics_from_the_masked_positions_only(x_shape, mask_shape):
+  rng = np.random.default_rng(0)
+  x = rng.normal(1.0, 2.0, x_shape).astype(np.float32)
+  mask = None if mask_shape is None else (rng.random(mask_shape) < 0.6)
+  if mask is not None:
+    mask.flat[0] = True
+  norm = BatchNorm(3, momentum=0.75, epsilon=1e-3, dtype=jnp.float32, param_dtype=jnp.float32,
+                   rngs=nnx.Rngs(0))
+  norm.scale[...] = jnp.array([0.5, 1.5, 2.0])
+  norm.bias[...] = jnp.array([0.1, -0.2, 0.3])
+  y = norm(jnp.asarray(x), None if mask is None else jnp.asarray(mask), train=True)
+
+  valid = np.broadcast_to(np.ones(x.shape[:-1] + (1,), bool) if mask is None else mask,
+                          x.shape[:-1] + (1,))[..., 0]
+  rows = x[valid]  # [valid positions, 3]
+  mean, var = rows.mean(0), rows.var(0)
+  expected = (x - mean) / np.sqrt(var + 1e-3) * [0.5, 1.5, 2.0] + [0.1, -0.2, 0.3]
+  np.testing.assert_allclose(np.asarray(y)[valid], expected[valid], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(norm.mean[...], 0.25 * mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(norm.var[...], 0.75 + 0.25 * var, rtol=1e-5)
+
+  # Gradients as Flax's own masked BatchNorm (mask broadcast to every position).
+  weights = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  full_mask = None if mask is None else jnp.asarray(valid[..., None])
+  ours = jax.grad(lambda x: jnp.sum(BatchNorm(3, dtype=jnp.float32, param_dtype=jnp.float32,
+                                              rngs=nnx.Rngs(0))(x, mask, True) * weights))
+  flax = jax.grad(lambda x: jnp.sum(nnx.BatchNorm(3, use_fast_variance=False, rngs=nnx.Rngs(0))(
+      x, use_running_average=False, mask=full_mask) * weights))
+  np.testing.assert_allclose(ours(jnp.asarray(x)), flax(jnp.asarray(x)), rtol=1e-4, atol=1e-5)
 
 
 def test_frozen_batch_norm_keeps_running_statistics():
