@@ -95,10 +95,13 @@ def test_video_dataset_built_into_a_bucket_trains_mmtlb_and_translates(bucket, t
   # The records read from the bucket are those of the same build on local disk.
   config = shrink_video_config(get_config('runlocal'), data_dir, 32)
   local_config = shrink_video_config(get_config('runlocal'), synthetic_signs_dir, 32)
-  remote, local = video.open_split(config.data, 'dev'), video.open_split(local_config.data, 'dev')
-  assert remote.ids == local.ids and remote.texts == local.texts
-  for i in range(len(local)):
-    assert list(remote.source[i]['frames']) == list(local.source[i]['frames'])
+  for split in ('train', 'dev'):
+    remote, local = (video.open_split(config.data, split),
+                     video.open_split(local_config.data, split))
+    assert remote.ids == local.ids and remote.texts == local.texts, split
+    assert remote.glosses == local.glosses, split
+    for i in range(len(local)):
+      assert list(remote.source[i]['frames']) == list(local.source[i]['frames'])
 
   workdir = f'{bucket}/mmtlb'
   result = run_main(config, workdir, base_argument='configs/mmtlb.py:runlocal')
