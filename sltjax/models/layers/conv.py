@@ -52,12 +52,12 @@ class BatchNorm(nnx.BatchNorm):
     """
     if not train or self.frozen:
       return super().__call__(x, use_running_average=True)
-    x = x.astype(self.dtype)
+    x = x.astype(self.dtype or x.dtype)
     mean, var = masked_moments(x.astype(jnp.promote_types(x.dtype, jnp.float32)), mask)
     self.mean[...] = lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
     self.var[...] = lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
     y = (x - mean) * (lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
-    return y.astype(self.dtype)
+    return y.astype(x.dtype)
 
 
 def masked_moments(x, mask=None):
