@@ -19,9 +19,12 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 # passes are half of each compilation (Sign2GPT's tiny train step: 39 s -> 22 s) and buy nothing
 # here. (XLA's fast-compile preset compiled that step in 15.1 s instead of 18.8 s, but its programs
 # ran slower and the suite was no faster.) Subprocesses inherit the flag; those given their own
-# XLA_FLAGS add TEST_XLA_FLAGS.
+# XLA_FLAGS add TEST_XLA_FLAGS. Added once: xdist's workers inherit the controller's XLA_FLAGS,
+# and the flags, repeats included, are part of every compilation-cache key, so a worker with the
+# flag twice compiled again each program a test's subprocess (flag once) had cached.
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
-os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', '').split():
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np

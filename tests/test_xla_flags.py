@@ -71,3 +71,22 @@ def test_the_flag_joins_other_flags_and_never_replaces_the_users(monkeypatch):
   other_release = {}
   xla_flags.keep_convolutions_off_ynnpack(other_release)
   assert not other_release
+
+
+XLA_FLAGS_KEY = ('import hashlib, sltjax; from jax._src import cache_key; h = hashlib.sha256(); '
+                 'cache_key._hash_xla_flags(h, []); print(h.hexdigest())')
+
+
+def test_a_test_process_and_its_subprocesses_share_compiled_programs():
+  """XLA flags are part of every compilation-cache key, repeats included: xdist's workers
+  inherit the controller's XLA_FLAGS, and appending the tests' flag again there gave them other
+  keys than the subprocesses tests start, so each program run both ways compiled twice."""
+  from tests.conftest import subprocess_xla_flags  # pylint: disable=import-outside-toplevel
+  here = subprocess.run([sys.executable, '-c', XLA_FLAGS_KEY], cwd=REPO, capture_output=True,
+                        text=True, check=True).stdout  # this worker's environment
+  for devices in (1, 8):
+    env = {'PATH': '/usr/bin:/bin', 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': subprocess_xla_flags(devices)}
+    child = subprocess.run([sys.executable, '-c', XLA_FLAGS_KEY], cwd=REPO, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert child == here, devices
