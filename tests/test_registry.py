@@ -112,6 +112,25 @@ def test_user_errors_print_their_message_alone(tmp_path):
   assert not any(tmp_path.iterdir())  # nothing written before the config is valid
 
 
+def test_a_missing_pretrained_network_is_named_with_its_key(synthetic_signs_dir, tmp_path):
+  """Found when the run reads it (resuming, evaluating and translating do not need it); the
+  message alone, with no thread of the checkpoint library left to fail at exit."""
+  data = f'--config.data.data_dir={synthetic_signs_dir}'
+  assert_user_error(main(tmp_path / 'mmtlb', data,
+                         f'--config.model.backbone_weights={tmp_path}/s3d.pt',
+                         config='configs/mmtlb.py:runlocal'),
+                    f'error: model.backbone_weights={tmp_path}/s3d.pt not found: set it to the '
+                    'downloaded checkpoint file or directory.\n')
+  result = main(tmp_path / 'sign2gpt', data, f'--config.model.backbone_weights={tmp_path}/dinov2',
+                config='configs/sign2gpt.py:runlocal')
+  assert_user_error(result, f'model.backbone_weights={tmp_path}/dinov2 not found: set it to a '
+                    "downloaded DINOv2 (facebook/dinov2-small, or Meta's "
+                    "dinov2_vits14_pretrain.pth), or make the runlocal variants' synthetic "
+                    'stand-ins first: python -m sltjax.stand_ins '
+                    '--output_dir=pretrained/synthetic_signs.')
+  assert result.stderr.strip().splitlines()[-1].startswith('error: ')
+
+
 def test_a_workdir_of_another_run_is_refused_and_left_as_it_was(tmp_path):
   from configs.gloss2text import get_config  # pylint: disable=import-outside-toplevel
   legacy = get_config('runlocal').to_dict()  # written before config.system existed

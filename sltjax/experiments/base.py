@@ -1,5 +1,6 @@
 """The part of an experiment every system shares: mesh, checkpoints, the abstract sharded model,
 and starting from earlier runs (config.init, sltjax/experiments/warm_start.py)."""
+import functools
 from collections.abc import Callable
 
 import jax
@@ -70,9 +71,14 @@ class Experiment:
     self.mesh = sharding.make_mesh(config.mesh)
     log(f'Mesh {dict(self.mesh.shape)} over {jax.device_count()} devices in '
         f'{jax.process_count()} processes.')
-    self.checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     storage.make_folder(workdir)
     warm_start.bring_files(self.warm_starts(config), config.get('init'), workdir)
+
+  @functools.cached_property
+  def checkpointer(self) -> Checkpointer:
+    """The workdir's checkpoints, opened on first use: orbax starts threads when it opens them,
+    and a system that stops on bad input while it is built would leave them running at exit."""
+    return Checkpointer(self.workdir, self.config.keep_checkpoints)
 
   def start_directory(self, file_name: str) -> str:
     """The config.init directory that brings `file_name` along ('' when none is set)."""

@@ -170,12 +170,11 @@ class C2RLExperiment(VideoExperiment):
   # ------------------------------------------------------------------ variables
   def converted_parts(self):
     """Pretraining: the backbone from model.backbone_weights (torchvision ResNet, ImageNet)."""
-    path = self.config.model.get('backbone_weights')
-    if self.stage != 'pretrain' or not path:
+    if self.stage != 'pretrain' or not self.config.model.get('backbone_weights'):
       return {}
     return {('visual', 'backbone'): backbones.read_weights(
         self.visual_config.backbone, self.visual_config.backbone_options,
-        storage.local_copy(path))}
+        self.pretrained_copy('backbone_weights'))}
 
   def constrain(self, params):
     """The logit scale clamped at ln 100 after every update (CLIP, CiCo)."""

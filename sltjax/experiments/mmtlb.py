@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sltjax import experiments, sharding, storage
+from sltjax import experiments, sharding
 from sltjax.convert import pretrained
 from sltjax.convert.gloss_embeddings import gloss_embeddings
 from sltjax.ctc_decoding import ctc_decode_batch
@@ -105,12 +105,11 @@ class MMTLBExperiment(VideoExperiment):
   # ------------------------------------------------------------------ variables
   def converted_parts(self):
     """The backbone from model.backbone_weights (a torchvision / Hugging Face checkpoint)."""
-    path = self.config.model.backbone_weights
-    if not path:
+    if not self.config.model.backbone_weights:
       return {}
     return {('backbone',): backbones.read_weights(self.model_config.backbone,
                                                    self.model_config.backbone_options,
-                                                   storage.local_copy(path))}
+                                                   self.pretrained_copy('backbone_weights'))}
 
   def init_variables(self):
     """config.init's starts; then, with model.mapper_init='gloss_embeddings' (CSL-Daily), the

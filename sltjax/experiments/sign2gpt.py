@@ -72,6 +72,13 @@ def ordered_by_time(weights: np.ndarray, glosses: list[int]) -> list[int]:
 @experiments.register('sign2gpt')
 class Sign2GPTExperiment(VideoExperiment):
   REQUIRED_KEYS = VideoExperiment.REQUIRED_KEYS + ('stage', 'model.lm_weights', 'pseudo_glosses')
+  PRETRAINED_SOURCES = {
+      key: f'a downloaded {network} ({released}), or make the runlocal variants\' synthetic '
+           'stand-ins first: python -m sltjax.stand_ins --output_dir=pretrained/synthetic_signs'
+      for key, network, released in (
+          ('backbone_weights', 'DINOv2', "facebook/dinov2-small, or Meta's "
+                                         'dinov2_vits14_pretrain.pth'),
+          ('lm_weights', 'XGLM directory', 'facebook/xglm-564M, ...'))}
 
   @classmethod
   def warm_starts(cls, config) -> dict[str, WarmStart]:
@@ -140,10 +147,10 @@ class Sign2GPTExperiment(VideoExperiment):
     path = storage.join(self.workdir, ARCHITECTURES_FILE)
     if not storage.path(path).is_file():
       m = self.config.model
-      found = {'frames': (backbone_architecture(storage.local_copy(m.backbone_weights))
+      found = {'frames': (backbone_architecture(self.pretrained_copy('backbone_weights'))
                           if m.backbone_weights else dict(m.frames_architecture))}
       if self.config.stage == 'translation':
-        lm = xglm_config_from_hf(read_config(storage.local_copy(m.lm_weights)),
+        lm = xglm_config_from_hf(read_config(self.pretrained_copy('lm_weights')),
                                  dropout=m.lm_dropout,
                                  attention_dropout=m.lm_dropout)
         found['lm'] = {k: v for k, v in vars(lm).items()
@@ -231,10 +238,10 @@ class Sign2GPTExperiment(VideoExperiment):
     parts = {}
     if m.backbone_weights:
       parts[('frames', 'backbone')] = backbones.read_weights(
-          m.backbone, self.frames_config.backbone_options, storage.local_copy(m.backbone_weights))
+          m.backbone, self.frames_config.backbone_options, self.pretrained_copy('backbone_weights'))
     if self.stage == 'translation':
       abstract = nnx.state(nnx.eval_shape(lambda: XGLM(self.lm_config, rngs=nnx.Rngs(0))))
-      parts[('lm',)] = xglm_state_from_hf(read_state_dict(storage.local_copy(m.lm_weights)),
+      parts[('lm',)] = xglm_state_from_hf(read_state_dict(self.pretrained_copy('lm_weights')),
                                           abstract,
                                           jnp.dtype(self.lm_config.param_dtype))
     return parts

@@ -61,6 +61,18 @@ class VideoExperiment(Experiment):
         problems.append('model.backbone_weights needs a backbone network, not features')
     return problems
 
+  # Where to get a missing pretrained network, by model key (a system adds its own).
+  PRETRAINED_SOURCES: dict[str, str] = {}
+
+  def pretrained_copy(self, key: str) -> str:
+    """A local path of the downloaded network config.model.<key> names (a file or a Hugging
+    Face directory; from gs://, a copy made once); MissingInputError naming the key when absent."""
+    location = self.config.model[key]
+    if not storage.path(location).exists():
+      source = self.PRETRAINED_SOURCES.get(key, 'the downloaded checkpoint file or directory')
+      raise MissingInputError(f'model.{key}={location} not found: set it to {source}.')
+    return storage.local_copy(location)
+
   @property
   def on_features(self) -> bool:
     """Whether the model reads a features dataset (data.features_dir) instead of frames."""
