@@ -17,7 +17,7 @@ from flax import nnx
 
 from sltjax import config_validation, train, workdirs
 from sltjax.checkpointing import read_best_variables
-from sltjax.errors import UserError
+from sltjax.errors import MissingInputError, UserError
 from sltjax.experiments.c2rl import same_sentence
 from sltjax.metrics import RETRIEVAL_METRIC_NAMES
 from sltjax.models.mbart import MBartConfig
@@ -106,7 +106,16 @@ def test_configs_give_the_papers_recipes_and_clear_errors(synthetic_signs_dir, t
     config_validation.validate(wrong)
   missing = tiny_c2rl_config(tmp_path / 'nothing', **{'data.name': 'phoenix2014t',
                                                       'tokenizer.kind': 'word'})
-  with pytest.raises(Exception, match='python -m sltjax.data.build --dataset=phoenix2014t'):
+  with pytest.raises(MissingInputError, match=(
+      r"phoenix2014t is not built under data_dir='.*nothing'. Build it with\n"
+      r'  python -m sltjax.data.build --dataset=phoenix2014t --data_dir=.*nothing '
+      '--manual_dir=RELEASE')):
+    train.train_and_evaluate(missing, str(tmp_path / 'w'))
+  missing.data.data_dir = ''  # the paper's variants, as shipped
+  with pytest.raises(MissingInputError, match=(
+      'config.data.data_dir is not set: build phoenix2014t with\n'
+      '  python -m sltjax.data.build --dataset=phoenix2014t --data_dir=DIR --manual_dir=RELEASE\n'
+      'then pass --config.data.data_dir=DIR.')):
     train.train_and_evaluate(missing, str(tmp_path / 'w'))
 
 

@@ -81,13 +81,17 @@ class VideoSplit:
 
 def _built_index(config):
   """(builder, {split: index}) of dataset config.name under config.data_dir; says how to build it if absent."""
+  how_to_build = (f'  python -m sltjax.data.build --dataset={config.name} '
+                  f'--data_dir={config.data_dir or "DIR"}'
+                  + ('' if config.name == 'synthetic_signs' else ' --manual_dir=RELEASE'))
+  if not config.data_dir:
+    raise MissingInputError(f'config.data.data_dir is not set: build {config.name} with\n'
+                            f'{how_to_build}\nthen pass --config.data.data_dir=DIR.')
   storage.check_access(config.data_dir, write=False)
   builder = clip_builder.builder_class(config.name)(data_dir=config.data_dir)
   if not builder.is_prepared():
-    raise MissingInputError(
-        f'{config.name} is not built under data_dir={config.data_dir!r}. Build it with\n'
-        f'  python -m sltjax.data.build --dataset={config.name} --data_dir={config.data_dir or "DIR"}'
-        + ('' if config.name == 'synthetic_signs' else ' --manual_dir=RELEASE'))
+    raise MissingInputError(f'{config.name} is not built under data_dir={config.data_dir!r}. '
+                            f'Build it with\n{how_to_build}')
   return builder, builder.info.metadata['index']
 
 
