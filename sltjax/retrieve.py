@@ -33,7 +33,6 @@ from sltjax.experiments.base import RETRIEVE
 FLAGS = flags.FLAGS
 INDEX_FILE = 'index.json'
 FEATURES_DIR = 'features'
-VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg')
 COMMANDS = ('index', 'search')
 
 
@@ -81,20 +80,6 @@ class Index:
   def features(self) -> list[np.ndarray]:
     return [np.load(io.BytesIO(storage.path(storage.join(self.directory, v['features'])).read_bytes()))
             for v in self.videos]
-
-
-def expand_inputs(paths: list[str]) -> list[str]:
-  """Video files as given; a folder of frame images is one input; any other folder gives its
-  video files (recursively, in name order)."""
-  out = []
-  for path in paths:
-    if os.path.isdir(path) and not any(n.lower().endswith(translate.IMAGE_SUFFIXES)
-                                       for n in os.listdir(path)):
-      out.extend(sorted(os.path.join(root, n) for root, _, names in os.walk(path)
-                        for n in names if n.lower().endswith(VIDEO_SUFFIXES)))
-    else:
-      out.append(path)
-  return out
 
 
 def load(workdir: str):
@@ -185,8 +170,8 @@ def run_index(exp, params, rest, step: int, index: Index, args: list[str]) -> in
   """The index command; exit status 1 if any input failed."""
   if not args:
     raise app.UsageError('Give the videos or folders to index.')
-  results = build_index(exp, params, rest, step, index, expand_inputs(args), FLAGS.frames_fps,
-                        FLAGS.batch_size)
+  results = build_index(exp, params, rest, step, index, translate.expand_inputs(args),
+                        FLAGS.frames_fps, FLAGS.batch_size)
   failed = [r for r in results if 'error' in r]
   for r in failed:
     print(f'error: {r["error"]}', file=sys.stderr)

@@ -4,8 +4,8 @@ r"""Translate sign language videos with a trained workdir.
       [--batch_size=8]
 
 Inputs: video files (mp4, webm, mov, mkv, avi: anything FFmpeg decodes; any size, aspect ratio,
-rotation and frame rate, resampled to the training fps) or folders of frame images (taken in name
-order, at --frames_fps). Each is prepared as evaluation prepares a dataset record (short side
+rotation and frame rate, resampled to the training fps), folders of frame images (taken in name
+order, at --frames_fps), or folders holding either (searched recursively). Each is prepared as evaluation prepares a dataset record (short side
 resized, centre crop) and decoded with the workdir's best checkpoint and config. Prints the
 translation (and the recognised glosses) per input; an input that fails gets one error line and
 the rest still run. Exit status 0 only if every input was translated, 2 if the workdir cannot
@@ -35,10 +35,35 @@ from sltjax.experiments.base import TRANSLATE_VIDEOS
 
 FLAGS = flags.FLAGS
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg')
 
 
 class InputError(ValueError):
   """An input that cannot be translated (with the reason)."""
+
+
+def is_frame_folder(path: str) -> bool:
+  return os.path.isdir(path) and any(n.lower().endswith(IMAGE_SUFFIXES) for n in os.listdir(path))
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+  """The clips that command-line paths name: a video file or a folder of frame images is one;
+  any other folder gives the video files and frame folders under it (recursively, in path
+  order; PHOENIX-2014T's release is a folder of frame folders). A path that names no clip is
+  kept, for its error line."""
+  out = []
+  for path in paths:
+    if not os.path.isdir(path) or is_frame_folder(path):
+      out.append(path)
+      continue
+    found = []
+    for root, folders, names in os.walk(path):
+      clips = [f for f in folders if is_frame_folder(os.path.join(root, f))]
+      folders[:] = [f for f in folders if f not in clips]  # a frame folder is not searched
+      found += [os.path.join(root, f) for f in clips]
+      found += [os.path.join(root, n) for n in names if n.lower().endswith(VIDEO_SUFFIXES)]
+    out.extend(sorted(found) or [path])
+  return out
 
 
 def read_frames(path: str, target_fps: float, frames_fps: float | None):
@@ -46,7 +71,8 @@ def read_frames(path: str, target_fps: float, frames_fps: float | None):
   if os.path.isdir(path):
     names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
     if not names:
-      raise InputError(f'{path}: the folder holds no frame images ({", ".join(IMAGE_SUFFIXES)}).')
+      raise InputError(f'{path}: the folder holds no frame images ({", ".join(IMAGE_SUFFIXES)}) '
+                       f'and no videos ({", ".join(VIDEO_SUFFIXES)}).')
     frames, fps = [read_image_file(os.path.join(path, n)) for n in names], frames_fps or target_fps
     if len({f.shape for f in frames}) > 1:
       raise InputError(f'{path}: the frame images differ in size.')
@@ -150,9 +176,9 @@ def translate_all(exp, params, rest, paths: list[str], frames_fps: float | None,
 
 
 def main(argv):
-  paths = argv[1:]
-  if not paths:
+  if not argv[1:]:
     raise app.UsageError('Give one or more videos or frame folders to translate.')
+  paths = expand_inputs(argv[1:])
   if FLAGS.batch_size < 1:
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} must be at least 1.')
   if not FLAGS['verbosity'].present:

@@ -226,17 +226,19 @@ def test_retrieve_indexes_videos_resumes_reports_broken_ones_and_refuses_a_stale
   meta = json.loads((index / 'index.json').read_text())
   assert meta['workdir'] == str(workdir) and meta['step'] == 4
   assert [v['input'] for v in meta['videos']] == [str(VIDEOS / 'FOOTBALL.mp4')]
-  # Rerun over the whole folder: FOOTBALL.mp4 is kept, the other video is added.
+  # Rerun over the whole folder: FOOTBALL.mp4 is kept, the other video and the frame folder
+  # are added.
   second = _retrieve(workdir, 'index', f'--index={index}', VIDEOS)
   assert second.returncode == 0, second.stderr
   meta = json.loads((index / 'index.json').read_text())
   assert [v['input'] for v in meta['videos']] == [str(VIDEOS / 'FOOTBALL.mp4'),
+                                                  str(VIDEOS / 'phoenix_frames'),
                                                   str(VIDEOS / 'test_video.mp4')]
-  assert '1 videos added, 0 failed, 2 indexed' in second.stderr
+  assert '2 videos added, 0 failed, 3 indexed' in second.stderr
   search = _retrieve(workdir, 'search', f'--index={index}', 'the weather is nice', '--top=5')
   assert search.returncode == 0, search.stderr
   ranked = [json.loads(l) for l in search.stdout.splitlines()]
-  assert [r['rank'] for r in ranked] == [1, 2]
+  assert [r['rank'] for r in ranked] == [1, 2, 3]
   assert {r['input'] for r in ranked} == {v['input'] for v in meta['videos']}
   assert ranked[0]['score'] >= ranked[1]['score']
   texts = tmp_path / 'texts.txt'

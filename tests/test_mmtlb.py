@@ -261,6 +261,23 @@ def _translate(workdir, *inputs, output=None):
 VIDEOS = SHARED_DATA / 'videos'
 
 
+def test_folders_give_the_videos_and_frame_folders_under_them(tmp_path):
+  """As PHOENIX-2014T ships its clips (split/<id>/1/*.png) and as collections of videos are
+  kept; a path naming no clip stays, for its error line."""
+  for folder in ('phoenix/test/b/1', 'phoenix/test/a/1', 'phoenix/test/a/1/nested', 'videos/x'):
+    (tmp_path / folder).mkdir(parents=True)
+  for name in ('phoenix/test/a/1/images0001.png', 'phoenix/test/a/1/nested/clip.mp4',
+               'phoenix/test/b/1/images0001.JPG', 'phoenix/test/notes.txt', 'videos/b.MP4',
+               'videos/x/a.webm', 'videos/x/c.txt'):
+    (tmp_path / name).write_bytes(b'')
+  (tmp_path / 'empty').mkdir()
+  paths = [tmp_path / p for p in ('phoenix', 'videos', 'phoenix/test/a/1', 'empty', 'missing.mp4',
+                                  'videos/b.MP4')]
+  assert translate.expand_inputs(list(map(str, paths))) == [str(tmp_path / p) for p in (
+      'phoenix/test/a/1', 'phoenix/test/b/1', 'videos/b.MP4', 'videos/x/a.webm',
+      'phoenix/test/a/1', 'empty', 'missing.mp4', 'videos/b.MP4')]
+
+
 @pytest.mark.skipif(not VIDEOS.exists(), reason=f'shared videos not found at {VIDEOS}')
 def test_translate_real_videos_and_report_broken_inputs(sign2text_workdir, tmp_path):
   workdir, _ = sign2text_workdir
@@ -287,8 +304,10 @@ def test_translate_real_videos_and_report_broken_inputs(sign2text_workdir, tmp_p
     assert any(str(path) in e for e in errors), (path, errors)
   assert '3 of 7 inputs translated' in result.stderr
   assert f'{VIDEOS / "FOOTBALL.mp4"}:' in result.stdout
-  ok = _translate(workdir, VIDEOS / 'FOOTBALL.mp4')
+  ok = _translate(workdir, VIDEOS)  # the folder: its two videos and its frame folder
   assert ok.returncode == 0, ok.stderr
+  assert '3 of 3 inputs translated' in ok.stderr
+  assert f'{VIDEOS / "phoenix_frames"}:' in ok.stdout
 
 
 @pytest.mark.skipif(not VIDEOS.exists(), reason=f'shared videos not found at {VIDEOS}')
