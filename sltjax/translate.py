@@ -5,11 +5,11 @@ r"""Translate sign language videos with a trained workdir.
 
 Inputs: video files (mp4, webm, mov, mkv, avi: anything FFmpeg decodes; any size, aspect ratio,
 rotation and frame rate, resampled to the training fps), folders of frame images (taken in name
-order, at --frames_fps), or folders holding either (searched recursively). Each is prepared as evaluation prepares a dataset record (short side
-resized, centre crop) and decoded with the workdir's best checkpoint and config. Prints the
-translation (and the recognised glosses) per input; an input that fails gets one error line and
-the rest still run. Exit status 0 only if every input was translated, 2 if the workdir cannot
-translate videos.
+order, at --frames_fps), or folders holding either (searched recursively). Each is prepared as
+evaluation prepares a dataset record (short side resized, centre crop) and decoded with the
+workdir's best checkpoint and config. Prints the translation (and the recognised glosses) per
+input; an input that fails gets one error line and the rest still run. Exit status 0 only if
+every input was translated, 2 if the workdir cannot translate videos.
 
 Inputs are decoded --batch_size at a time, grouped by frame-length bucket (one compiled program
 per bucket), so a folder of clips runs at evaluation throughput; each input's result is the
@@ -43,6 +43,7 @@ class InputError(ValueError):
 
 
 def is_frame_folder(path: str) -> bool:
+  """Whether `path` is a folder holding frame images (one clip)."""
   return os.path.isdir(path) and any(n.lower().endswith(IMAGE_SUFFIXES) for n in os.listdir(path))
 
 

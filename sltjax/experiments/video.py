@@ -48,6 +48,8 @@ class VideoExperiment(Experiment):
   """A system trained on video clips (or on features extracted from them)."""
 
   REQUIRED_KEYS = ('data.name', 'data.data_dir')
+  # Where to get a missing pretrained network, by model key (a system adds its own).
+  PRETRAINED_SOURCES: dict[str, str] = {}
 
   @classmethod
   def check_config(cls, config) -> list[str]:
@@ -60,9 +62,6 @@ class VideoExperiment(Experiment):
       if config.model.get('backbone_weights'):
         problems.append('model.backbone_weights needs a backbone network, not features')
     return problems
-
-  # Where to get a missing pretrained network, by model key (a system adds its own).
-  PRETRAINED_SOURCES: dict[str, str] = {}
 
   def pretrained_copy(self, key: str) -> str:
     """A local path of the downloaded network config.model.<key> names (a file or a Hugging
