@@ -33,6 +33,11 @@ class Checkpointer:
     self.workdir = workdir = storage.absolute(workdir)  # orbax wants absolute local paths
     self.latest = _manager(storage.join(workdir, 'checkpoints'), ('state', 'data', 'meta'), keep)
     self.best = _manager(storage.join(workdir, 'best'), ('params', 'meta'), 1)
+    # orbax removes a killed run's unfinished saves in a background thread and waits for it
+    # only before its next save: a command that ends sooner (an evaluation refused at once)
+    # left that thread failing at interpreter exit, with a traceback after the message.
+    for manager in (self.latest, self.best):
+      manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()

@@ -62,6 +62,12 @@ def exit_with_user_error(message: str):
 def parse_flags(argv):
   """absl's flag parsing, where a bad --config file, variant or override (a mistyped key, a
   value of the wrong type) ends with its message alone."""
+  for previous, argument in zip(argv, argv[1:]):
+    if argument.startswith('--config=') or previous == '--config':
+      path = argument.removeprefix('--config=').split(':')[0]
+      if not os.path.isfile(path):  # ml_collections would print a traceback and go on
+        exit_with_user_error(f'--config={path}: no such config file (sltjax ships '
+                             'configs/mmtlb.py, c2rl.py, sign2gpt.py, ipslt.py, gloss2text.py).')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -109,7 +109,13 @@ def test_user_errors_print_their_message_alone(tmp_path):
                     '--config.model.init_from is now --config.init.model.')
   assert_user_error(main(tmp_path / 'e', config='configs/mmtlb.py:sign2text,datset=csl_daily'),
                     "unknown option 'datset'")
+  assert_user_error(main(tmp_path / 'f', config='configs/mmtlb_typo.py:sign2text'),
+                    '--config=configs/mmtlb_typo.py: no such config file')
   assert not any(tmp_path.iterdir())  # nothing written before the config is valid
+  # A valid config, but nothing to evaluate: the message alone (orbax's cleanup thread, which
+  # opening the checkpoints starts, once failed at exit after it).
+  assert_user_error(main(tmp_path / 'g', '--mode=eval'),
+                    f'No best checkpoint under {tmp_path}/g/best: train first')
 
 
 def test_a_missing_pretrained_network_is_named_with_its_key(synthetic_signs_dir, tmp_path):
