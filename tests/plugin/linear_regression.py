@@ -8,7 +8,6 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from sltjax import experiments, metrics
 from sltjax.data import batching
