@@ -36,8 +36,9 @@ class Checkpointer:
     # orbax removes a killed run's unfinished saves in a background thread and waits for it
     # only before its next save: a command that ends sooner (an evaluation refused at once)
     # left that thread failing at interpreter exit, with a traceback after the message.
+    # (A private method in orbax 0.12.8: skipped if a later release drops it.)
     for manager in (self.latest, self.best):
-      manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
+      getattr(manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
