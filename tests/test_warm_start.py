@@ -46,6 +46,13 @@ def test_a_start_of_another_architecture_names_every_difference():
                      'w/s2g')
   with pytest.raises(UserError, match='missing params/head/kernel'):
     warm_start.graft(fresh_flat(), {('params', 'head', 'bias'): np.ones(3)}, ('head',), 'w/s2g')
+  layers = {('params', 'head', f'layer{i:02d}'): np.ones(3) for i in range(25)}
+  flat = {'params': {key[1:]: nnx.Param(jnp.zeros(2)) for key in layers}, 'rest': {}}
+  with pytest.raises(UserError) as error:  # a whole other model: the first 20, then a count
+    warm_start.graft(flat, layers, ('head',), 'w/s2g')
+  lines = str(error.value).splitlines()
+  assert lines[1:] == [f'  params/head/layer{i:02d} has shape (3,), expected (2,)'
+                       for i in range(20)] + ['  ... and 5 more']
 
 
 def test_files_come_along_once_and_a_resumed_run_keeps_its_own(tmp_path):

@@ -25,6 +25,7 @@ from sltjax import storage
 from sltjax.errors import UserError
 
 Flat = dict[str, dict[tuple, object]]  # {'params' | 'rest': {path: nnx variable}}
+MAX_LISTED_PROBLEMS = 20  # differences an architecture mismatch lists before counting the rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +104,11 @@ def graft(flat: Flat, source: dict[tuple, np.ndarray], prefix: tuple[str, ...],
       flat[kind][path] = variable.replace(jnp.asarray(value, variable.dtype))
       copied.add((kind, path))
   if problems:
+    shown = MAX_LISTED_PROBLEMS
+    more = [f'... and {len(problems) - shown} more'] if len(problems) > shown else []
     raise UserError(f'Cannot start {"/".join(prefix) or "the model"} from {directory}: its '
-                    'architecture differs from config.model:\n  ' + '\n  '.join(problems[:20]))
+                    'architecture differs from config.model:\n  '
+                    + '\n  '.join(problems[:shown] + more))
   if not copied:
     raise UserError(f'Cannot start {"/".join(prefix)} from {directory}: this model has no '
                     'parameters there.')
