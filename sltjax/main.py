@@ -59,6 +59,15 @@ def exit_with_user_error(message: str):
   sys.exit(2)
 
 
+def shipped_configs() -> list[str]:
+  """The system config files beside the sltjax package (configs/*.py, not the shared blocks)."""
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  if not os.path.isdir(folder):
+    return []
+  return sorted(f'configs/{n}' for n in os.listdir(folder)
+                if n.endswith('.py') and n not in ('common.py', '__init__.py'))
+
+
 def parse_flags(argv):
   """absl's flag parsing, where a bad --config file, variant or override (a mistyped key, a
   value of the wrong type) ends with its message alone."""
@@ -66,8 +75,8 @@ def parse_flags(argv):
     if argument.startswith('--config=') or previous == '--config':
       path = argument.removeprefix('--config=').split(':')[0]
       if not os.path.isfile(path):  # ml_collections would print a traceback and go on
-        exit_with_user_error(f'--config={path}: no such config file (sltjax ships '
-                             'configs/mmtlb.py, c2rl.py, sign2gpt.py, ipslt.py, gloss2text.py).')
+        exit_with_user_error(f'--config={path}: no such config file (the shipped ones: '
+                             f'{", ".join(shipped_configs()) or "none found"}).')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

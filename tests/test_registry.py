@@ -110,7 +110,8 @@ def test_user_errors_print_their_message_alone(tmp_path):
   assert_user_error(main(tmp_path / 'e', config='configs/mmtlb.py:sign2text,datset=csl_daily'),
                     "unknown option 'datset'")
   assert_user_error(main(tmp_path / 'f', config='configs/mmtlb_typo.py:sign2text'),
-                    '--config=configs/mmtlb_typo.py: no such config file')
+                    '--config=configs/mmtlb_typo.py: no such config file (the shipped ones: '
+                    'configs/c2rl.py, configs/gloss2text.py, configs/ipslt.py, configs/mmtlb.py')
   assert not any(tmp_path.iterdir())  # nothing written before the config is valid
   # A valid config, but nothing to evaluate: the message alone (orbax's cleanup thread, which
   # opening the checkpoints starts, once failed at exit after it).

@@ -76,8 +76,8 @@ class Experiment:
 
   @functools.cached_property
   def checkpointer(self) -> Checkpointer:
-    """The workdir's checkpoints, opened on first use: orbax starts threads when it opens them,
-    and a system that stops on bad input while it is built would leave them running at exit."""
+    """The workdir's checkpoints, opened on first use: a run refused while its system is built
+    (bad input) creates no checkpoint folders and starts none of orbax's threads."""
     return Checkpointer(self.workdir, self.config.keep_checkpoints)
 
   def start_directory(self, file_name: str) -> str:
