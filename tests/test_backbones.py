@@ -15,7 +15,8 @@ from transformers import ResNetConfig as HFResNetConfig, ResNetModel
 from sltjax.convert.backbones import resnet_state, s3d_state
 from sltjax.models.backbones.resnet import ResNet, ResNetConfig
 from sltjax.models.backbones.s3d import S3D, S3DConfig
-from sltjax.models.layers.conv import BatchNorm, max_pool
+from sltjax.models import backbones
+from sltjax.models.layers.conv import BatchNorm, computed_once, max_pool
 from tests.s3d_golden import load_golden, seeded_clip, seeded_weights
 
 
@@ -268,3 +269,34 @@ def test_max_pool_gradient_equals_xla_with_ties_going_to_the_first_maximum(
   # strided windows go through the tap-by-tap gradient; densely overlapping ones keep XLA's
   taps = 'custom_vjp_call' in str(jax.make_jaxpr(lambda x: max_pool(x, window, stride, padding))(x))
   assert taps == (stride != (1,) * len(stride))
+
+
+def test_computed_once_changes_neither_values_nor_gradients():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 4, 5)) * 1e3, jnp.float32).at[0, 0, 0].set(-0.0)
+  grad_out = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  y, vjp = jax.vjp(jax.jit(computed_once), x)
+  np.testing.assert_array_equal(y, x)
+  np.testing.assert_array_equal(jax.jit(vjp)(grad_out)[0], grad_out)
+
+
+def _transposes_recomputing_a_relu(model, images):
+  """(transposes in the compiled gradient of a ResNet, those that recompute a ReLU inside)."""
+  graphdef, state = nnx.split(model)
+  loss = lambda state: jnp.sum(nnx.merge(graphdef, state).images(images, train=True) ** 2)
+  hlo = jax.jit(jax.grad(loss)).lower(state).compile().as_text()
+  called = re.findall(r'%transpose\S*fusion\S* = .* calls=(%[\w.\-]+)', hlo)
+  bodies = dict(re.findall(r'^(%[\w.\-]+) .*?\{\n(.*?)\n\}', hlo, re.M | re.S))
+  return len(called), sum(' maximum(' in bodies[name] for name in called)
+
+
+def test_resnet_backward_transposes_stored_activations_instead_of_recomputing_them(monkeypatch):
+  # XLA:CPU's kernel-gradient convolutions transpose their inputs; without computed_once the
+  # BatchNorm + residual + ReLU chain that made a block's output is fused into those transposes
+  # and recomputed there from strided reads (benchmarks/train_step_c2rl.py: 0.55 s a step).
+  images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 3)), jnp.float32)
+  make = lambda: ResNet(ResNetConfig(width=4), rngs=nnx.Rngs(0))
+  transposes, recomputing = _transposes_recomputing_a_relu(make(), images)
+  assert transposes > 10 and recomputing == 0
+  monkeypatch.setattr(backbones.resnet, 'computed_once', lambda x: x)
+  assert _transposes_recomputing_a_relu(make(), images)[1] > 5  # what computed_once prevents

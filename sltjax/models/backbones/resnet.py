@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sltjax.models.layers.conv import BatchNorm, conv, max_pool
+from sltjax.models.layers.conv import BatchNorm, computed_once, conv, max_pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +44,11 @@ class BasicBlock(nnx.Module):
     self.downsample_bn = bn() if projects else None
 
   def __call__(self, x, mask, train: bool):  # x: [frames, H, W, C]; mask: [frames, 1, 1, 1]
-    h = jax.nn.relu(self.bn1(self.conv1(x), mask, train))
+    h = computed_once(jax.nn.relu(self.bn1(self.conv1(x), mask, train)))
     h = self.bn2(self.conv2(h), mask, train)
     if self.downsample_conv is not None:
       x = self.downsample_bn(self.downsample_conv(x), mask, train)
-    return jax.nn.relu(h + x)
+    return computed_once(jax.nn.relu(h + x))
 
 
 class ResNet(nnx.Module):

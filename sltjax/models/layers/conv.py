@@ -3,7 +3,8 @@
 `BatchNorm` adds what video models need on top of nnx.BatchNorm: statistics from the positions a
 mask marks (padded frames excluded, MMTLB's masked norm) and a `frozen` switch that always uses
 the running averages (frozen-BN fine-tuning). `max_pool` computes the gradient of strided
-pooling on CPU without XLA's slow select-and-scatter.
+pooling on CPU without XLA's slow select-and-scatter, and `computed_once` keeps XLA:CPU from
+recomputing an activation inside the transposes of the backward pass.
 """
 import functools
 import itertools
@@ -82,6 +83,28 @@ def masked_moments(x, mask=None):
 
   mean = weighted_mean(x)
   return mean, weighted_mean(jnp.square(x - mean))
+
+
+def computed_once(x):
+  """x unchanged (values and gradient), but computed once and stored on CPU.
+
+  XLA fuses chains of cheap elementwise operations (BatchNorm's normalisation, a residual add,
+  ReLU) into each of their consumers. The kernel gradient of a convolution on XLA:CPU starts with
+  a transpose of the convolution's input, and the chain that made that input is fused into the
+  transpose, where it reads all its operands strided: ResNet-18's backward pass recomputed its
+  blocks' outputs that way, 0.55 s of C2RL's 5.8 s pretraining step (benchmarks/
+  train_step_c2rl.py), against ~33 ms per transpose of a stored array. XLA never duplicates a
+  division, which it counts as expensive, so x is divided by a 1 it cannot fold (1 + 0 * x's
+  first element; a scalar: XLA turns a division by a broadcast array into a multiplication): x
+  is then computed once, stored, and transposed from memory. x: any shape, at least one element.
+  Other platforms get x itself.
+  """
+  return lax.platform_dependent(x, cpu=_divided_by_runtime_one, default=lambda x: x)
+
+
+def _divided_by_runtime_one(x):
+  one = 1 + 0 * lax.stop_gradient(x[(0,) * x.ndim])  # NaN where x's first element is not finite
+  return x / one
 
 
 def max_pool(x, window: Sequence[int], stride: Sequence[int], padding: Sequence[int]):
