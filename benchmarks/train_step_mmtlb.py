@@ -89,17 +89,20 @@ def run_sltjax(args, dtype: str, backbone: str, batch_size: int) -> dict:
   from flax import nnx
 
   from sltjax import sharding
+  from sltjax.experiments.base import Experiment
   from sltjax.losses import sign_translation_loss
   from sltjax.models.mbart import MBartConfig
   from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
   from sltjax.train import make_train_step
   # pylint: enable=import-outside-toplevel
 
-  class BenchmarkExperiment:
-    """What make_train_step needs of an experiment: the model, mesh and loss (no dataset)."""
-    config = ml_collections.ConfigDict({'seed': 0})
+  class BenchmarkExperiment(Experiment):
+    """What make_train_step needs of an experiment: the model, mesh and loss (no dataset); all
+    parameters trained."""
+    config = ml_collections.ConfigDict({'seed': 0,
+                                        'optimizer': {'param_groups': {}, 'frozen': ''}})
 
-    def __init__(self):
+    def __init__(self):  # pylint: disable=super-init-not-called
       translation = MBartConfig(vocab_size=VOCAB, encoder_layers=args.layers,
                                 decoder_layers=args.layers, dropout=0.1, dtype=dtype)
       self.model_config = MMTLBConfig(num_glosses=GLOSSES, backbone=backbone,

@@ -280,23 +280,27 @@ def test_computed_once_changes_neither_values_nor_gradients():
   np.testing.assert_array_equal(jax.jit(vjp)(grad_out)[0], grad_out)
 
 
-def _transposes_recomputing_a_relu(model, images):
-  """(transposes in the compiled gradient of a ResNet, those that recompute a ReLU inside)."""
+def _transposes_recomputing_a_relu(model, frames):
+  """(transposes in the compiled gradient of a backbone, those that recompute a ReLU inside)."""
   graphdef, state = nnx.split(model)
-  loss = lambda state: jnp.sum(nnx.merge(graphdef, state).images(images, train=True) ** 2)
+  mask = jnp.ones(frames.shape[:2], jnp.int32)
+  loss = lambda state: jnp.sum(nnx.merge(graphdef, state)(frames, mask, train=True)[0] ** 2)
   hlo = jax.jit(jax.grad(loss)).lower(state).compile().as_text()
   called = re.findall(r'%transpose\S*fusion\S* = .* calls=(%[\w.\-]+)', hlo)
   bodies = dict(re.findall(r'^(%[\w.\-]+) .*?\{\n(.*?)\n\}', hlo, re.M | re.S))
   return len(called), sum(' maximum(' in bodies[name] for name in called)
 
 
-def test_resnet_backward_transposes_stored_activations_instead_of_recomputing_them(monkeypatch):
+@pytest.mark.parametrize('name, make, frames_shape', [
+    ('resnet', lambda: ResNet(ResNetConfig(width=4), rngs=nnx.Rngs(0)), (1, 2, 16, 16, 3)),
+    ('s3d', lambda: S3D(S3DConfig(width=0.125), rngs=nnx.Rngs(0)), (1, 8, 32, 32, 3))])
+def test_backward_transposes_stored_activations_instead_of_recomputing_them(
+    monkeypatch, name, make, frames_shape):
   # XLA:CPU's kernel-gradient convolutions transpose their inputs; without computed_once the
-  # BatchNorm + residual + ReLU chain that made a block's output is fused into those transposes
+  # BatchNorm (+ residual) + ReLU chain that made a layer's output is fused into those transposes
   # and recomputed there from strided reads (benchmarks/train_step_c2rl.py: 0.55 s a step).
-  images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 3)), jnp.float32)
-  make = lambda: ResNet(ResNetConfig(width=4), rngs=nnx.Rngs(0))
-  transposes, recomputing = _transposes_recomputing_a_relu(make(), images)
+  frames = jnp.asarray(np.random.default_rng(0).standard_normal(frames_shape), jnp.float32)
+  transposes, recomputing = _transposes_recomputing_a_relu(make(), frames)
   assert transposes > 10 and recomputing == 0
-  monkeypatch.setattr(backbones.resnet, 'computed_once', lambda x: x)
-  assert _transposes_recomputing_a_relu(make(), images)[1] > 5  # what computed_once prevents
+  monkeypatch.setattr(getattr(backbones, name), 'computed_once', lambda x: x)
+  assert _transposes_recomputing_a_relu(make(), frames)[1] > 5  # what computed_once prevents

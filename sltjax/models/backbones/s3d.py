@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sltjax.models.layers.conv import BatchNorm, conv, max_pool
+from sltjax.models.layers.conv import BatchNorm, computed_once, conv, max_pool
 
 # torchvision's Mixed blocks: (in, branch0, branch1 reduce, branch1, branch2 reduce, branch2,
 # branch3 after pooling).
@@ -56,7 +56,7 @@ class ConvBN(nnx.Module):
     y = self.conv(x)
     if y.shape[1] != mask.shape[1]:
       mask = _resample_mask(mask, y.shape[1])
-    return jax.nn.relu(self.bn(y, mask, train)), mask
+    return computed_once(jax.nn.relu(self.bn(y, mask, train))), mask
 
 
 class SepConv(nnx.Module):

@@ -93,11 +93,12 @@ def computed_once(x):
   a transpose of the convolution's input, and the chain that made that input is fused into the
   transpose, where it reads all its operands strided: ResNet-18's backward pass recomputed its
   blocks' outputs that way, 0.55 s of C2RL's 5.8 s pretraining step (benchmarks/
-  train_step_c2rl.py), against ~33 ms per transpose of a stored array. XLA never duplicates a
-  division, which it counts as expensive, so x is divided by a 1 it cannot fold (1 + 0 * x's
-  first element; a scalar: XLA turns a division by a broadcast array into a multiplication): x
-  is then computed once, stored, and transposed from memory. x: any shape, at least one element.
-  Other platforms get x itself.
+  train_step_c2rl.py) against ~33 ms per transpose of a stored array, and S3D's step is ~15%
+  faster without it (benchmarks/train_step_mmtlb.py). XLA never duplicates a division, which it
+  counts as expensive, so x is divided by a 1 it cannot fold, 1 + 0 * x's first element (a
+  scalar: XLA turns a division by a broadcast array into a multiplication); x is then computed
+  once, stored, and transposed from memory. x: any shape, at least one element. Other platforms
+  get x itself.
   """
   return lax.platform_dependent(x, cpu=_divided_by_runtime_one, default=lambda x: x)
 
