@@ -9,7 +9,6 @@ On Cloud TPU VMs, --multihost alone lets JAX discover the pod slice.
 """
 import json
 import os
-import sys
 
 import jax
 import ml_collections
@@ -17,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sltjax import config_validation, jax_fixes, storage, workdirs
-from sltjax.errors import UserError
+from sltjax.errors import UserError, exit_with_user_error
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
                                           lock_config=True)
@@ -51,12 +50,6 @@ def initialize_distributed() -> None:
 
 # Config keys that moved, for a message naming the new one.
 MOVED_KEYS = {'model.init_from': 'init.model'}
-
-
-def exit_with_user_error(message: str):
-  """Prints a message the user can act on, without a traceback, and exits with status 2."""
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
 
 
 def shipped_configs() -> list[str]:

@@ -136,6 +136,26 @@ def test_a_missing_pretrained_network_is_named_with_its_key(synthetic_signs_dir,
                     'stand-ins first: python -m sltjax.stand_ins '
                     '--output_dir=pretrained/synthetic_signs.')
   assert result.stderr.strip().splitlines()[-1].startswith('error: ')
+  result = main(tmp_path / 'c2rl', data, '--config.tokenizer.kind=mbart',
+                f'--config.tokenizer.path={tmp_path}/mbart', config='configs/c2rl.py:runlocal')
+  assert_user_error(result, f'error: tokenizer.path={tmp_path}/mbart: {tmp_path}/mbart/'
+                    'sentencepiece.bpe.model not found: an mBART tokenizer directory holds '
+                    'sentencepiece.bpe.model (as saved by transformers).\n')
+
+
+@pytest.mark.parametrize('module, flags, message', [
+    ('sltjax.convert', ['--model={tmp}/hf', '--output={tmp}/out'],
+     '{tmp}/hf/config.json not found: point to a Hugging Face model directory'),
+    ('sltjax.convert.trim_vocab', ['--model={tmp}/hf', '--output={tmp}/out', '--texts={tmp}/t.txt',
+                                   '--glosses={tmp}/g.txt'],
+     '{tmp}/t.txt not found: --texts and --glosses take text files'),
+])
+def test_conversion_commands_name_a_missing_input_in_one_line(tmp_path, module, flags, message):
+  result = subprocess.run(
+      [sys.executable, '-m', module, *(f.format(tmp=tmp_path) for f in flags)], cwd=REPO,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True, timeout=300)
+  assert_user_error(result, 'error: ' + message.format(tmp=tmp_path))
+  assert not (tmp_path / 'out').exists()
 
 
 def test_a_workdir_of_another_run_is_refused_and_left_as_it_was(tmp_path):

@@ -10,6 +10,7 @@ from absl import app, flags
 from sltjax import storage
 from sltjax.convert.hf import load_mbart
 from sltjax.convert.pretrained import save_pretrained
+from sltjax.errors import UserError, exit_with_user_error
 
 _MODEL = flags.DEFINE_string('model', None, 'Hugging Face mBART directory (config.json + weights; '
                              'gs:// is read through a local copy).')
@@ -24,8 +25,11 @@ flags.mark_flags_as_required(['model', 'output'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  model = load_mbart(storage.local_copy(_MODEL.value), dtype=_DTYPE.value)
-  save_pretrained(model, _OUTPUT.value, _TOKENIZER.value or _MODEL.value)
+  try:
+    model = load_mbart(storage.local_copy(_MODEL.value), dtype=_DTYPE.value)
+    save_pretrained(model, _OUTPUT.value, _TOKENIZER.value or _MODEL.value)
+  except UserError as e:
+    exit_with_user_error(str(e))
   print(f'Wrote {_OUTPUT.value} (vocabulary {model.config.vocab_size}, d_model '
         f'{model.config.d_model}, {model.config.encoder_layers}+{model.config.decoder_layers} '
         'layers).')

@@ -12,6 +12,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.flax import save_file
 
+from sltjax.errors import MissingInputError
+
 SAFETENSORS = 'model.safetensors'
 SAFETENSORS_INDEX = 'model.safetensors.index.json'
 PYTORCH_BIN = 'pytorch_model.bin'
@@ -20,7 +22,7 @@ PYTORCH_BIN = 'pytorch_model.bin'
 def read_config(directory: str) -> dict:
   path = os.path.join(directory, 'config.json')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: point to a Hugging Face model directory (the one '
+    raise MissingInputError(f'{path} not found: point to a Hugging Face model directory (the one '
                             'save_pretrained writes, or a downloaded snapshot).')
   with open(path, encoding='utf-8') as f:
     return json.load(f)
@@ -70,7 +72,7 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
     state = torch.load(pytorch, map_location='cpu', weights_only=True)
     return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
             for k, v in state.items()}
-  raise FileNotFoundError(f'No weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} '
+  raise MissingInputError(f'No weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} '
                           f'or {PYTORCH_BIN}.')
 
 

@@ -13,6 +13,7 @@ from flax import nnx
 
 from sltjax import storage
 from sltjax.data.tokenizers import copy_tokenizer_files
+from sltjax.errors import MissingInputError
 from sltjax.models.mbart import MBartConfig
 
 MODEL_CONFIG = 'model_config.json'
@@ -43,7 +44,7 @@ def read_architecture(directory: str) -> dict:
   path = storage.join(directory, MODEL_CONFIG)
   storage.check_access(directory, write=False)
   if not storage.is_complete(directory) or not storage.path(path).is_file():
-    raise FileNotFoundError(f'{path} not found: a pretrained start must be a directory written by '
+    raise MissingInputError(f'{path} not found: a pretrained start must be a directory written by '
                             '`python -m sltjax.convert` (see its --help).')
   return json.loads(storage.read_text(path))
 

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sltjax.errors import MissingInputError
+
 
 def torch_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
   """PyTorch -> channels-last layout: Linear [out, in] -> [in, out]; ConvNd [out, in, *k] ->
@@ -77,7 +79,7 @@ def read_torch_weights(path: str) -> dict[str, np.ndarray]:
   as float32/int numpy arrays. A {'state_dict': ...} or {'model': ...} wrapper is unwrapped and a
   DataParallel 'module.' prefix removed."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: pass the downloaded checkpoint file.')
+    raise MissingInputError(f'{path} not found: pass the downloaded checkpoint file.')
   if path.endswith('.safetensors'):
     from sltjax.convert.hf_checkpoint import load_safetensors  # pylint: disable=import-outside-toplevel
     state = load_safetensors(path)

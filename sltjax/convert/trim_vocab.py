@@ -21,6 +21,7 @@ from sentencepiece import sentencepiece_model_pb2
 
 from sltjax.convert.hf_checkpoint import read_config, read_state_dict, save_safetensors
 from sltjax.data.tokenizers import MBartTokenizer, SPECIAL_TOKENS
+from sltjax.errors import MissingInputError, UserError, exit_with_user_error
 
 SPM_FILE = 'sentencepiece.bpe.model'
 VOCAB_SLICED = ('model.shared.weight', 'model.encoder.embed_tokens.weight',
@@ -30,8 +31,12 @@ _BPE = sentencepiece_model_pb2.TrainerSpec.BPE
 
 
 def read_lines(paths: Sequence[str]) -> list[str]:
+  """The non-empty lines, stripped, of the text files (--texts, --glosses) in order."""
   lines = []
   for path in paths:
+    if not os.path.isfile(path):
+      raise MissingInputError(f'{path} not found: --texts and --glosses take text files, one '
+                              'sentence or gloss sequence per line.')
     with open(path, encoding='utf-8') as f:
       lines += [line.strip() for line in f if line.strip()]
   return lines
@@ -129,8 +134,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  id_map = trim_mbart(FLAGS.model, FLAGS.output, read_lines(FLAGS.texts),
-                      read_lines(FLAGS.glosses), FLAGS.tokenizer)
+  try:
+    id_map = trim_mbart(FLAGS.model, FLAGS.output, read_lines(FLAGS.texts),
+                        read_lines(FLAGS.glosses), FLAGS.tokenizer)
+  except UserError as e:
+    exit_with_user_error(str(e))
   print(f'Wrote {FLAGS.output}: {len(id_map)} ids (id map in id_map.json).')
 
 

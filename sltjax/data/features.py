@@ -25,6 +25,7 @@ from array_record.python import array_record_module
 from sltjax import storage
 from sltjax.data import batching
 from sltjax.data.sign_labels import SignLabels
+from sltjax.errors import MissingInputError
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
 
 RECORDS, INDEX = '{split}.array_record', '{split}.json'
@@ -94,7 +95,7 @@ def open_split(directory: str, split: str, expected_dim: int) -> FeatureSplit:
   index_path = storage.join(directory, INDEX.format(split=split))
   storage.check_access(directory, write=False)
   if not storage.path(index_path).is_file():
-    raise FileNotFoundError(
+    raise MissingInputError(
         f'{index_path} not found: data.features_dir={directory!r} holds no complete {split!r} '
         'split. Write it with python -m sltjax.main --config=<the backbone\'s config> '
         '--workdir=<its workdir> --mode=extract_features (into <workdir>/features).')

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 from sltjax import storage
+from sltjax.errors import MissingInputError, UserError
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ('<s>', '<pad>', '</s>', '<unk>')
@@ -69,7 +70,7 @@ class SentencePieceTokenizer(Tokenizer):
   def __init__(self, directory: str, what: str):
     model_file = storage.path(directory) / SENTENCEPIECE_FILE
     if not model_file.is_file():
-      raise FileNotFoundError(f'{model_file} not found: {what} tokenizer directory holds '
+      raise MissingInputError(f'{model_file} not found: {what} tokenizer directory holds '
                               f'{SENTENCEPIECE_FILE} (as saved by transformers).')
     self.directory = directory
     self.sp = spm.SentencePieceProcessor(model_proto=model_file.read_bytes())
@@ -185,10 +186,13 @@ def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokeni
     make = pretrained[config.kind]
     if not (storage.path(directory) / SENTENCEPIECE_FILE).is_file():
       if not config.path:
-        raise ValueError(f'config.tokenizer.path must point at an {config.kind} tokenizer '
-                         f'directory (holding {SENTENCEPIECE_FILE}) when tokenizer.kind='
-                         f'"{config.kind}".')
-      make(config.path)  # a clear error when config.path holds no tokenizer
+        raise UserError(f'config.tokenizer.path must point at an {config.kind} tokenizer '
+                        f'directory (holding {SENTENCEPIECE_FILE}) when tokenizer.kind='
+                        f'"{config.kind}".')
+      try:
+        make(config.path)  # a clear error when config.path holds no tokenizer
+      except MissingInputError as e:
+        raise MissingInputError(f'tokenizer.path={config.path}: {e}') from None
       copy_tokenizer_files(config.path, directory)
     return make(directory)
   if config.kind == 'word':
