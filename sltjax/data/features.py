@@ -25,8 +25,8 @@ from array_record.python import array_record_module
 from sltjax import storage
 from sltjax.data import batching
 from sltjax.data.sign_labels import SignLabels
-from sltjax.errors import MissingInputError
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
+from sltjax.errors import MissingInputError
 
 RECORDS, INDEX = '{split}.array_record', '{split}.json'
 
