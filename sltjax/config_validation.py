@@ -1,6 +1,7 @@
 """Checks a training config before any work starts, with messages that say what to fix: the keys
 every system shares here, the system's own through its experiment's `check_config`."""
 from sltjax import experiments
+from sltjax.data.tokenizers import PRETRAINED_TOKENIZERS
 from sltjax.errors import UserError
 from sltjax.metrics import HIGHER_IS_BETTER
 
@@ -37,6 +38,12 @@ def validate(config) -> None:
   if 'eval' in config and config.eval.get('best_metric') not in HIGHER_IS_BETTER:
     problems.append(f'eval.best_metric={config.eval.get("best_metric")!r} is not one of '
                     f'{sorted(HIGHER_IS_BETTER)}')
+  tokenizer = config.get('tokenizer') or {}
+  if tokenizer.get('path') and tokenizer.get('kind') not in PRETRAINED_TOKENIZERS:
+    problems.append(f'tokenizer.path={tokenizer.path!r} is read only when tokenizer.kind is one '
+                    f'of {sorted(PRETRAINED_TOKENIZERS)}; kind={tokenizer.get("kind")!r} builds '
+                    'its vocabulary from the training texts: set tokenizer.kind, or drop '
+                    'tokenizer.path')
   if not problems:
     problems = experiment.check_config(config)
   if problems:

@@ -1,6 +1,7 @@
 """The system registry, workdirs and user errors: a plug-in system defined in a test module trains
 through sltjax.main with no edit to any shared file; errors a user can fix end with their message
 alone (status 2); a damaged newest checkpoint is skipped on resume and a damaged best/ is named."""
+import importlib
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from sltjax import experiments, workdirs
+from sltjax import main as main_module
 from sltjax.config_validation import validate
 from sltjax.errors import UserError
 from sltjax.experiments.base import TRANSLATE_VIDEOS
@@ -156,6 +158,22 @@ def test_conversion_commands_name_a_missing_input_in_one_line(tmp_path, module, 
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True, timeout=300)
   assert_user_error(result, 'error: ' + message.format(tmp=tmp_path))
   assert not (tmp_path / 'out').exists()
+
+
+def test_a_tokenizer_path_the_run_would_ignore_is_refused():
+  for path in main_module.shipped_configs():  # none of the shipped variants is refused for it
+    module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
+    for variant in module.VARIANTS:
+      try:  # paper variants also want the user's paths (init, data)
+        validate(module.get_config(variant))
+      except UserError as e:
+        assert 'tokenizer.path' not in str(e), (path, variant)
+  from configs.c2rl import get_config  # pylint: disable=import-outside-toplevel
+  config = get_config('runlocal')  # a word vocabulary built from the training texts
+  config.tokenizer.path = 'pretrained/mbart_phoenix'
+  with pytest.raises(UserError, match=r"tokenizer.path='pretrained/mbart_phoenix' is read only "
+                     r"when tokenizer.kind is one of \['mbart', 'xglm'\]; kind='word'"):
+    validate(config)
 
 
 def test_a_workdir_of_another_run_is_refused_and_left_as_it_was(tmp_path):

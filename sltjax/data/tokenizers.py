@@ -171,6 +171,11 @@ def copy_tokenizer_files(source: str, target: str) -> None:
       storage.copy_file(storage.join(source, name), storage.join(target, name))
 
 
+# tokenizer.kind -> the class reading a pretrained tokenizer directory (config.tokenizer.path);
+# the other kinds build their vocabulary from the training texts.
+PRETRAINED_TOKENIZERS = {'mbart': MBartTokenizer, 'xglm': XGLMTokenizer}
+
+
 def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokenizer:
   """The tokenizer named by `config` (config.tokenizer), created once and kept under `directory`.
 
@@ -181,9 +186,8 @@ def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokeni
   An existing vocabulary under `directory` is reused, so resumed and eval runs see the same ids.
   """
   languages = sorted({config.src_lang, config.tgt_lang})
-  pretrained = {'mbart': MBartTokenizer, 'xglm': XGLMTokenizer}
-  if config.kind in pretrained:
-    make = pretrained[config.kind]
+  if config.kind in PRETRAINED_TOKENIZERS:
+    make = PRETRAINED_TOKENIZERS[config.kind]
     if not (storage.path(directory) / SENTENCEPIECE_FILE).is_file():
       if not config.path:
         raise UserError(f'config.tokenizer.path must point at an {config.kind} tokenizer '
