@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from sltjax import jax_fixes, storage, translate
-from sltjax.errors import UserError
+from sltjax.errors import UserError, exit_with_user_error
 from sltjax.experiments.base import RETRIEVE
 
 FLAGS = flags.FLAGS
@@ -159,8 +159,7 @@ def main(argv):
       sentences = read_texts(FLAGS.texts) if FLAGS.texts else args
       lines = search(exp, params, rest, step, index, sentences, FLAGS.top)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    exit_with_user_error(str(e))
   for line in lines:
     print(json.dumps(line, ensure_ascii=False), file=results_out)
   return 0

@@ -30,7 +30,7 @@ from sltjax import experiments, jax_fixes, storage, workdirs
 from sltjax.data import augmentation, video
 from sltjax.data.frames import FrameError, read_image_file
 from sltjax.data.video_files import VideoError, read_video
-from sltjax.errors import UserError
+from sltjax.errors import UserError, exit_with_user_error
 from sltjax.experiments.base import TRANSLATE_VIDEOS
 
 FLAGS = flags.FLAGS
@@ -189,8 +189,7 @@ def main(argv):
     exp = load_experiment(FLAGS.workdir)
     params, rest, step = exp.eval_variables()
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    exit_with_user_error(str(e))
   print(f'{FLAGS.workdir}: best checkpoint of step {step} ({exp.describe()}).', file=sys.stderr)
   progress = tqdm.tqdm(total=len(paths), unit='video', disable=len(paths) <= 3, file=sys.stderr)
 
