@@ -1,5 +1,5 @@
 """sltjax: sign language translation and retrieval in JAX/Flax NNX."""
 from sltjax import jax_fixes, xla_flags
 
-xla_flags.keep_convolutions_off_ynnpack()  # before anything starts JAX's CPU backend
+xla_flags.add_sltjax_flags()  # before anything starts a JAX backend
 jax_fixes.cheap_tracer_sharding_probe()

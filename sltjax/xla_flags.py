@@ -1,31 +1,44 @@
-"""XLA:CPU settings sltjax needs, put into XLA_FLAGS before JAX starts its CPU backend.
+"""XLA settings sltjax needs, put into XLA_FLAGS before JAX starts its backend.
 
-jaxlib 0.10 hands convolutions on CPU to YNNPACK by default, and there a convolution's gradient
-is far slower than XLA's own (Eigen) kernels: one 3x3 layer of ResNet-18 on 128 frames at
-112 px takes 2.2 s for its kernel gradient instead of 0.1 s, and C2RL's pretraining step runs
-3x slower (benchmarks/train_step_c2rl.py: 16.3 s against 5.4 s). sltjax keeps YNNPACK for what
-it does well (single matrix products and reductions) and leaves convolutions to Eigen.
+* Reduced-precision values are rounded where the program says (`--xla_allow_excess_precision=
+  false`), as PyTorch rounds every bfloat16 op's output. By default XLA may keep a bfloat16
+  value in float32 inside a fusion, and since it recomputes cheap producers inside each
+  consumer's fusion, one value can reach some consumers rounded and others not: a LayerNorm
+  then subtracts a mean of the unrounded values from the rounded ones. On a converted mBART
+  whose residual stream reaches 107, bfloat16 logits were 0.27 off the float32 ones, against
+  0.033 with rounding (PyTorch's bfloat16: 0.037). Float32 programs are unaffected.
+* jaxlib 0.10 hands convolutions on CPU to YNNPACK by default, and there a convolution's
+  gradient is far slower than XLA's own (Eigen) kernels: one 3x3 layer of ResNet-18 on 128
+  frames at 112 px takes 2.2 s for its kernel gradient instead of 0.1 s, and C2RL's pretraining
+  step runs 3x slower (benchmarks/train_step_c2rl.py: 16.3 s against 5.4 s). sltjax keeps
+  YNNPACK for what it does well (single matrix products and reductions) and leaves convolutions
+  to Eigen; other jaxlib versions keep their default (their flags may differ: XLA refuses
+  unknown ones).
 
-A flag the user already put into XLA_FLAGS is left alone; other jaxlib versions are left to
-their defaults (their flags may differ: XLA refuses unknown ones).
+A flag the user already put into XLA_FLAGS is left alone.
 """
 import importlib.metadata
 import os
 
+EXCESS_PRECISION_FLAG = '--xla_allow_excess_precision'
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
-MEASURED_JAXLIB = '0.10.'  # the releases the setting was measured with
+MEASURED_JAXLIB = '0.10.'  # the releases the YNNPACK setting was measured with
 
 
-def keep_convolutions_off_ynnpack(environ=os.environ) -> None:
-  """Adds `YNN_FLAG=YNN_WITHOUT_CONVOLUTIONS` to environ's XLA_FLAGS unless already set there.
+def add_sltjax_flags(environ=os.environ) -> None:
+  """Adds sltjax's settings to environ's XLA_FLAGS, each unless that flag is already there.
 
-  Takes effect only when called before JAX's CPU backend starts (sltjax/__init__.py calls it).
+  Takes effect only when called before JAX's backend starts (sltjax/__init__.py calls it).
   """
+  settings = {EXCESS_PRECISION_FLAG: 'false'}
+  if _jaxlib_version().startswith(MEASURED_JAXLIB):
+    settings[YNN_FLAG] = YNN_WITHOUT_CONVOLUTIONS
   flags = environ.get('XLA_FLAGS', '')
-  if YNN_FLAG in flags or not _jaxlib_version().startswith(MEASURED_JAXLIB):
-    return
-  environ['XLA_FLAGS'] = f'{flags} {YNN_FLAG}={YNN_WITHOUT_CONVOLUTIONS}'.strip()
+  for flag, value in settings.items():
+    if flag not in flags:
+      flags = f'{flags} {flag}={value}'.strip()
+  environ['XLA_FLAGS'] = flags
 
 
 def _jaxlib_version() -> str:

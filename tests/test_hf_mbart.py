@@ -137,8 +137,12 @@ def test_generate_from_inputs_embeds_matches_transformers(models):
   np.testing.assert_array_equal(out, expected)
 
 
-def test_bfloat16_conversion_keeps_logits_close(models):
-  _, model, directory = models
+def test_bfloat16_conversion_keeps_logits_as_close_as_pytorchs_bfloat16(models):
+  """bfloat16 weights and compute against float32: within 3x of the same model's error in
+  PyTorch bfloat16. Without sltjax's --xla_allow_excess_precision=false, XLA rounded a value for
+  some of its consumers and not for others, and the asymmetric model's logits were 7x further
+  off than PyTorch's (0.27 against 0.037)."""
+  hf, model, directory = models
   model_bf16 = load_mbart(str(directory), dtype='bfloat16')
   assert model_bf16.shared.embedding.dtype == jnp.bfloat16
   ids, mask = padded_sources([6, 4])
@@ -147,8 +151,12 @@ def test_bfloat16_conversion_keeps_logits_close(models):
   half = np.asarray(forward(model_bf16, jnp.asarray(ids), jnp.asarray(mask),
                             jnp.asarray(decoder_ids)))
   assert half.dtype == np.float32  # logits are always float32
-  scale = np.abs(full).max()
-  assert np.abs(half - full).max() < 0.05 * scale
+  inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                decoder_input_ids=torch.tensor(decoder_ids))
+  with torch.no_grad():
+    torch_full = hf(**inputs).logits.numpy()
+    torch_half = copy.deepcopy(hf).to(torch.bfloat16)(**inputs).logits.float().numpy()
+  assert np.abs(half - full).max() <= 3 * np.abs(torch_half - torch_full).max()
 
 
 def test_round_trip_reproduces_every_source_tensor(models):

@@ -1,4 +1,5 @@
-"""sltjax's XLA:CPU settings: convolutions stay off YNNPACK unless the user says otherwise."""
+"""sltjax's XLA settings: bfloat16 rounded where the program says, convolutions off YNNPACK on
+CPU, each unless the user set that flag."""
 import json
 import subprocess
 import sys
@@ -49,28 +50,30 @@ def convolution_placement(xla_flags_value=None):
                     reason='the setting applies to the jaxlib releases it was measured with')
 def test_convolutions_leave_ynnpack_unless_the_user_set_the_flag():
   ours = convolution_placement()
-  assert ours['xla_flags'] == f'{xla_flags.YNN_FLAG}={xla_flags.YNN_WITHOUT_CONVOLUTIONS}'
+  assert ours['xla_flags'] == (f'{xla_flags.EXCESS_PRECISION_FLAG}=false '
+                               f'{xla_flags.YNN_FLAG}={xla_flags.YNN_WITHOUT_CONVOLUTIONS}')
   assert ours['placement'] and '__ynn_fusion' not in ours['placement'], ours
   users = f'--xla_force_host_platform_device_count=2 {xla_flags.YNN_FLAG}=' \
           'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
   theirs = convolution_placement(users)
-  assert theirs['xla_flags'] == users
+  assert theirs['xla_flags'] == f'{users} {xla_flags.EXCESS_PRECISION_FLAG}=false'
   assert '__ynn_fusion' in theirs['placement'], theirs
 
 
-def test_the_flag_joins_other_flags_and_never_replaces_the_users(monkeypatch):
+def test_the_flags_join_other_flags_and_never_replace_the_users(monkeypatch):
   monkeypatch.setattr(xla_flags, '_jaxlib_version', lambda: '0.10.2')
   environ = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
-  xla_flags.keep_convolutions_off_ynnpack(environ)
+  xla_flags.add_sltjax_flags(environ)
   assert environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=8 '
+                                  f'{xla_flags.EXCESS_PRECISION_FLAG}=false '
                                   f'{xla_flags.YNN_FLAG}={xla_flags.YNN_WITHOUT_CONVOLUTIONS}')
-  users = {'XLA_FLAGS': f'{xla_flags.YNN_FLAG}='}
-  xla_flags.keep_convolutions_off_ynnpack(users)
-  assert users == {'XLA_FLAGS': f'{xla_flags.YNN_FLAG}='}
+  users = {'XLA_FLAGS': f'{xla_flags.YNN_FLAG}= {xla_flags.EXCESS_PRECISION_FLAG}=true'}
+  xla_flags.add_sltjax_flags(users)
+  assert users == {'XLA_FLAGS': f'{xla_flags.YNN_FLAG}= {xla_flags.EXCESS_PRECISION_FLAG}=true'}
   monkeypatch.setattr(xla_flags, '_jaxlib_version', lambda: '0.11.0')
   other_release = {}
-  xla_flags.keep_convolutions_off_ynnpack(other_release)
-  assert not other_release
+  xla_flags.add_sltjax_flags(other_release)
+  assert other_release == {'XLA_FLAGS': f'{xla_flags.EXCESS_PRECISION_FLAG}=false'}
 
 
 XLA_FLAGS_KEY = ('import hashlib, sltjax; from jax._src import cache_key; h = hashlib.sha256(); '
