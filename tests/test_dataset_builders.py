@@ -205,6 +205,12 @@ def test_zero_length_and_garbage_mp4_clips_in_how2sign(tmp_path):
 def test_missing_manual_dir_prints_the_download_instructions(tmp_path):
   with pytest.raises(FileNotFoundError, match='phoenix-2014-T.v3.tar.gz'):
     build.build('phoenix2014t', tmp_path / 'data', str(tmp_path / 'nowhere'))
+  command = [sys.executable, '-m', 'sltjax.data.build', '--dataset=phoenix2014t',
+             f'--data_dir={tmp_path / "data"}', f'--manual_dir={tmp_path / "nowhere"}']
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  assert result.returncode == 2, result.stderr  # a user error: the message alone
+  assert '\nerror: ' in result.stderr and 'Traceback' not in result.stderr  # after TFDS's log line
+  assert 'phoenix-2014-T.v3.tar.gz' in result.stderr
 
 
 @pytest.mark.slow

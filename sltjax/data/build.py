@@ -25,6 +25,7 @@ from absl import app, flags
 import tensorflow_datasets as tfds
 
 from sltjax import storage
+from sltjax.errors import exit_with_user_error
 from sltjax.data import clip_builder
 
 FLAGS = flags.FLAGS
@@ -140,8 +141,8 @@ def main(argv):
                     options=parse_options(FLAGS.option), show_progress=True,
                     staging_dir=FLAGS.staging_dir)
   except (clip_builder.BuildError, FileNotFoundError, ValueError) as e:
-    print(f'\nerror: {e}', file=sys.stderr)
-    sys.exit(1)
+    print(file=sys.stderr)  # after the progress bar's line
+    exit_with_user_error(str(e))
   print_summary(summary)
 
 
