@@ -25,8 +25,8 @@ from absl import app, flags
 import tensorflow_datasets as tfds
 
 from sltjax import storage
-from sltjax.errors import exit_with_user_error
 from sltjax.data import clip_builder
+from sltjax.errors import exit_with_user_error
 
 FLAGS = flags.FLAGS
 
