@@ -1,7 +1,8 @@
-"""The training-step benchmarks still run: each side of benchmarks/train_step_*.py at a tiny size.
+"""The benchmarks still run: each side of benchmarks/train_step_*.py, the decoding comparison and
+the contrastive loss's memory benchmark, at tiny sizes.
 
 Their timings belong to an idle machine (they are not measured here); this checks that the code
-they compare keeps working as the trainer changes (the MMTLB one had stopped running when the
+they compare keeps working as the rest changes (the MMTLB one had stopped running when the
 train step started reading config.optimizer).
 """
 import json
@@ -29,14 +30,39 @@ VARIANTS = {  # the --variant argument of one side of each benchmark
 @pytest.mark.parametrize('script, variant', [
     (script, variant) for script, variants in VARIANTS.items() for variant in variants])
 def test_training_step_benchmark_side_runs_and_reports_a_finite_loss(script, variant):
-  env = {**os.environ, 'XLA_FLAGS': subprocess_xla_flags(1), 'JAX_PLATFORMS': 'cpu',
-         'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE,
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5'}
-  out = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'benchmarks', script), f'--variant={variant}',
-       *TINY[script]], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-      check=False)
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = json.loads(run_benchmark(script, f'--variant={variant}', *TINY[script])[-1])
   assert math.isfinite(result['loss']) and result['loss'] > 0
   assert result['step_s'] > 0 and result['params_m'] > 1
+
+
+@pytest.mark.slow
+def test_decode_benchmark_decodes_like_transformers_at_d512():
+  """benchmarks/decode_mbart.py at its d512 size (6+6 layers, random weights), 3 new tokens."""
+  lines = run_benchmark('decode_mbart.py', '--sizes=d512', '--batch_sizes=1',
+                        '--max_new_tokens=3', '--repeats=1')
+  row = json.loads(next(line for line in lines if line.startswith('{')))
+  assert (row['size'], row['batch'], row['steps'], row['identical']) == ('d512', 1, 3, '1/1')
+  assert row['speedup'] > 0 and 0 < row['matmul_share'] < 1
+
+
+@pytest.mark.slow
+def test_clcl_memory_benchmark_shows_text_blocks_use_less_memory():
+  """benchmarks/clcl_memory.py on 8 fake devices: per-device memory, whole and in text blocks."""
+  lines = run_benchmark('clcl_memory.py', '--batches=16,64', '--frames=16', '--tokens=16',
+                        '--dim=32', '--text_block=8', devices=8)
+  rows = [line.split('|')[1:-1] for line in lines if line.startswith('| ') and
+          line.split('|')[1].strip().isdigit()]
+  assert [int(row[0]) for row in rows] == [16, 64]
+  assert float(rows[1][3].strip().rstrip('x')) < 0.5  # [videos, texts, frames, tokens] in blocks
+
+
+def run_benchmark(script: str, *args: str, devices: int = 1) -> list[str]:
+  """stdout lines of `python benchmarks/<script> args` (asserting it succeeded)."""
+  env = {**os.environ, 'XLA_FLAGS': subprocess_xla_flags(devices), 'JAX_PLATFORMS': 'cpu',
+         'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE,
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5'}
+  out = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', script), *args],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                       check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout.strip().splitlines()
