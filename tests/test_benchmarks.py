@@ -8,12 +8,16 @@ train step started reading config.optimizer).
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import COMPILATION_CACHE, REPO, subprocess_xla_flags
+from tests.conftest import COMPILATION_CACHE, REPO, SHARED_DATA, subprocess_xla_flags
+
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.exists(), reason=f'{SHARED_DATA} (real videos and annotations) is absent')
 
 TINY = {
     'train_step_mmtlb.py': ['--frames=2', '--image=32', '--layers=1', '--target_length=4',
@@ -54,6 +58,32 @@ def test_clcl_memory_benchmark_shows_text_blocks_use_less_memory():
           line.split('|')[1].strip().isdigit()]
   assert [int(row[0]) for row in rows] == [16, 64]
   assert float(rows[1][3].strip().rstrip('x')) < 0.5  # [videos, texts, frames, tokens] in blocks
+
+
+@needs_shared_data
+def test_bucket_reads_benchmark_adds_up_its_steps_and_evaluations():
+  """benchmarks/bucket_reads.py: per recipe, MiB/step = batch x the mean video, and the total =
+  steps x MiB/step + evaluations x the dev split."""
+  lines = run_benchmark('bucket_reads.py')
+  header = re.search(r'([\d.]+) MiB per train video; one epoch [\d.]+ GiB, the dev split '
+                     r'([\d.]+) GiB', lines[0])
+  video_mib, dev_gib = map(float, header.groups())
+  rows = {line.split()[0]: list(map(float, line.split()[1:])) for line in lines[2:]}
+  assert {'mmtlb:sign2text', 'c2rl:pretrain', 'c2rl:slret', 'sign2gpt:translation'} <= set(rows)
+  for batch, mib_per_step, steps, evals, total_gib in rows.values():
+    assert mib_per_step == pytest.approx(batch * video_mib, rel=0.01)
+    assert total_gib == pytest.approx(steps * mib_per_step / 1024 + evals * dev_gib, rel=0.01)
+
+
+@needs_shared_data
+@pytest.mark.slow
+def test_video_pipeline_benchmark_runs_on_two_clips(tmp_path):
+  """benchmarks/video_pipeline.py: builds a PHOENIX-shaped release of 2 clips and reads it."""
+  lines = run_benchmark('video_pipeline.py', '--clips=2', f'--workdir={tmp_path}')
+  assert any(re.match(r'build \(\d+ workers\): \d+ frames/s', line) for line in lines), lines
+  speeds = {line.split('  ')[0]: float(line.split()[-2]) for line in lines
+            if line.endswith('x') and line.split()[-2].isdigit()}
+  assert len(speeds) == 4 and all(speed > 0 for speed in speeds.values()), lines
 
 
 def run_benchmark(script: str, *args: str, devices: int = 1) -> list[str]:
