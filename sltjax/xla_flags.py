@@ -35,10 +35,9 @@ def add_sltjax_flags(environ=os.environ) -> None:
   if _jaxlib_version().startswith(MEASURED_JAXLIB):
     settings[YNN_FLAG] = YNN_WITHOUT_CONVOLUTIONS
   flags = environ.get('XLA_FLAGS', '')
-  for flag, value in settings.items():
-    if flag not in flags:
-      flags = f'{flags} {flag}={value}'.strip()
-  environ['XLA_FLAGS'] = flags
+  present = {flag.split('=')[0] for flag in flags.split()}
+  added = [f'{flag}={value}' for flag, value in settings.items() if flag not in present]
+  environ['XLA_FLAGS'] = ' '.join([flags, *added]).strip()
 
 
 def _jaxlib_version() -> str:

@@ -1,5 +1,5 @@
-"""The benchmarks still run: each side of benchmarks/train_step_*.py, the decoding comparison and
-the contrastive loss's memory benchmark, at tiny sizes.
+"""The benchmarks still run: each side of benchmarks/train_step_*.py, the decoding comparison, the
+contrastive loss's memory, a bucket's reads and the video pipeline, at tiny sizes.
 
 Their timings belong to an idle machine (they are not measured here); this checks that the code
 they compare keeps working as the rest changes (the MMTLB one had stopped running when the
