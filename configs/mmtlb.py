@@ -157,7 +157,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == 'runlocal_sign2gloss':  # the main job's first stage, most of its time
     # When CTC leaves its all-blank phase varies with the seed (and with the CPU's rounding):
     # dev WER at 800 steps of an 800-step schedule 49.8 / 27.3 / 56.4 for seeds 0 / 1 / 2, at
-    # 1,200 steps of this one 25.7 / - / 36.4 (seed 0: 41.4 at step 800, the rate still high).
+    # 1,200 steps of this one 25.7 / 18.2 / 36.4 (seed 0: 41.4 at step 800, the rate still high).
     c.total_steps = 1200
     c.eval_every_steps = 1200
     c.checkpoint_every_steps = 400
