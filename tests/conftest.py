@@ -38,6 +38,8 @@ from sltjax.data import synthetic_text
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 MBART_DIR = SHARED_DATA / 'tokenizers' / 'mbart_trimmed_phoenix2014t'
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.exists(), reason=f'{SHARED_DATA} (real videos and annotations) is absent')
 # The compiled programs are kept with the user's caches, not in the clone, so that a new clone
 # (CI's) on a machine that ran the suite before does not compile them again (~60 MB a run; XLA
 # flags and JAX versions are part of each entry's key). No size limit: JAX's least-recently-used

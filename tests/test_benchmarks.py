@@ -14,10 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import COMPILATION_CACHE, REPO, SHARED_DATA, subprocess_xla_flags
-
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.exists(), reason=f'{SHARED_DATA} (real videos and annotations) is absent')
+from tests.conftest import COMPILATION_CACHE, REPO, needs_shared_data, subprocess_xla_flags
 
 TINY = {
     'train_step_mmtlb.py': ['--frames=2', '--image=32', '--layers=1', '--target_length=4',
