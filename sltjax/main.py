@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sltjax import config_validation, jax_fixes, storage, workdirs
+from sltjax import config_overrides, config_validation, jax_fixes, storage, workdirs
 from sltjax.errors import UserError, exit_with_user_error
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
@@ -64,9 +64,11 @@ def shipped_configs() -> list[str]:
 def parse_flags(argv):
   """absl's flag parsing, where a bad --config file, variant or override (a mistyped key, a
   value of the wrong type) ends with its message alone."""
+  config_argument = None
   for previous, argument in zip(argv, argv[1:]):
     if argument.startswith('--config=') or previous == '--config':
-      path = argument.removeprefix('--config=').split(':')[0]
+      config_argument = argument.removeprefix('--config=')
+      path = config_argument.split(':')[0]
       if not os.path.isfile(path):  # ml_collections would print a traceback and go on
         exit_with_user_error(f'--config={path}: no such config file (the shipped ones: '
                              f'{", ".join(shipped_configs()) or "none found"}).')
@@ -84,6 +86,10 @@ def parse_flags(argv):
     for old, new in MOVED_KEYS.items():
       if f'--config.{old}' in overrides:
         exit_with_user_error(f'--config.{old} is now --config.{new}.')
+    missing_key = config_argument and config_overrides.explain_missing_key(
+        config_argument, [o.removeprefix('--config.') for o in overrides])
+    if missing_key:
+      exit_with_user_error(missing_key)
     exit_with_user_error(f'{message} (config {" ".join(overrides) or "file"})')
 
 

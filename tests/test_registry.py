@@ -100,7 +100,9 @@ def test_eval_on_a_damaged_best_checkpoint_names_it(plugin_runs, tmp_path):
 
 def test_user_errors_print_their_message_alone(tmp_path):
   assert_user_error(main(tmp_path / 'a', '--config.optimizer.learnig_rate=1'),
-                    'learnig_rate', 'Did you mean "learning_rate"')
+                    '--config.optimizer.learnig_rate: tests/plugin/linear_regression_config.py '
+                    'has no key optimizer.learnig_rate; the nearest keys it has: '
+                    'optimizer.learning_rate,')
   assert_user_error(main(tmp_path / 'b', '--config.data.train_size=4'),
                     'data.train_size=4 is smaller than batch_size')
   assert_user_error(main(tmp_path / 'c', '--config.system=nosuchsystem'),
@@ -119,6 +121,31 @@ def test_user_errors_print_their_message_alone(tmp_path):
   # opening the checkpoints starts, once failed at exit after it).
   assert_user_error(main(tmp_path / 'g', '--mode=eval'),
                     f'No best checkpoint under {tmp_path}/g/best: train first')
+
+
+def test_a_key_the_variant_lacks_is_named_with_what_it_takes_instead(tmp_path):
+  """A data key of another kind of dataset names the variant, what it reads, and the choices of
+  the same file that have the key (without building or reading anything)."""
+  assert_user_error(
+      main(tmp_path / 'a', '--config.data.path=/corpus', config='configs/gloss2text.py:runlocal'),
+      '--config.data.path: configs/gloss2text.py:runlocal has no key data.path; the nearest keys '
+      'it has: data.data_dir,', 'This variant reads the built video dataset synthetic_signs from '
+      'data.data_dir. data.path exists in --config=configs/gloss2text.py:runlocal,'
+      'dataset=phoenix2014t or --config=configs/gloss2text.py:runlocal,dataset=csl_daily')
+  assert_user_error(
+      main(tmp_path / 'b', '--config.data.path=/corpus',
+           config='configs/mmtlb.py:runlocal_sign2gloss'),
+      'configs/mmtlb.py:runlocal_sign2gloss has no key data.path',
+      'data.path exists in --config=configs/mmtlb.py:gloss2text,dataset=phoenix2014t')
+  assert_user_error(
+      main(tmp_path / 'c', '--config.data.data_dir=/tfds',
+           config='configs/gloss2text.py:runlocal,dataset=phoenix2014t'),
+      'This variant reads text files from data.path. data.data_dir exists in '
+      '--config=configs/gloss2text.py:runlocal,dataset=synthetic_signs')
+  assert_user_error(main(tmp_path / 'd', '--config.optimizr.learning_rate=1'),
+                    'linear_regression_config.py has no key optimizr.learning_rate; the nearest '
+                    'keys it has: optimizer,')
+  assert not any(tmp_path.iterdir())
 
 
 def test_a_missing_pretrained_network_is_named_with_its_key(synthetic_signs_dir, tmp_path):
