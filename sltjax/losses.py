@@ -51,19 +51,41 @@ def ctc_loss_sum(gloss_logits, frame_mask, gloss_ids, gloss_mask):
   return jnp.sum(jnp.where(has_labels, per_row, 0.0))
 
 
+def frame_gloss_cross_entropy(gloss_logits, gloss_mask, frame_gloss_ids):
+  """Cross entropy of each output position's gloss logits against the gloss its frames show
+  (blank between signs), summed over a video's positions and averaged over the batch as
+  sign_translation_loss takes CTC (so that each position weighs as much in the two): per-frame
+  targets where the data knows them (a rendered dataset).
+
+  gloss_logits: [batch, positions, classes] float32; gloss_mask: [batch, positions];
+  frame_gloss_ids: [batch, frames], frames a multiple of positions (a backbone that pools time by
+  frames / positions): each position takes the label of the middle frame of its window.
+  """
+  stride = frame_gloss_ids.shape[1] // gloss_logits.shape[1]
+  targets = frame_gloss_ids[:, stride // 2::stride][:, :gloss_logits.shape[1]]  # [B, T']
+  per_position = optax.softmax_cross_entropy_with_integer_labels(gloss_logits, targets)
+  return jnp.sum(per_position * gloss_mask.astype(jnp.float32)) / gloss_logits.shape[0]
+
+
 def sign_translation_loss(out, batch, *, ctc_weight: float, translation_weight: float,
-                          translation=None):
+                          translation=None, frame_gloss_weight: float = 0.0):
   """MMTLB's objective: ctc_weight * CTC / batch size, plus translation_weight * the translation
-  network's loss when the model translates.
+  network's loss when the model translates, plus frame_gloss_weight * the per-frame gloss cross
+  entropy (frame_gloss_cross_entropy; not MMTLB's: for data that labels its frames).
 
   out: the model's {'gloss_logits' [B, T', K], 'gloss_mask' [B, T']}; batch: {'gloss_ids',
-  'gloss_mask' [B, G]}; translation: (loss, metrics) of MBart.translation_loss, or None.
-  Returns (loss, {'ctc', plus the translation's metrics}).
+  'gloss_mask' [B, G], and 'frame_gloss_ids' [B, T] with frame_gloss_weight}; translation:
+  (loss, metrics) of MBart.translation_loss, or None.
+  Returns (loss, {'ctc'[, 'frame_gloss'], plus the translation's metrics}).
   """
   ctc = ctc_loss_sum(out['gloss_logits'], out['gloss_mask'], batch['gloss_ids'],
                      batch['gloss_mask']) / out['gloss_logits'].shape[0]
   metrics = {'ctc': ctc}
   loss = ctc_weight * ctc
+  if frame_gloss_weight:
+    metrics['frame_gloss'] = frame_gloss_cross_entropy(out['gloss_logits'], out['gloss_mask'],
+                                                       batch['frame_gloss_ids'])
+    loss = loss + frame_gloss_weight * metrics['frame_gloss']
   if translation is not None:
     loss = loss + translation_weight * translation[0]
     metrics.update(translation[1])

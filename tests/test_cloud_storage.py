@@ -87,7 +87,7 @@ def test_video_dataset_built_into_a_bucket_trains_mmtlb_and_translates(bucket, t
   from tests.conftest import shrink_video_config  # pylint: disable=import-outside-toplevel
   data_dir, staging = f'{bucket}/tensorflow_datasets', tmp_path / 'staging'
   summary = build.build('synthetic_signs', data_dir, options=SMALL_BUILD, staging_dir=staging)
-  assert summary['path'] == f'{data_dir}/synthetic_signs/1.0.0'
+  assert summary['path'] == f'{data_dir}/synthetic_signs/1.1.0'
   assert storage.path(f'{summary["path"]}/dataset_info.json').is_file()
   assert storage.files_under(staging) == []  # the local copy is gone once uploaded
   assert build.build('synthetic_signs', data_dir, options=SMALL_BUILD,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sltjax.ctc_decoding import ctc_beam_decode, ctc_greedy_decode
-from sltjax.losses import ctc_loss_sum
+from sltjax.losses import ctc_loss_sum, frame_gloss_cross_entropy, sign_translation_loss
 from sltjax.metrics import clean_phoenix_2014t, gloss_metrics
 
 
@@ -73,3 +73,25 @@ def test_phoenix_cleanup_applies_the_standard_rules():
   # The clean-up changes the score: a spelled word against its joined form.
   assert gloss_metrics(['WETTER S C H'], ['WETTER S+C+H'], 'phoenix2014t')['wer'] == 0
   assert gloss_metrics(['WETTER S C H'], ['WETTER S+C+H'])['wer'] == 150  # 1 sub + 2 ins
+
+
+def test_frame_gloss_cross_entropy_takes_each_window_middle_frame_and_sums_per_video():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 5)).astype(np.float32)  # 3 positions of 4 frames each
+  frame_ids = rng.integers(0, 5, size=(2, 12)).astype(np.int32)
+  mask = np.array([[1, 1, 1], [1, 1, 0]], np.int32)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -sum(log_probs[b, t, frame_ids[b, 4 * t + 2]] for b in range(2) for t in range(3)
+                  if mask[b, t]) / 2
+  np.testing.assert_allclose(frame_gloss_cross_entropy(jnp.asarray(logits), jnp.asarray(mask),
+                                                       jnp.asarray(frame_ids)), expected,
+                             rtol=1e-5)
+  out = {'gloss_logits': jnp.asarray(logits), 'gloss_mask': jnp.asarray(mask)}
+  batch = {'gloss_ids': jnp.array([[1, 2], [3, 0]]), 'gloss_mask': jnp.array([[1, 1], [1, 0]]),
+           'frame_gloss_ids': jnp.asarray(frame_ids)}
+  ctc_only, metrics = sign_translation_loss(out, batch, ctc_weight=1.0, translation_weight=1.0)
+  both, both_metrics = sign_translation_loss(out, batch, ctc_weight=1.0, translation_weight=1.0,
+                                             frame_gloss_weight=0.5)
+  assert 'frame_gloss' not in metrics
+  np.testing.assert_allclose(both, ctc_only + 0.5 * expected, rtol=1e-5)
+  np.testing.assert_allclose(both_metrics['frame_gloss'], expected, rtol=1e-5)

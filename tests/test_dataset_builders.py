@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sltjax.data import build, frames, video
+from sltjax.data import build, frames, synthetic_signs, video
 from sltjax.data.clip_builder import BuildError, KeepEncoded, builder_class
 from sltjax.data.video_files import read_video
 from sltjax.errors import MissingInputError
@@ -119,6 +119,16 @@ def test_synthetic_signs_is_deterministic_and_differs_by_seed(tmp_path):
   assert all(r['frames'][0].shape == (112, 112, 3) for r in a.values())
 
 
+def test_synthetic_signs_labels_each_frame_as_the_renderer_signs_it():
+  glosses, seed, signer = ['TOMORROW', 'COAST', 'WIND', 'STRONG'], 11, 2
+  frames, signed = synthetic_signs.render_labelled(glosses, seed, signer, 32)
+  assert synthetic_signs.frame_glosses(glosses, seed, signer) == signed
+  assert len(signed) == len(frames) and signed[0] is None and signed[-1] is None
+  source = synthetic_signs.RenderedSentence(tuple(glosses), seed, signer, 32)
+  assert source.frame_glosses().split() == [g or '-' for g in signed]
+  assert [g for g, previous in zip(signed, [None, *signed]) if g and g != previous] == glosses
+
+
 # --- bad input ---------------------------------------------------------------------------------
 def _break_phoenix(root):
   """Six problems, one of each kind a PHOENIX release can have; returns their expected texts."""
@@ -220,7 +230,7 @@ def test_killed_build_never_reads_as_complete_and_resumes_from_its_cache(tmp_pat
              '--option=num_dev=2', '--option=num_test=2', '--option=size=64']
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-  cache = tmp_path / 'synthetic_signs' / '.build-cache-1.0.0' / 'train'
+  cache = tmp_path / 'synthetic_signs' / '.build-cache-1.1.0' / 'train'
   deadline = time.monotonic() + 120
   while time.monotonic() < deadline and len(list(cache.glob('*.npz'))) < 40:
     time.sleep(0.2)
@@ -234,9 +244,9 @@ def test_killed_build_never_reads_as_complete_and_resumes_from_its_cache(tmp_pat
   with pytest.raises(MissingInputError, match='synthetic_signs is not built under data_dir='):
     video.open_split(data, 'train')
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
-  summary = json.loads((tmp_path / 'synthetic_signs' / '1.0.0' / 'build_summary.json')
+  summary = json.loads((tmp_path / 'synthetic_signs' / '1.1.0' / 'build_summary.json')
                        .read_text())
   assert summary['splits']['train']['examples'] == 120
   assert summary['clips_reused_from_cache'] >= cached - 1  # the last one may have been mid-write
   assert 'clips reused from an interrupted build' in result.stdout
-  assert not (tmp_path / 'synthetic_signs' / '.build-cache-1.0.0').exists()
+  assert not (tmp_path / 'synthetic_signs' / '.build-cache-1.1.0').exists()

@@ -226,6 +226,10 @@ def test_feature_configs_need_a_features_dir_and_a_trained_backbone(synthetic_si
   config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2text', **{'model.backbone': 'features'})
   with pytest.raises(ValueError, match='set data.features_dir'):
     config_validation.validate(config)
+  config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2gloss', **{'data.frame_glosses': False,
+                                                                     'loss.frame_gloss_weight': 1.0})
+  with pytest.raises(ValueError, match='loss.frame_gloss_weight needs the frames\' glosses'):
+    config_validation.validate(config)
   config = tiny_mmtlb_config(synthetic_signs_dir, 'sign2gloss', **{'model.backbone': 'resnet18'})
   with pytest.raises(ValueError, match='features of a random network are meaningless'):
     train.extract_features(config, str(tmp_path / 'untrained'))

@@ -198,6 +198,37 @@ def test_batches_are_padded_with_the_last_frame_and_masked(pipeline_parts):
   assert tokenizer.decode(batch['labels'][0]) == data.texts[batch['index'][0]]
 
 
+def collapse(ids) -> list[int]:
+  """CTC's collapse of per-frame ids: repeats merged, blanks dropped."""
+  return [int(i) for i, previous in zip(ids, [-1, *ids[:-1]]) if i != previous and i != 0]
+
+
+def test_frame_glosses_follow_the_sampled_frames(pipeline_parts):
+  """The index labels every frame (as the renderer signs it); batches carry the labels of the
+  frames they sampled: all frames at eval, in sentence order and padded with blanks at train."""
+  _, train_split, _, glosses = pipeline_parts
+  ids = lambda line: [0 if g == '-' else glosses.encode(g)[0] for g in line.split()]
+  for i in range(len(train_split)):
+    assert len(train_split.frame_glosses[i].split()) == train_split.num_frames[i]
+    assert collapse(ids(train_split.frame_glosses[i])) == glosses.encode(train_split.glosses[i])
+  loader, data = loader_for(pipeline_parts, split='dev', train=False, frame_glosses=True)
+  batch = next(iter(batching.make_dataset(batching.eval_plan(len(data), 4), loader, 0, seed=1)))
+  for row, index in enumerate(batch['index']):
+    n = batch['num_frames'][row]
+    assert n == data.num_frames[index]  # every frame at eval
+    np.testing.assert_array_equal(batch['frame_gloss_ids'][row, :n], ids(data.frame_glosses[index]))
+  loader, data = loader_for(pipeline_parts, frame_glosses=True)
+  batch = next(iter(batching.make_dataset(batching.train_plan(len(data), 4, seed=0), loader, 0,
+                                          seed=3)))
+  assert batch['frame_gloss_ids'].shape == batch['frame_mask'].shape
+  for row, index in enumerate(batch['index']):
+    ids = batch['frame_gloss_ids'][row]
+    assert np.all(ids[batch['frame_mask'][row] == 0] == 0)  # padding is blank
+    assert collapse(ids) == glosses.encode(data.glosses[index])
+  assert 'frame_gloss_ids' not in next(iter(batching.make_dataset(
+      batching.train_plan(len(data), 4, seed=0), loader_for(pipeline_parts)[0], 0, seed=3)))
+
+
 def test_eval_batches_are_deterministic_and_normalised(pipeline_parts):
   loader, data = loader_for(pipeline_parts, split='dev', train=False)
   plan = batching.eval_plan(len(data), 4)

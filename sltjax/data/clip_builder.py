@@ -7,7 +7,8 @@ plus every annotation problem it finds). This base then
      dataset (`DATA_DIR/<name>/.build-cache-<version>/`), so an interrupted build resumes,
   3. stops before writing anything if any clip has a problem and on_error='fail', listing them all,
   4. lets TFDS write ArrayRecord shards into a temporary directory that is renamed only when
-     complete, with an index of every field but the frames (in record order) in its metadata.
+     complete, with an index of every field but the frames (in record order) in its metadata,
+     plus each frame's gloss where the builder knows it (`frame_glosses`: synthetic_signs).
 Records: id, signer, gloss, text (str), fps (float32), num_frames (int32) and frames, a sequence
 of JPEG images.
 """
@@ -87,6 +88,7 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.settings = clips.EncodingSettings(
         FrameSize.parse(frame_size or self.DEFAULT_FRAME_SIZE), quality)
     self.num_workers, self.on_error, self.show_progress = num_workers, on_error, show_progress
+    self._frame_glosses = {}  # clip id -> ClipSpec.frame_glosses, set by _split_generators
     super().__init__(**kwargs)
 
   def list_clips(self, manual_dir: str | None):
@@ -154,6 +156,9 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'skipped': [str(p) for p in problems],
         'clips_reused_from_cache': sum(r.reused for r in results),
     })
+    # Per-frame glosses (a rendered dataset's), by id until the index puts them in record order.
+    self._frame_glosses = {spec.id: spec.frame_glosses for specs in kept.values()
+                           for spec in specs if spec.frame_glosses}
     return {split: self._generate_examples(split, specs) for split, specs in kept.items() if specs}
 
   def _generate_examples(self, split: str, specs: list[clips.ClipSpec]):
@@ -180,6 +185,20 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self.info.metadata['index'][split] = {
           key: [r[key].decode() for r in records] for key in ('id', 'signer', 'gloss', 'text')}
       self.info.metadata['index'][split]['num_frames'] = [int(r['num_frames']) for r in records]
+      if self._frame_glosses:
+        self.info.metadata['index'][split]['frame_glosses'] = self._frame_glosses_of(records)
+
+  def _frame_glosses_of(self, records) -> list[str]:
+    """Each record's per-frame glosses (ClipSpec.frame_glosses), checked against its frames."""
+    labels = []
+    for record in records:
+      clip_id, line = record['id'].decode(), self._frame_glosses[record['id'].decode()]
+      if len(line.split()) != int(record['num_frames']):
+        raise RuntimeError(f'{self.name} {clip_id}: {len(line.split())} frame glosses for '
+                           f'{int(record["num_frames"])} frames (the builder\'s frame_glosses '
+                           'must label every frame it encodes).')
+      labels.append(line)
+    return labels
 
   def download_and_prepare(self, *args, **kwargs):
     super().download_and_prepare(*args, **kwargs)

@@ -16,6 +16,9 @@ from sltjax.data import frames as frame_lib
 from sltjax.data.video_files import VideoError, read_video
 
 
+NO_SIGN = '-'  # in ClipSpec.frame_glosses: a frame between signs
+
+
 class ClipSource(Protocol):
   """Where a clip's frames come from."""
 
@@ -66,6 +69,9 @@ class ClipSpec:
   gloss: str = ''
   text: str = ''
   signer: str = ''
+  # Per frame, space-separated: the gloss being signed or NO_SIGN; '' where the release does not
+  # say (only a rendered dataset knows).
+  frame_glosses: str = ''
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from sltjax.data import clips
+
 TIMES = {'TODAY': 'today', 'TOMORROW': 'tomorrow', 'NIGHT': 'tonight'}
 REGIONS = {'NORTH': 'in the north', 'SOUTH': 'in the south', 'EAST': 'in the east',
            'WEST': 'in the west', 'COAST': 'on the coast', 'MOUNTAIN': 'in the mountains'}
@@ -145,11 +147,24 @@ def render(glosses: list[str], seed: int, signer: int, size: int) -> list[np.nda
   return render_labelled(glosses, seed, signer, size)[0]
 
 
+def _signing_plan(glosses: list[str], seed: int, signer: int):
+  """(rng, appearance, per-frame hand path) of one video; the rng then draws its pixel noise."""
+  rng = np.random.default_rng(seed)
+  look = random_appearance(rng, signer)
+  return rng, look, _hand_path(glosses, look, rng)
+
+
+def frame_glosses(glosses: list[str], seed: int, signer: int) -> list[str | None]:
+  """Per frame of the video `render` makes, the gloss being signed or None between signs
+  (without rendering a pixel)."""
+  styles = {sign_style(g): g for g in glosses}
+  return [styles.get(style) for _, _, style in _signing_plan(glosses, seed, signer)[2]]
+
+
 def render_labelled(glosses: list[str], seed: int, signer: int,
                     size: int) -> tuple[list[np.ndarray], list[str | None]]:
   """(frames [size, size, 3] uint8, per frame the gloss being signed or None between signs)."""
-  rng = np.random.default_rng(seed)
-  look = random_appearance(rng, signer)
+  rng, look, path = _signing_plan(glosses, seed, signer)
   grid = (np.arange(size, dtype=np.float32) + 0.5) / size
   y, x = np.meshgrid(grid, grid, indexing='ij')  # [size, size]
   base = look.background[0] + (look.background[1] - look.background[0]) * y[..., None]
@@ -160,7 +175,7 @@ def render_labelled(glosses: list[str], seed: int, signer: int,
   base[head] = look.skin
   out, labels = [], []
   styles = {sign_style(g): g for g in glosses}
-  for dominant, other, style in _hand_path(glosses, look, rng):
+  for dominant, other, style in path:
     labels.append(styles.get(style))
     frame = base.copy()
     for centre, signing in ((other, style is not None and style.two_handed),
@@ -186,6 +201,11 @@ class RenderedSentence:
 
   def load(self):
     return render(list(self.glosses), self.seed, self.signer, self.size), FPS
+
+  def frame_glosses(self) -> str:
+    """Per frame, space-separated, the gloss being signed or clips.NO_SIGN (ClipSpec)."""
+    return ' '.join(g or clips.NO_SIGN for g in frame_glosses(list(self.glosses), self.seed,
+                                                        self.signer))
 
   def fingerprint(self):
     return f'synthetic-v{RENDER_VERSION}:{self.glosses}:{self.seed}:{self.signer}:{self.size}'

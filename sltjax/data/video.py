@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from sltjax import storage
-from sltjax.data import augmentation, batching, clip_builder, sampling
+from sltjax.data import augmentation, batching, clip_builder, clips, sampling
 from sltjax.data.sign_labels import SignLabels
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
 from sltjax.errors import MissingInputError
@@ -47,6 +47,9 @@ def default_config() -> ml_collections.ConfigDict:
       'normalization': 'none',  # augmentation.NORMALIZATIONS; 'none' = uint8, normalised on device
       'channel_order': 'rgb',
       'num_workers': 0,
+      # Batches carry each frame's gloss id (frame_gloss_ids; built datasets whose index has
+      # them: synthetic_signs), for MMTLB's loss.frame_gloss_weight.
+      'frame_glosses': False,
       'fps': 25.0,  # the dataset's frame rate; translate resamples other videos to it
   })
 
@@ -74,6 +77,7 @@ class VideoSplit:
   num_frames: np.ndarray  # [records]
   glosses: list[str]
   texts: list[str]
+  frame_glosses: list[str] | None = None  # per record, per frame (clips.ClipSpec); None: unknown
 
   def __len__(self):
     return len(self.ids)
@@ -106,13 +110,19 @@ def open_split(config, split: str) -> VideoSplit:
   if split not in index:
     raise MissingInputError(f'{config.name} under {config.data_dir} has no split {split!r}; it has '
                             f'{sorted(index)}.')
-  glosses = index[split]['gloss']
+  case = (lambda lines: [g.lower() for g in lines]) if config.lowercase_gloss else list
+  frame_glosses = index[split].get('frame_glosses')
+  if config.get('frame_glosses') and frame_glosses is None:
+    raise MissingInputError(
+        f'data.frame_glosses: {config.name} under {config.data_dir} has no per-frame glosses '
+        '(only synthetic_signs, built by this version, records them); set '
+        '--config.data.frame_glosses=False and loss.frame_gloss_weight=0, or rebuild it.')
   return VideoSplit(
       name=config.name, split=split,
       source=builder.as_data_source(split, decoders={'frames': clip_builder.KeepEncoded()}),
       ids=index[split]['id'], num_frames=np.array(index[split]['num_frames']),
-      glosses=[g.lower() for g in glosses] if config.lowercase_gloss else glosses,
-      texts=index[split]['text'])
+      glosses=case(index[split]['gloss']), texts=index[split]['text'],
+      frame_glosses=None if frame_glosses is None else case(frame_glosses))
 
 
 def decode_frames(jpegs, indices: np.ndarray, clip: str) -> list[np.ndarray]:
@@ -142,6 +152,7 @@ class VideoBatchLoader(grain.transforms.RandomMap):
                record_labels: dict[str, np.ndarray] | None = None):
     self.split, self.config, self.train = split, config, train
     self.process_index, self.process_count = process_index, process_count
+    self.glosses = glosses
     self.labels = SignLabels(split.glosses, split.texts, tokenizer, glosses, tgt_lang,
                              config.length_buckets, record_labels)
 
@@ -154,9 +165,8 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     return indices, rng
 
   def _clip(self, index: int, indices: np.ndarray, rng, length: int) -> np.ndarray:
-    """[length, S, S, 3] uint8 of record `index`, augmented, padded with its last frame."""
-    if len(indices) > length:  # longer than the largest bucket: evenly spaced
-      indices = indices[np.linspace(0, len(indices) - 1, length).round().astype(int)]
+    """[length, S, S, 3] uint8 of record `index`'s frames at `indices` (at most `length`),
+    augmented, padded with its last frame."""
     frames = decode_frames(self.split.source[index]['frames'], indices,
                            f'{self.split.name}/{self.split.split} {self.split.ids[index]}')
     transform = augmentation.draw_clip_transform(*frames[0].shape[:2], rng, self.config,
@@ -175,19 +185,32 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     size = self.config.crop_size
     frames = np.zeros((len(mine), length, size, size, 3), np.uint8)
     frame_mask = np.zeros((len(mine), length), np.int32)
+    frame_gloss_ids = np.zeros((len(mine), length), np.int32)  # blank where no sign or padding
     for row, g in enumerate(mine):
       index = int(global_indices[g])
       if index != batching.PAD_INDEX:
         indices, clip_rng = sampled[g]
+        if len(indices) > length:  # longer than the largest bucket: evenly spaced
+          indices = indices[np.linspace(0, len(indices) - 1, length).round().astype(int)]
         frames[row] = self._clip(index, indices, clip_rng, length)
-        frame_mask[row, :min(len(indices), length)] = 1
-    return {
+        frame_mask[row, :len(indices)] = 1
+        if self.config.get('frame_glosses'):
+          frame_gloss_ids[row, :len(indices)] = self.frame_gloss_ids(index)[indices]
+    batch = {
         'frames': augmentation.normalize(frames, self.config.normalization,
                                          self.config.channel_order),
         'frame_mask': frame_mask,
         'num_frames': frame_mask.sum(1).astype(np.int32),
         **self.labels.arrays(global_indices, mine),
     }
+    if self.config.get('frame_glosses'):
+      batch['frame_gloss_ids'] = frame_gloss_ids
+    return batch
+
+  def frame_gloss_ids(self, index: int) -> np.ndarray:
+    """[num_frames] gloss id of each frame of record `index` (blank between signs)."""
+    return np.array([GlossVocabulary.BLANK_ID if g == clips.NO_SIGN else self.glosses.encode(g)[0]
+                     for g in self.split.frame_glosses[index].split()], np.int32)
 
 
 def eval_clip(frames: list[np.ndarray], config) -> tuple[np.ndarray, int]:

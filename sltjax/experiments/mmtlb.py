@@ -63,6 +63,13 @@ class MMTLBExperiment(VideoExperiment):
       if not config.init.translation:
         problems.append('model.mapper_init="gloss_embeddings" reads the glosses\' embeddings from '
                         'the translation model: set init.translation (a converted mBART)')
+    if config.loss.get('frame_gloss_weight'):
+      if not config.data.get('frame_glosses'):
+        problems.append('loss.frame_gloss_weight needs the frames\' glosses in every batch: set '
+                        'data.frame_glosses=True (a dataset that records them: synthetic_signs)')
+      if config.model.backbone == 'features':
+        problems.append('loss.frame_gloss_weight labels video frames; pre-extracted features '
+                        '(model.backbone="features") carry no frame glosses: set it to 0')
     if config.stage == 'sign2gloss' and config.eval.best_metric not in GLOSS_METRIC_NAMES:
       problems.append(f'stage sign2gloss has no translation: eval.best_metric must be one of '
                       f'{list(GLOSS_METRIC_NAMES)}')
@@ -151,7 +158,7 @@ class MMTLBExperiment(VideoExperiment):
         label_smoothing=cfg.label_smoothing, rngs=rngs)
     loss, metrics = sign_translation_loss(
         out, batch, ctc_weight=cfg.loss.ctc_weight, translation_weight=cfg.loss.translation_weight,
-        translation=translation)
+        translation=translation, frame_gloss_weight=cfg.loss.get('frame_gloss_weight', 0.0))
     metrics['frames'] = jnp.sum(batch['frame_mask']).astype(jnp.float32)
     return loss, metrics
 

@@ -5,6 +5,7 @@ num_train / num_dev / num_test examples, seed, size (rendered frame side in pixe
 Signers 0..num_signers-3 sign the training split; dev and test also see two unseen signers.
 """
 import numpy as np
+import tensorflow_datasets as tfds
 
 from sltjax.data import synthetic_signs
 from sltjax.data.clip_builder import SignVideoBuilder
@@ -14,7 +15,10 @@ _SPLIT_SEEDS = {'train': 0, 'dev': 1, 'test': 2}
 
 
 class Builder(SignVideoBuilder):
-  """Weather-report sentences signed by rendered hand shapes; glosses + English text."""
+  """Weather-report sentences signed by rendered hand shapes; glosses + English text, and the
+  gloss each frame shows."""
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'The index holds each frame\'s gloss (frame_glosses).'}
   DEFAULT_FRAME_SIZE = 'native'
   DESCRIPTION = __doc__
 
@@ -38,6 +42,7 @@ class Builder(SignVideoBuilder):
         source = synthetic_signs.RenderedSentence(
             tuple(glosses), seed=int(rng.integers(2**31)), signer=signer, size=self.size)
         specs.append(ClipSpec(id=f'{split}-{i:05d}', source=source, gloss=' '.join(glosses),
-                              text=text, signer=f'signer{signer}'))
+                              text=text, signer=f'signer{signer}',
+                              frame_glosses=source.frame_glosses()))
       splits[split] = specs
     return splits, []
