@@ -20,8 +20,9 @@ setup: $(BIN)/.installed
 
 # The main job, MMTLB's staged recipe on synthetic_signs (built under DATA_DIR on first use), each
 # stage in its default workdir (workdirs/mmtlb_<variant>_synthetic_signs) and resuming on its own:
-# Sign2Gloss, Gloss2Text on the dataset's labels, then Sign2Text started from both; the test
-# split scored with the best dev checkpoint; then the videos in VIDEOS translated.
+# Sign2Gloss (CTC and each frame's gloss), Gloss2Text on the dataset's labels, then Sign2Text
+# started from both; the test split scored with the best dev checkpoint; then the videos in
+# VIDEOS translated.
 DATA_DIR ?= data
 main_job = $(BIN)/python -m sltjax.main --config=configs/mmtlb.py:$(1) --config.data.data_dir=$(DATA_DIR)
 WORKDIR := workdirs/mmtlb_runlocal_staged_synthetic_signs

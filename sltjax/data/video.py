@@ -145,6 +145,8 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     gloss_ids, gloss_mask [rows, G] (CTC labels, blank 0 never a label, padding 0 with mask 0)
     decoder_input_ids, labels, label_weights [rows, L] (targets `X </s> tgt_lang`, as text.py)
     index [rows] (record index, -1 for filler rows of the last eval batch)
+    frame_gloss_ids [rows, T] with config.frame_glosses: each frame's gloss id (blank between
+      signs and on padding)
   """
 
   def __init__(self, split: VideoSplit, config, tokenizer: Tokenizer, glosses: GlossVocabulary,
