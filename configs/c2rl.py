@@ -64,6 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Pretraining and downstream share the trimmed mBART tokenizer (path: its directory; the
   # downstream stages bring it from init.visual's workdir).
   c.tokenizer = common.tokenizer('mbart', dataset)
+  # Vocabulary and video sizes for --mode=compile, which reads no dataset (common.shapes).
+  c.shapes = common.shapes(dataset, 'mbart')
   c.init = ml_collections.ConfigDict({'visual': '', 'mbart': ''})
 
   c.model = ml_collections.ConfigDict()

@@ -22,15 +22,30 @@ class Dataset:
   char_level: bool = False  # BLEU / ROUGE over characters (every character a token)
   sacrebleu_tokenize: str = '13a'  # the tokenizer of the sacrebleu-signature BLEU
   has_glosses: bool = True
+  # Sizes --mode=compile builds models with, without the dataset (config.shapes): the gloss
+  # vocabulary (with CTC's specials), the longest video's frames, the trimmed mBART's and the
+  # pseudo-gloss vocabularies. Approximate (within a few %): they set embedding and classifier
+  # widths and the longest frame bucket, not the trained model's.
+  glosses: int = 4
+  longest_video: int = 400
+  mbart_pieces: int = 4000
+  pseudo_glosses: int = 2000
 
 
 DATASETS = {
-    'phoenix2014t': Dataset(7096, 'de_DE', gloss_cleanup='phoenix2014t'),
-    'csl_daily': Dataset(18401, 'zh_CN', char_level=True, sacrebleu_tokenize='zh'),
-    'how2sign': Dataset(31128, 'en_XX', has_glosses=False),
-    'openasl': Dataset(96476, 'en_XX', has_glosses=False),
-    'synthetic_signs': Dataset(1200, 'en_XX'),
+    'phoenix2014t': Dataset(7096, 'de_DE', gloss_cleanup='phoenix2014t', glosses=1090,
+                            longest_video=475, mbart_pieces=3000, pseudo_glosses=2306),
+    'csl_daily': Dataset(18401, 'zh_CN', char_level=True, sacrebleu_tokenize='zh', glosses=2004,
+                         longest_video=900, mbart_pieces=4500, pseudo_glosses=3000),
+    'how2sign': Dataset(31128, 'en_XX', has_glosses=False, longest_video=1500,
+                        mbart_pieces=12000, pseudo_glosses=6000),
+    'openasl': Dataset(96476, 'en_XX', has_glosses=False, longest_video=1500,
+                       mbart_pieces=16000, pseudo_glosses=8000),
+    'synthetic_signs': Dataset(1200, 'en_XX', glosses=36, longest_video=64, mbart_pieces=200,
+                               pseudo_glosses=60),
 }
+# XGLM's tokenizer (every size): 256,008 ids.
+XGLM_VOCABULARY = 256008
 DEFAULT_DATASET = 'phoenix2014t'
 LOCAL_DATASET = 'synthetic_signs'  # runlocal variants: built on first use, no download
 
@@ -107,6 +122,16 @@ def tokenizer(kind: str, dataset: str, **overrides) -> ml_collections.ConfigDict
       'vocab_size': 4000,  # kind='sentencepiece'
       'min_count': 1,  # kind='word'
       'src_lang': language, 'tgt_lang': language, **overrides})
+
+
+def shapes(dataset: str, tokenizer_kind: str) -> ml_collections.ConfigDict:
+  """The config.shapes block: what --mode=compile (sltjax/compile_check.py) builds a video
+  system with in place of the dataset's vocabularies and videos (DATASETS' approximate sizes)."""
+  info = DATASETS[dataset]
+  return ml_collections.ConfigDict({
+      'num_glosses': info.glosses, 'longest_video': info.longest_video,
+      'vocab_size': XGLM_VOCABULARY if tokenizer_kind == 'xglm' else info.mbart_pieces,
+      'pseudo_glosses': info.pseudo_glosses})
 
 
 def video_data(recipe: str, dataset: str, **overrides) -> ml_collections.ConfigDict:

@@ -81,6 +81,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              lowercase_source=True)
 
   c.tokenizer = common.tokenizer('mbart', dataset)  # path '' = init.translation's tokenizer
+  # Vocabulary and video sizes for --mode=compile, which reads no dataset (common.shapes).
+  c.shapes = common.shapes(dataset, 'mbart')
 
   c.init = ml_collections.ConfigDict({'visual': '', 'translation': ''})
 

@@ -61,6 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = common.video_data('sign2gpt', dataset, length_buckets=(16, 32, 64))  # 64 tokens
   # XGLM's own tokenizer: the directory of model.lm_weights.
   c.tokenizer = common.tokenizer('xglm', dataset)
+  # Vocabulary and video sizes for --mode=compile, which reads no dataset (common.shapes).
+  c.shapes = common.shapes(dataset, 'xglm')
   c.init = ml_collections.ConfigDict({'pretraining': ''})
 
   c.model = ml_collections.ConfigDict()
@@ -73,6 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # is only good for measuring speed and memory).
   c.model.frames_architecture = ml_collections.ConfigDict({})
   c.model.lm_weights = ''  # a Hugging Face XGLM directory (facebook/xglm-1.7B, -564M)
+  # XGLM-1.7B's shape (XGLMConfig's fields): what --mode=compile builds, reading no weights.
+  c.model.lm_architecture = ml_collections.ConfigDict({
+      'vocab_size': common.XGLM_VOCABULARY, 'd_model': 2048, 'num_layers': 24,
+      'attention_heads': 16, 'ffn_dim': 8192, 'max_position_embeddings': 2048})
   c.model.lm_dropout = 0.1  # XGLM's dropout and attention dropout while adapted
   c.model.frames = ml_collections.ConfigDict({
       'lora_last_layers': 3, 'lora_rank': 4, 'lora_alpha': 4.0, 'lora_dropout': 0.1,
@@ -118,6 +124,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = 'float32'  # bfloat16 matmuls are slow on CPUs
     c.model.backbone_weights = f'{STAND_INS}/dinov2'
     c.model.lm_weights = c.tokenizer.path = f'{STAND_INS}/xglm'
+    c.model.lm_architecture.update(d_model=128, num_layers=2, attention_heads=4, ffn_dim=512,
+                                   max_position_embeddings=128, vocab_size=1000)
+    c.shapes.vocab_size = 1000
     c.model.frames.update(lora_last_layers=2, dim=64)
     c.model.signs.update(dim=64, heads=4)
     c.batch_size = 16

@@ -2,6 +2,7 @@ r"""sltjax entry point.
 
   python -m sltjax.main --config=configs/gloss2text.py[:VARIANT] --workdir=DIR \
       [--config.a.b=value ...] [--mode=train|eval|extract_features]
+  python -m sltjax.main --config=configs/c2rl.py:pretrain --mode=compile --topology=v5e-64
 
 Multi-host (one process per host, or N processes on one machine):
   ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
@@ -24,9 +25,14 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics, predictions (default: '
     'workdirs/<config>_<variant>).')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'extract_features'],
-    'train (resumes if workdir has checkpoints), eval (best checkpoint) or extract_features '
-    '(video systems: the backbone\'s features of every split as a dataset in workdir/features).')
+    'mode', 'train', ['train', 'eval', 'extract_features', 'compile'],
+    'train (resumes if workdir has checkpoints), eval (best checkpoint), extract_features '
+    '(video systems: the backbone\'s features of every split as a dataset in workdir/features) '
+    'or compile (the training step compiled for --topology, a TPU slice, with its memory, FLOPs, '
+    'collectives and roofline per chip; needs no dataset, weights or TPU: sltjax[tpu]).')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', None, '--mode=compile: the TPU slice, as Cloud TPU names it (v5e-64, v5p-128, '
+    'v6e-256, v4-32) or as JAX does (v5e:8x8, v5p:4x4x4).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (TPU pods, '
                                'SLURM, or the coordinator flags below).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0.')
@@ -112,6 +118,20 @@ def check_storage(config, workdir: str) -> None:
     storage.check_access(location, write=False)
 
 
+def compile_for_slice(config) -> None:
+  """--mode=compile: the report table, then its JSON as the last line of stdout; exit 2 (one
+  line) when the step does not fit the slice's chips."""
+  if not _TOPOLOGY.value:
+    raise UserError('--mode=compile needs --topology, the TPU slice to compile for (v5e-64, '
+                    'v5p-128, v6e-256, v4-32, or JAX\'s v5e:8x8).')
+  jax.config.update('jax_platforms', 'cpu')  # compiled for the slice, run nowhere
+  from sltjax import compile_check  # pylint: disable=import-outside-toplevel
+  report = compile_check.compile_report(config, _TOPOLOGY.value)
+  print(compile_check.format_report(report, flags.FLAGS['config'].config_filename))
+  print(json.dumps(report, sort_keys=True))
+  compile_check.check_fits(report, config)
+
+
 def main(argv):
   try:
     run(argv)
@@ -126,6 +146,9 @@ def run(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO
   jax_fixes.fewer_gc_passes()
   config = _CONFIG.value
+  if _MODE.value == 'compile':  # validated as built from its shapes (no files)
+    compile_for_slice(config)
+    return
   config_validation.validate(config)
   if _COMPILATION_CACHE.value:
     jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)

@@ -28,13 +28,15 @@ LOGICAL_AXIS_RULES = (
 )
 
 
-def make_mesh(mesh_config: Mapping[str, int]) -> jax.sharding.Mesh:
-  """Builds a mesh from `{axis: size}`; one size may be -1 (all remaining devices)."""
+def make_mesh(mesh_config: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
+  """Builds a mesh from `{axis: size}` over `devices` (default: all); one size may be -1 (all
+  remaining devices)."""
   unknown = set(mesh_config) - set(MESH_AXES)
   if unknown:
     raise ValueError(f'config.mesh has unknown axes {sorted(unknown)}; allowed: {MESH_AXES}.')
   sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
-  num_devices = jax.device_count()
+  devices = jax.devices() if devices is None else devices
+  num_devices = len(devices)
   free = [axis for axis, size in sizes.items() if size == -1]
   if len(free) > 1:
     raise ValueError(f'config.mesh: at most one axis may be -1, got {free}.')
@@ -48,7 +50,7 @@ def make_mesh(mesh_config: Mapping[str, int]) -> jax.sharding.Mesh:
     raise ValueError(f'config.mesh={dict(mesh_config)} needs {int(np.prod(list(sizes.values())))} '
                      f'devices but {num_devices} are available.')
   return jax.make_mesh(tuple(sizes.values()), MESH_AXES,
-                       axis_types=(AxisType.Auto,) * len(MESH_AXES))
+                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
 def named_shardings(abstract_state, mesh: jax.sharding.Mesh):

@@ -34,6 +34,18 @@ def build_experiment(config, workdir: str):
   return experiments.create(config, workdir)
 
 
+def abstract_train_state(exp, tx: optax.GradientTransformation) -> dict:
+  """{'params', 'rest', 'opt_state', 'step'} as ShapeDtypeStructs carrying their shardings."""
+  abstract_opt_state = jax.eval_shape(tx.init, exp.abstract_params)
+  shardings = {'params': exp.param_shardings, 'rest': exp.rest_shardings,
+               'opt_state': sharding.named_shardings(abstract_opt_state, exp.mesh),
+               'step': sharding.replicated(exp.mesh)}
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      {'params': exp.abstract_params, 'rest': exp.abstract_rest,
+                       'opt_state': abstract_opt_state,
+                       'step': jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
+
+
 def make_train_step(exp, tx: optax.GradientTransformation, schedule, state_shardings):
   """Jitted update: (state, batch) -> (state, metrics); the state's buffers are donated.
 
@@ -87,21 +99,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   train_iter = iter(exp.train_dataset())
   # ---------------------------------------------------------------- Model and optimizer
   tx, schedule = make_optimizer(config, exp.abstract_params)
-  abstract_opt_state = jax.eval_shape(tx.init, exp.abstract_params)
-  state_shardings = {
-      'params': exp.param_shardings, 'rest': exp.rest_shardings,
-      'opt_state': sharding.named_shardings(abstract_opt_state, mesh),
-      'step': sharding.replicated(mesh)}
+  abstract_state = abstract_train_state(exp, tx)
+  state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
   # ---------------------------------------------------------------- Update step
   train_step = make_train_step(exp, tx, schedule, state_shardings)
   # ---------------------------------------------------------------- Restore or start
   meta = {'best_score': -math.inf, 'best_step': None}
   if exp.checkpointer.latest_step() is not None:
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        {'params': exp.abstract_params, 'rest': exp.abstract_rest,
-         'opt_state': abstract_opt_state, 'step': jax.ShapeDtypeStruct((), jnp.int32)},
-        state_shardings)
     state, meta = exp.checkpointer.restore(abstract_state, train_iter)
     log(f'Resumed from step {int(state["step"])} ({exp.checkpointer.latest.directory}).')
   else:

@@ -15,14 +15,30 @@ def test_tpu_vm_commands():
   assert dry_run('tpu_vm.sh', *common, '--accelerator=v4-32', 'create').split() == [
       'gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'slt', '--zone=us-central2-b',
       '--accelerator-type=v4-32', '--version=v2-alpha-tpuv5-lite']
-  run = dry_run('tpu_vm.sh', *common, 'run', '--', '--config=configs/gloss2text.py',
-                '--workdir=gs://b/w')
+  run = dry_run('tpu_vm.sh', *common, '--no-compile-check', 'run', '--',
+                '--config=configs/gloss2text.py', '--workdir=gs://b/w')
   *ssh, remote = shlex.split(run)
   assert ssh == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'slt', '--zone=us-central2-b',
                  '--worker=all']
   assert remote.startswith('--command=cd ~/sltjax && nohup .venv/bin/python -m sltjax.main '
                            '--multihost --config=configs/gloss2text.py --workdir=gs://b/w')
   assert dry_run('tpu_vm.sh', *common, 'delete').split()[-1] == '--quiet'
+
+
+def test_tpu_vm_compiles_the_job_for_the_slice_before_it_spends():
+  common = ['--name=slt', '--zone=us-central2-b']
+  job = ['--', '--config=configs/c2rl.py:pretrain', '--workdir=gs://b/w']
+  check, create = dry_run('tpu_vm.sh', *common, '--accelerator=v5p-128', 'create',
+                          *job).splitlines()
+  assert shlex.split(check)[1:] == ['-m', 'sltjax.main', '--mode=compile', '--topology=v5p-128',
+                                    '--config=configs/c2rl.py:pretrain', '--workdir=gs://b/w']
+  assert shlex.split(create)[4] == 'create'
+  # run asks gcloud which slice the VM is, then compiles for it, then starts the job.
+  describe, check, start = dry_run('tpu_vm.sh', *common, 'run', *job).splitlines()
+  assert shlex.split(describe)[4:6] == ['describe', 'slt']
+  assert '--topology=ACCELERATOR_TYPE' in shlex.split(check)
+  assert 'sltjax.main --multihost' in shlex.split(start)[-1]
+  assert len(dry_run('tpu_vm.sh', *common, '--accelerator=v4-32', 'run', *job).splitlines()) == 2
 
 
 def test_tpu_vm_builds_a_dataset_into_the_bucket_on_worker_0():

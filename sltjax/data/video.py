@@ -228,3 +228,23 @@ def eval_clip(frames: list[np.ndarray], config) -> tuple[np.ndarray, int]:
                                                config, False)
   out = np.stack([augmentation.apply(frames[i], transform, config.crop_size) for i in indices])
   return np.concatenate([out, np.repeat(out[-1:], length - len(out), axis=0)]), len(out)
+
+
+def batch_shapes(config, rows: int, frames: int, labels: int, frame_dim: tuple[int, ...],
+                 frames_dtype, record_labels: dict[str, tuple[int, ...]] | None = None
+                 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """The arrays of one batch as VideoBatchLoader (frame_dim (S, S, 3)) or FeatureBatchLoader
+  (frame_dim (D,)) makes them: `frames` frames, `labels` gloss and text
+  positions, and each record label's per-row shape, as {name: (shape, dtype)}. For compiling
+  without a dataset (sltjax/compile_check.py)."""
+  shape = lambda *dims, dtype=np.int32: (dims, np.dtype(dtype))
+  batch = {'frames': shape(rows, frames, *frame_dim, dtype=frames_dtype),
+           'frame_mask': shape(rows, frames), 'num_frames': shape(rows),
+           'gloss_ids': shape(rows, labels), 'gloss_mask': shape(rows, labels),
+           'decoder_input_ids': shape(rows, labels), 'labels': shape(rows, labels),
+           'label_weights': shape(rows, labels, dtype=np.float32), 'index': shape(rows)}
+  for name, dims in (record_labels or {}).items():
+    batch[name] = shape(rows, *dims, dtype=np.float32)
+  if config.get('frame_glosses'):
+    batch['frame_gloss_ids'] = shape(rows, frames)
+  return batch

@@ -13,7 +13,7 @@ from sltjax.errors import UserError
 # Workdirs written before config.system existed trained Gloss2Text.
 LEGACY_SYSTEM = 'gloss2text'
 # Modules of this package that hold what systems share, not a system.
-SHARED_MODULES = ('base', 'video', 'warm_start')
+SHARED_MODULES = ('base', 'video', 'warm_start', 'shapes_only')
 _REGISTRY: dict[str, type] = {}
 
 

@@ -68,11 +68,15 @@ class Experiment:
     if problems:
       raise UserError('Invalid config: ' + '; '.join(problems) + '.')
     self.config, self.workdir = config, workdir
-    self.mesh = sharding.make_mesh(config.mesh)
-    log(f'Mesh {dict(self.mesh.shape)} over {jax.device_count()} devices in '
+    self.mesh = sharding.make_mesh(config.mesh, self.mesh_devices())
+    log(f'Mesh {dict(self.mesh.shape)} over {self.mesh.size} devices in '
         f'{jax.process_count()} processes.')
     storage.make_folder(workdir)
     warm_start.bring_files(self.warm_starts(config), config.get('init'), workdir)
+
+  def mesh_devices(self) -> list:
+    """The devices the mesh spans: all of this job's."""
+    return jax.devices()
 
   @functools.cached_property
   def checkpointer(self) -> Checkpointer:

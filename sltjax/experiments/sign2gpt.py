@@ -230,6 +230,9 @@ class Sign2GPTExperiment(VideoExperiment):
   def record_labels(self, split) -> dict[str, np.ndarray]:
     return {'pseudo_glosses': self.targets(split)} if self.stage == 'pseudo_gloss' else {}
 
+  def record_label_dims(self) -> dict[str, tuple[int, ...]]:
+    return {'pseudo_glosses': (len(self.word_vectors),)} if self.stage == 'pseudo_gloss' else {}
+
   # ------------------------------------------------------------------ variables
   def converted_parts(self):
     """The frozen DINOv2 (model.backbone_weights) and, for translation, the frozen XGLM

@@ -121,6 +121,10 @@ class VideoExperiment(Experiment):
     """Labels the system adds to every batch of `split`: {name: [records, ...] array}."""
     return {}
 
+  def record_label_dims(self) -> dict[str, tuple[int, ...]]:
+    """{name: per-record shape} of `record_labels`, known without a split."""
+    return {}
+
   def loader(self, split, train: bool):
     """The batch loader of a video split (augmented when `train`) or of a features split."""
     common = (self.config.data, self.tokenizer, self.glosses, self.config.tokenizer.tgt_lang)

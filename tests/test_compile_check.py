@@ -1,0 +1,150 @@
+"""--mode=compile: the training step compiled for a TPU slice on this CPU (libtpu), its report
+checked against what the sharding and the model say it must be."""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import c2rl
+from sltjax import compile_check
+from sltjax.errors import UserError
+from sltjax.tpu_slices import GiB, Slice
+
+pytest.importorskip('libtpu', reason='libtpu (pip install "sltjax[tpu]") compiles for TPUs')
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize('name,jax_name,chips', [
+    ('v5e-64', 'v5e:8x8', 64), ('v5litepod-16', 'v5e:4x4', 16), ('v5p-128', 'v5p:4x4x4', 64),
+    ('v5p-8', 'v5p:2x2x1', 4), ('v4-32', 'v4:2x2x4', 16), ('v6e-256', 'v6e:16x16', 256),
+    ('v5e:2x4', 'v5e:2x4', 8)])
+def test_slice_names_count_chips_as_cloud_tpu_does(name, jax_name, chips):
+  target = Slice.parse(name)
+  assert (target.jax_name, target.chips) == (jax_name, chips)
+  assert len(target.devices()) == chips
+
+
+@pytest.mark.parametrize('name,message', [
+    ('v5e-48', '48 chips is not a v5e slice shape'),
+    ('v5p-7', 'count TensorCores, 2 per chip'),
+    ('v5p:4x4', 'v5p slices have 3 axes'),
+    ('h100-8', 'not a TPU slice name')])
+def test_a_name_that_is_no_slice_says_why(name, message):
+  with pytest.raises(UserError, match=message):
+    Slice.parse(name)
+
+
+def test_model_flops_count_products_and_convolutions_exactly():
+  def f(x, w, k):
+    y = jnp.einsum('btd,de->bte', x, w)  # 2 * 2*5*8*16
+    z = jax.lax.conv_general_dilated(y[..., None], k, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.scan(lambda c, _: (c @ w @ w.T, None), x, length=3)[0].sum() + z.sum()
+  args = (np.zeros((2, 5, 8), np.float32), np.zeros((8, 16), np.float32),
+          np.zeros((3, 3, 1, 4), np.float32))
+  flops = compile_check.jaxpr_matmul_flops(jax.make_jaxpr(f)(*args).jaxpr)
+  product = 2 * 2 * 5 * 8 * 16
+  conv = 2 * (2 * 5 * 16 * 4) * (3 * 3 * 1)  # every output: a 3x3x1 window
+  scanned = 3 * 2 * product  # c @ w, then @ w.T, three times
+  assert flops == product + conv + scanned
+
+
+def test_collectives_are_read_from_the_optimised_hlo():
+  hlo = '\n'.join([
+      '%ar = f32[1024,1024]{1,0} all-reduce(f32[1024,1024]{1,0} %g), to_apply=%add',
+      '%ags = (bf16[8,256]{1,0}, bf16[64,256]{1,0}) all-gather-start(bf16[8,256]{1,0} %w)',
+      '%agd = bf16[64,256]{1,0} all-gather-done((bf16[8,256], bf16[64,256]) %ags)',
+      '%rs = f32[128]{0} reduce-scatter(f32[1024]{0} %x), dimensions={0}',
+      '%t = (f32[4]{0}, f32[6]{0}) all-reduce(f32[4]{0} %a, f32[6]{0} %b), to_apply=%add',
+      # XLA:TPU's reduce-scatter: a fusion calling a collective computation.
+      '%all-reduce-scatter.3 (input.3: f32[8,32,64]) -> f32[8,8,64] {',
+      '  %f = f32[8,8,64]{2,1,0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter.3, '
+      'metadata={op_name="jit(step)/transpose(jvp())/dot_general"}'])
+  assert compile_check.collective_bytes(hlo) == {
+      'all-gather': 64 * 256 * 2, 'reduce-scatter': 1024 * 4 + 8 * 32 * 64 * 4,
+      'all-reduce': 1024 * 1024 * 4 + 10 * 4, 'all-to-all': 0, 'collective-permute': 0}
+
+
+@pytest.fixture(scope='module')
+def data_parallel_report():
+  """C2RL's laptop pretraining at width 128, four-way data parallel on a v5e-4 slice."""
+  config = c2rl.get_config('runlocal')
+  config.batch_size = 8
+  config.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
+  return compile_check.compile_report(config, 'v5e:2x2'), config
+
+
+def test_data_parallel_step_all_reduces_the_trained_gradients(data_parallel_report):
+  report, _ = data_parallel_report
+  assert report['fits'] and report['chips'] == 4 and report['mesh']['data'] == 4
+  params_bytes = 4 * report['parameters']  # float32, replicated on every chip
+  assert report['argument_breakdown']['parameters'] == params_bytes
+  # SGD's momentum, and the schedule's step count.
+  assert report['argument_breakdown']['optimizer_state'] - params_bytes in (0, 4, 8)
+  expected = report['expected_collective_bytes']
+  assert expected['all-reduce'] == 4 * report['trained_parameters'] == params_bytes
+  compiled = report['collective_bytes']
+  # The gradients, plus what the loss sums over the global batch (BatchNorm's statistics, CLCL's
+  # video-text similarities): a few % here.
+  assert expected['all-reduce'] <= compiled['all-reduce'] < 1.1 * expected['all-reduce']
+  # Gathers and scatters are of activations (CLCL compares every video with every text), none
+  # of a weight.
+  assert compiled['reduce-scatter'] < 0.05 * expected['all-reduce']
+  assert compiled['all-gather'] < 0.6 * expected['all-reduce']
+  assert all('dot_general' in c['op'] or c['kind'] == 'all-reduce'
+             for c in report['largest_collectives'])
+  # XLA's argument buffers hold the state and the batch, in the chip's tiled layout (at this
+  # width most of a buffer is padding: 3 colour channels and 64-wide rows fill 128-lane tiles).
+  arguments = report['hbm_breakdown']['arguments']
+  assert sum(report['argument_breakdown'].values()) <= arguments
+
+
+def test_report_estimates_a_step_and_prints_its_json_last(data_parallel_report):
+  report, _ = data_parallel_report
+  chip = Slice.parse('v5e-4').chip
+  assert report['estimated_step_seconds'] == max(report['bound_seconds'].values()) > 0
+  assert report['bound_seconds']['compute'] == pytest.approx(
+      report['flops_per_chip'] / chip.peak_bf16_flops)
+  # XLA counts every operation but only the in-bounds taps of a padded convolution; the model
+  # count products and convolutions, padding included (most of a 48-pixel frame's 3x3 taps).
+  assert 0.7 < report['model_flops_per_step'] / report['flops_per_step'] < 1.4
+  assert 0 < report['estimated_mfu'] <= 1
+  table = compile_check.format_report(report, 'configs/c2rl.py:runlocal')
+  assert 'v5e-4' in table and 'all-reduce' in table and 'fits' in table
+
+
+def test_fsdp_shards_parameters_and_gathers_them(data_parallel_report):
+  dp_report, config = data_parallel_report
+  config.mesh = {'data': 1, 'fsdp': -1, 'tensor': 1}
+  report = compile_check.compile_report(config, 'v5e:2x2')
+  expected = report['expected_collective_bytes']
+  # Weights with an `embed` axis are split four ways (and gathered forward and backward);
+  # convolution kernels stay whole on every chip (the rules replicate conv_in / conv_out).
+  sharded = expected['all-gather'] // 2
+  assert 0 < sharded < 4 * report['parameters']
+  assert report['argument_breakdown']['parameters'] == (
+      dp_report['argument_breakdown']['parameters'] - sharded + sharded // 4)
+  assert expected['reduce-scatter'] == sharded
+  compiled = report['collective_bytes']
+  assert compiled['all-gather'] >= sharded and compiled['reduce-scatter'] > 0
+
+
+@pytest.mark.slow
+def test_a_step_that_does_not_fit_exits_2_with_one_line():
+  run = subprocess.run(
+      [sys.executable, '-m', 'sltjax.main', '--config=configs/c2rl.py:runlocal', '--mode=compile',
+       '--topology=v5e-4', '--config.batch_size=4096', '--config.data.crop_size=224'],
+      capture_output=True, text=True, cwd=REPO, timeout=900)
+  assert run.returncode == 2, run.stderr[-2000:]
+  error = [line for line in run.stderr.splitlines() if line.startswith('error:')]
+  assert len(error) == 1 and 'GiB per chip on v5e-4' in error[0], run.stderr[-2000:]
+  assert '--config.mesh.fsdp=N' in error[0] and '--config.batch_size' in error[0]
+  report = json.loads(run.stdout.strip().splitlines()[-1])
+  assert not report['fits'] and report['hbm_bytes_per_chip'] > 16 * GiB
+  assert math.isclose(report['hbm_capacity_bytes'], 16 * GiB)
