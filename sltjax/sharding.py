@@ -12,10 +12,11 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # a batch's leading axis is split over these
 
 # logical axis -> mesh axis (or axes); names not listed stay replicated.
 LOGICAL_AXIS_RULES = (
-    ('batch', ('data', 'fsdp')),
+    ('batch', BATCH_AXES),
     ('embed', 'fsdp'),
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
@@ -23,7 +24,9 @@ LOGICAL_AXIS_RULES = (
     ('positions', None),
     ('norm', None),
     ('length', None),
-    ('conv_in', None),  # convolutions are small: replicated, data-parallel
+    # Convolution kernels stay whole (data parallel): split over fsdp, they got wrong gradients
+    # on an fsdp x tensor mesh (docs/pods.md), and they are small (ResNet-18: 11.7M).
+    ('conv_in', None),
     ('conv_out', None),
 )
 
@@ -69,18 +72,47 @@ def named_shardings(abstract_state, mesh: jax.sharding.Mesh):
 
 
 def _evenly_divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
-  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  return NamedSharding(sharding.mesh, _fit(sharding.spec, shape, sharding.mesh.shape))
+
+
+def _fit(spec, shape: tuple[int, ...], mesh_shape: Mapping[str, int]) -> PartitionSpec:
+  """`spec` with every dimension its mesh axes do not divide left unsplit."""
+  spec = tuple(spec) + (None,) * (len(shape) - len(spec))
   fitted = []
   for dim, axes in zip(shape, spec):
     names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
-    ways = int(np.prod([sharding.mesh.shape[a] for a in names]))
-    fitted.append(axes if dim % ways == 0 else None)
-  return NamedSharding(sharding.mesh, PartitionSpec(*fitted))
+    fitted.append(axes if dim % int(np.prod([mesh_shape[a] for a in names])) == 0 else None)
+  return PartitionSpec(*fitted)
+
+
+def constrain(x, *spec):
+  """Pins activation `x`'s sharding inside a step traced under `tracing_mesh`: `spec` names mesh
+  axes per leading dimension, as a PartitionSpec does. A dimension the axes do not divide stays
+  unsplit; with no mesh being traced (a bare model call), `x` is returned as it is.
+
+  Used where XLA's propagation alone would repeat work: a video backbone applied to a batch
+  smaller than the mesh would otherwise run whole on every tensor-parallel chip.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, _fit(spec, x.shape, mesh.shape))
+
+
+def constrain_frames(images):
+  """images [batch * frames, ...] (a per-frame backbone's input or output) split over every mesh
+  axis: each chip embeds its own frames, whatever the mesh's tensor size."""
+  return constrain(images, MESH_AXES)
+
+
+def tracing_mesh(mesh: jax.sharding.Mesh):
+  """Context for tracing a step over `mesh`, under which `constrain` applies."""
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Sharding of input batches: leading axis split over the data-parallel mesh axes."""
-  return NamedSharding(mesh, PartitionSpec(('data', 'fsdp')))
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

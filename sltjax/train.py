@@ -65,7 +65,8 @@ def make_train_step(exp, tx: optax.GradientTransformation, schedule, state_shard
       loss, metrics = exp.loss(model, batch, nnx.Rngs(dropout=dropout_key))
       return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])
 
-    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    with sharding.tracing_mesh(exp.mesh):
+      (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = exp.constrain(optax.apply_updates(state['params'], updates))
     new_state = dict(state, params=params, rest=rest, opt_state=opt_state, step=state['step'] + 1)

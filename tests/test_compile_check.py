@@ -135,6 +135,17 @@ def test_fsdp_shards_parameters_and_gathers_them(data_parallel_report):
   assert compiled['all-gather'] >= sharded and compiled['reduce-scatter'] > 0
 
 
+def test_tensor_parallel_chips_embed_their_own_frames(data_parallel_report):
+  """Four-way tensor parallel on the same slice: the batch is not split over `tensor`, yet each
+  chip runs ResNet on a quarter of the frames (sharding.constrain_frames), not on all of them."""
+  dp_report, config = data_parallel_report
+  config.mesh = {'data': 1, 'fsdp': 1, 'tensor': -1}
+  report = compile_check.compile_report(config, 'v5e:2x2')
+  assert report['mesh']['tensor'] == 4
+  # Without the constraint: 3.5x the data-parallel step's FLOPs (5.13e9 against 1.46e9).
+  assert report['flops_per_step'] < 1.25 * dp_report['flops_per_step']
+
+
 @pytest.mark.slow
 def test_a_step_that_does_not_fit_exits_2_with_one_line():
   run = subprocess.run(

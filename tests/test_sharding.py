@@ -2,6 +2,7 @@
 import math
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
@@ -45,6 +46,23 @@ def test_dimensions_the_mesh_does_not_divide_are_replicated():
   assert fit(P('tensor', 'fsdp'), (27, 32)) == P(None, 'fsdp')  # odd vocabulary
   assert fit(P('tensor', 'fsdp'), (28, 32)) == P('tensor', 'fsdp')
   assert fit(P(('data', 'fsdp')), (6,)) == P(None)  # 6 rows over 4 batch shards
+
+
+def test_frames_are_split_over_every_axis_only_inside_a_traced_step():
+  frames = np.zeros((8, 6, 4), np.float32)  # [batch * frames, patches, dim]
+  constraints = lambda f, x: [e.params['sharding'].spec for e in jax.make_jaxpr(f)(x).jaxpr.eqns
+                              if e.primitive.name == 'sharding_constraint']
+  assert constraints(sharding.constrain_frames, frames) == []  # a bare model call
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
+  with sharding.tracing_mesh(mesh):
+    assert constraints(sharding.constrain_frames, frames) == [P(('data', 'fsdp', 'tensor'), None, None)]
+  mesh = AbstractMesh((2, 2, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  with jax.sharding.use_abstract_mesh(mesh):
+    assert constraints(sharding.constrain_frames, frames) == [P(('data', 'fsdp', 'tensor'), None, None)]
+    # 6 frames do not split 8 ways: left whole rather than padded.
+    assert constraints(sharding.constrain_frames, frames[:6]) == [P(None, None, None)]
+    assert constraints(lambda x: sharding.constrain(x, None, 'tensor'), frames) == [
+        P(None, 'tensor', None)]
 
 
 def test_mbart_large_shards_over_fsdp_and_tensor():

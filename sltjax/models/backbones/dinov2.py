@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sltjax import sharding
 from sltjax.models.layers import lora
 from sltjax.models.layers.attention import MultiHeadAttention
 from sltjax.models.layers.dense import dense, layer_norm
@@ -136,13 +137,13 @@ class DINOv2(nnx.Module):
 
   def images(self, images, rngs=None):
     """images [B, H, W, 3] -> last_hidden_state [B, 1 + patches, D] (`rngs`: LoRA dropout)."""
-    x = self.patch_embeddings(images.astype(self.config.dtype))  # [B, H/p, W/p, D]
+    x = self.patch_embeddings(sharding.constrain_frames(images).astype(self.config.dtype))  # [B, H/p, W/p, D]
     batch, rows, columns, d = x.shape
     x = x.reshape(batch, rows * columns, d)
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (batch, 1, d))
     x = jnp.concatenate([cls, x], axis=1) + self.positions(rows, columns).astype(x.dtype)
     for layer in self.layers:
-      x = layer(x, rngs)
+      x = layer(sharding.constrain_frames(x), rngs)
     return self.layernorm(x)
 
   def __call__(self, frames, frame_mask, train: bool = False):  # pylint: disable=unused-argument

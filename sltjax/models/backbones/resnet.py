@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sltjax import sharding
 from sltjax.models.layers.conv import BatchNorm, computed_once, conv, max_pool
 
 
@@ -71,11 +72,11 @@ class ResNet(nnx.Module):
   def images(self, x, mask=None, train: bool = False):
     """x: [images, H, W, 3] (normalised) -> [images, features]; mask [images] (1 = real)."""
     mask = None if mask is None else mask[:, None, None, None]
-    x = jax.nn.relu(self.bn1(self.conv1(x), mask, train))
+    x = jax.nn.relu(self.bn1(self.conv1(sharding.constrain_frames(x)), mask, train))
     x = max_pool(x, (3, 3), (2, 2), (1, 1))
     for stage in self.layers:
       for block in stage:
-        x = block(x, mask, train)
+        x = block(sharding.constrain_frames(x), mask, train)
     return jnp.mean(x, axis=(1, 2))
 
   def __call__(self, frames, frame_mask, train: bool = False):
