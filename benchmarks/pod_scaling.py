@@ -35,9 +35,13 @@ _CHIPS = flags.DEFINE_list('chips', ['8', '16', '64', '256'], 'Slice sizes in ch
 _SCALINGS = flags.DEFINE_list('scalings', ['weak', 'strong'], 'weak and/or strong.')
 
 
-def point(system: str, generation: str, chips: int, scaling: str) -> dict:
+def global_batch(system: str, chips: int, scaling: str) -> int:
+  return chips * WEAK_ROWS_PER_CHIP if scaling == 'weak' else SYSTEMS[system]().batch_size
+
+
+def point(system: str, generation: str, chips: int, batch: int) -> dict:
+  """One compiled step: `system`'s paper config at global `batch` on `chips` of `generation`."""
   config = SYSTEMS[system]()
-  batch = chips * WEAK_ROWS_PER_CHIP if scaling == 'weak' else config.batch_size
   tensor = max(1, chips // batch)
   config.batch_size = batch
   config.mesh = {'data': 1, 'fsdp': -1, 'tensor': tensor}
@@ -46,7 +50,7 @@ def point(system: str, generation: str, chips: int, scaling: str) -> dict:
   report = compile_check.compile_report(config, target.jax_name)
   args = report['argument_breakdown']
   return {
-      'system': system, 'slice': report['topology'], 'chips': chips, 'scaling': scaling,
+      'system': system, 'slice': report['topology'], 'chips': chips,
       'global_batch': batch, 'mesh': report['mesh'],
       'params_opt_gib': (args['parameters'] + args['optimizer_state']) / GiB,
       'hbm_gib': report['hbm_bytes_per_chip'] / GiB, 'fits': report['fits'],
@@ -57,7 +61,7 @@ def point(system: str, generation: str, chips: int, scaling: str) -> dict:
 
 def main(argv):
   del argv
-  rows = []
+  rows, compiled = [], {}
   print('| system | slice | scaling | global batch | mesh (data, fsdp, tensor) | params + '
         'optimizer GiB/chip | HBM GiB/chip | fits | collectives GiB/chip | step ms (bound) | '
         'MFU |')
@@ -66,7 +70,11 @@ def main(argv):
     for scaling in _SCALINGS.value:
       for generation in _GENERATIONS.value:
         for chips in map(int, _CHIPS.value):
-          r = point(system, generation, chips, scaling)
+          # A weak point whose batch is the paper's is that slice's strong point: compiled once.
+          key = (system, generation, chips, global_batch(system, chips, scaling))
+          if key not in compiled:
+            compiled[key] = point(*key)
+          r = dict(compiled[key], scaling=scaling)
           rows.append(r)
           mesh = r['mesh']
           print(f'| {system} | {r["slice"]} | {scaling} | {r["global_batch"]} | '

@@ -1,5 +1,5 @@
 """The benchmarks still run: each side of benchmarks/train_step_*.py, the decoding comparison, the
-contrastive loss's memory, a bucket's reads and the video pipeline, at tiny sizes.
+contrastive loss's memory, a bucket's reads, the video pipeline and the GPU check, at tiny sizes.
 
 Their timings belong to an idle machine (they are not measured here); this checks that the code
 they compare keeps working as the rest changes (the MMTLB one had stopped running when the
@@ -81,6 +81,21 @@ def test_video_pipeline_benchmark_runs_on_two_clips(tmp_path):
   speeds = {line.split('  ')[0]: float(line.split()[-2]) for line in lines
             if line.endswith('x') and line.split()[-2].isdigit()}
   assert len(speeds) == 4 and all(speed > 0 for speed in speeds.values()), lines
+
+
+@pytest.mark.slow
+def test_gpu_check_steps_a_paper_config_in_both_dtypes():
+  """benchmarks/gpu_check.py on this CPU: C2RL's pretraining step at paper width (ResNet-18,
+  mBART-large's width) cut to 1 decoder layer, 2 videos of 32-pixel frames."""
+  rows = json.loads(run_benchmark(
+      'gpu_check.py', '--systems=c2rl_pretrain', '--frames=8', '--batch=2', '--layers=1',
+      '--steps=1', '--peak_tflops=1', '--set=data.crop_size=32')[-1])
+  assert [(r['system'], r['dtype'], r['global_batch']) for r in rows] == [
+      ('c2rl_pretrain', 'float32', 2), ('c2rl_pretrain', 'bfloat16', 2)]
+  assert rows[0]['model_flops'] == rows[1]['model_flops'] > 1e9  # the dtype changes no count
+  for r in rows:
+    assert math.isfinite(r['loss']) and r['loss'] > 0
+    assert r['mfu'] == pytest.approx(r['model_flops'] / r['step_seconds'] / 1e12)
 
 
 def run_benchmark(script: str, *args: str, devices: int = 1) -> list[str]:
