@@ -50,15 +50,16 @@ def test_dimensions_the_mesh_does_not_divide_are_replicated():
 
 def test_frames_are_split_over_every_axis_only_inside_a_traced_step():
   frames = np.zeros((8, 6, 4), np.float32)  # [batch * frames, patches, dim]
+  every_axis = P(('data', 'fsdp', 'tensor'), None, None)
   constraints = lambda f, x: [e.params['sharding'].spec for e in jax.make_jaxpr(f)(x).jaxpr.eqns
                               if e.primitive.name == 'sharding_constraint']
   assert constraints(sharding.constrain_frames, frames) == []  # a bare model call
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
   with sharding.tracing_mesh(mesh):
-    assert constraints(sharding.constrain_frames, frames) == [P(('data', 'fsdp', 'tensor'), None, None)]
+    assert constraints(sharding.constrain_frames, frames) == [every_axis]
   mesh = AbstractMesh((2, 2, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   with jax.sharding.use_abstract_mesh(mesh):
-    assert constraints(sharding.constrain_frames, frames) == [P(('data', 'fsdp', 'tensor'), None, None)]
+    assert constraints(sharding.constrain_frames, frames) == [every_axis]
     # 6 frames do not split 8 ways: left whole rather than padded.
     assert constraints(sharding.constrain_frames, frames[:6]) == [P(None, None, None)]
     assert constraints(lambda x: sharding.constrain(x, None, 'tensor'), frames) == [

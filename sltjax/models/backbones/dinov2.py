@@ -137,7 +137,8 @@ class DINOv2(nnx.Module):
 
   def images(self, images, rngs=None):
     """images [B, H, W, 3] -> last_hidden_state [B, 1 + patches, D] (`rngs`: LoRA dropout)."""
-    x = self.patch_embeddings(sharding.constrain_frames(images).astype(self.config.dtype))  # [B, H/p, W/p, D]
+    images = sharding.constrain_frames(images)
+    x = self.patch_embeddings(images.astype(self.config.dtype))  # [B, H/p, W/p, D]
     batch, rows, columns, d = x.shape
     x = x.reshape(batch, rows * columns, d)
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (batch, 1, d))
