@@ -29,7 +29,7 @@ WORKDIR := workdirs/mmtlb_runlocal_staged_synthetic_signs
 VIDEOS ?= ../shared/data/videos
 train: setup
 	$(call main_job,runlocal_sign2gloss)
-	$(call main_job,runlocal_gloss2text)
+	$(BIN)/python -m sltjax.main --config=configs/gloss2text.py:runlocal_mmtlb --config.data.data_dir=$(DATA_DIR)
 	$(call main_job,runlocal_staged)
 	$(call main_job,runlocal_staged) --mode=eval --config.eval.split=test
 	@if ls $(VIDEOS)/*.mp4 >/dev/null 2>&1; then \

@@ -74,11 +74,11 @@ def phoenix_config(args, seed: int, prototype: dict):
 def synthetic_configs(args, root: str):
   """(stage configs {name: (config, workdir)} trained once, a function seed, prototype ->
   the Sign2Text config)."""
-  from configs import ipslt, mmtlb  # pylint: disable=import-outside-toplevel
+  from configs import gloss2text, ipslt, mmtlb  # pylint: disable=import-outside-toplevel
   stages = {}
-  for name, variant in (('sign2gloss', 'runlocal_sign2gloss'),
-                        ('gloss2text', 'runlocal_gloss2text')):
-    config = mmtlb.get_config(variant)
+  for name, module, variant in (('sign2gloss', mmtlb, 'runlocal_sign2gloss'),
+                                ('gloss2text', gloss2text, 'runlocal_mmtlb')):
+    config = module.get_config(variant)
     config.data.data_dir = args.data_dir
     stages[name] = (config, os.path.join(root, 'stages', name))
 

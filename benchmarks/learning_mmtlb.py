@@ -6,7 +6,7 @@ On one build of synthetic_signs (built on first use), trains one after another, 
 steps its config gives (about ten minutes each on a 2-core CPU; a rerun on the same WORKDIR
 resumes finished runs instead of repeating them):
   sign2gloss  configs/mmtlb.py:runlocal_sign2gloss (video -> glosses, CTC)
-  gloss2text  configs/mmtlb.py:runlocal_gloss2text, the same 1+1-layer translation network on
+  gloss2text  configs/gloss2text.py:runlocal_mmtlb, the same 1+1-layer translation network on
               the dataset's ground-truth (gloss, text) pairs: the score Sign2Text should
               approach, since its glosses are perfect
   sign2text   configs/mmtlb.py:runlocal, the README's main job (video -> text, CTC + CE)
@@ -52,17 +52,18 @@ def most_frequent(lines: list[str]) -> str:
 def main():
   args = parse_args()
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags
-  from configs import mmtlb  # pylint: disable=import-outside-toplevel
+  from configs import gloss2text, mmtlb  # pylint: disable=import-outside-toplevel
   from sltjax import train  # pylint: disable=import-outside-toplevel
   from sltjax.experiments.video import open_dataset_split  # pylint: disable=import-outside-toplevel
   from sltjax.metrics import gloss_metrics, translation_metrics  # pylint: disable=import-outside-toplevel
 
   configs = {}
-  for stage, variant in (('sign2gloss', 'runlocal_sign2gloss'), ('sign2text', 'runlocal'),
-                         ('gloss2text', 'runlocal_gloss2text'),
-                         ('sign2gloss2text', 'runlocal_staged'),
-                         ('sign2text_from_stages', 'runlocal_staged')):
-    configs[stage] = mmtlb.get_config(variant)
+  for stage, module, variant in (('sign2gloss', mmtlb, 'runlocal_sign2gloss'),
+                                 ('sign2text', mmtlb, 'runlocal'),
+                                 ('gloss2text', gloss2text, 'runlocal_mmtlb'),
+                                 ('sign2gloss2text', mmtlb, 'runlocal_staged'),
+                                 ('sign2text_from_stages', mmtlb, 'runlocal_staged')):
+    configs[stage] = module.get_config(variant)
     configs[stage].data.data_dir = args.data_dir
     if args.steps:
       configs[stage].total_steps = args.steps

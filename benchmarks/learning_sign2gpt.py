@@ -68,7 +68,8 @@ def chance_rows(args):
   from sltjax.data.tokenizers import XGLMTokenizer  # pylint: disable=import-outside-toplevel
   from sltjax.decoding import generate  # pylint: disable=import-outside-toplevel
   from sltjax.experiments.video import open_dataset_split  # pylint: disable=import-outside-toplevel
-  from sltjax.metrics import pseudo_gloss_f1, translation_metrics  # pylint: disable=import-outside-toplevel
+  from sltjax.experiments.sign2gpt import pseudo_gloss_f1  # pylint: disable=import-outside-toplevel
+  from sltjax.metrics import translation_metrics  # pylint: disable=import-outside-toplevel
   config = configure('runlocal_translation', args, 0, {})
   train_split, test = (open_dataset_split(config.data, s) for s in ('train', 'test'))
   common = collections.Counter(train_split.texts).most_common(1)[0][0]

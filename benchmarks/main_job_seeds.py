@@ -6,7 +6,7 @@ r"""Does the main job learn for every seed? `make train`'s three stages for seve
 For each seed (`config.seed`: initialisation, data order, augmentation, dropout), trains the main
 job's stages exactly as `make train` does, each in WORKDIR/seed<N>/<stage>:
   sign2gloss  configs/mmtlb.py:runlocal_sign2gloss
-  gloss2text  configs/mmtlb.py:runlocal_gloss2text
+  gloss2text  configs/gloss2text.py:runlocal_mmtlb
   sign2text   configs/mmtlb.py:runlocal_staged, started from the two above
 and scores every best dev checkpoint on the test split. Prints each seed's Sign2Gloss dev WER (its
 best checkpoint's) and the main job's test BLEU-4 and WER, then the minimum and the spread over
@@ -26,8 +26,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # learning_tab
 
 import learning_table  # pylint: disable=wrong-import-position
 
-STAGES = (('sign2gloss', 'runlocal_sign2gloss'), ('gloss2text', 'runlocal_gloss2text'),
-          ('sign2text', 'runlocal_staged'))
+STAGES = (('sign2gloss', 'mmtlb', 'runlocal_sign2gloss'),
+          ('gloss2text', 'gloss2text', 'runlocal_mmtlb'),
+          ('sign2text', 'mmtlb', 'runlocal_staged'))  # (stage, configs/<file>.py, variant)
 
 
 def parse_args():
@@ -40,13 +41,13 @@ def parse_args():
 
 def stage_runs(data_dir: str):
   """runs(seed, root) -> [(stage, config, workdir)] for learning_table.train_every_seed."""
-  from configs import mmtlb  # pylint: disable=import-outside-toplevel
+  import importlib  # pylint: disable=import-outside-toplevel
 
   def runs(seed: int, root: str):
-    workdirs = {stage: os.path.join(root, stage) for stage, _ in STAGES}
+    workdirs = {stage: os.path.join(root, stage) for stage, _, _ in STAGES}
     out = []
-    for stage, variant in STAGES:
-      config = mmtlb.get_config(variant)
+    for stage, config_file, variant in STAGES:
+      config = importlib.import_module(f'configs.{config_file}').get_config(variant)
       config.seed = seed
       config.data.data_dir = data_dir
       if stage == 'sign2text':

@@ -10,7 +10,7 @@ The network (C2RL's, REFERENCE.md section 2): ResNet-18 on every frame -> Conv1D
 visual features) with tied output embeddings over the trimmed PHOENIX-2014T vocabulary; loss
 ICL (CLCL similarities, symmetric InfoNCE, label smoothing 0.2, learned logit scale clamped at
 ln 100) + ECL (label-smoothed LM loss); SGD momentum 0.9. sltjax runs its trainer's own step
-(sltjax.train.make_train_step with C2RLExperiment.loss and .constrain); PyTorch runs
+(sltjax.train.make_train_step with sltjax.experiments.c2rl.Pretraining.loss and .constrain); PyTorch runs
 transformers' ResNetModel with torch Conv1d / BatchNorm1d / TransformerEncoderLayer /
 TransformerDecoderLayer and the same CLCL written in torch.
 
@@ -76,19 +76,19 @@ def run_sltjax(args) -> dict:
 
   from configs import c2rl
   from sltjax import sharding
-  from sltjax.experiments.c2rl import C2RLExperiment
+  from sltjax.experiments.c2rl import Pretraining
   from sltjax.models.mbart import MBartConfig
   from sltjax.models.systems.c2rl import C2RLPretraining, VisualEncoderConfig
   from sltjax.optim import make_optimizer
   from sltjax.train import make_train_step
   # pylint: enable=import-outside-toplevel
 
-  class BenchmarkExperiment(C2RLExperiment):
+  class BenchmarkExperiment(Pretraining):
     """configs/c2rl.py:pretrain's model, loss and update without a dataset or workdir."""
 
     def __init__(self):  # pylint: disable=super-init-not-called
       self.config = c2rl.get_config('pretrain')
-      self.stage = 'pretrain'
+      self.stage, self._jitted = 'pretrain', {}
       self.tokenizer = types.SimpleNamespace(pad_id=PAD)
       self.mesh = sharding.make_mesh(self.config.mesh)
       self.visual_config = VisualEncoderConfig(**self.config.model.visual.to_dict())

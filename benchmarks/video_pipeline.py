@@ -29,6 +29,7 @@ from PIL import Image
 
 from sltjax.data import batching, build, video
 from sltjax.data.tokenizers import GlossVocabulary, WordTokenizer
+from sltjax.experiments import mmtlb
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
@@ -104,7 +105,7 @@ def pipeline_frames_per_second(data_dir: pathlib.Path, train: bool, normalizatio
   config = video.default_config()
   config.update(name='phoenix2014t', data_dir=str(data_dir), crop_size=224, eval_resize=224,
                 frame_buckets=tuple(range(32, 401, 32)))
-  config.update(video.RECIPES['mmtlb'])
+  config.update(mmtlb.DATA_RECIPE)
   config.normalization = normalization
   split = video.open_split(config, 'train')
   loader = video.VideoBatchLoader(split, config, WordTokenizer.build(split.texts, ['de_DE']),

@@ -38,6 +38,7 @@ trimmed mBART's tokenizer, so that the downstream stages share it:
 import ml_collections
 
 from configs import common
+from sltjax.experiments import c2rl as c2rl_experiment
 
 VARIANTS = ('pretrain', 'slt', 'slret', 'runlocal', 'runlocal_slt', 'runlocal_slret')
 # The pretraining workdir the runlocal downstream variants start from (its default workdir).
@@ -48,18 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, dataset = common.parse_argument(arg, VARIANTS, 'pretrain', 'configs/c2rl.py')
   stage = variant.removeprefix('runlocal_') if variant.startswith('runlocal_') else (
       'pretrain' if variant == 'runlocal' else variant)
-  c = ml_collections.ConfigDict()
-  c.system = 'c2rl'
-  c.stage = stage
-  c.seed = 0
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2
-  c.label_smoothing = 0.2  # ECL and Sign2Text
-  c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
+  c = common.base('c2rl', stage, label_smoothing=0.2)  # label smoothing: ECL and Sign2Text
 
   # features_dir: downstream, what --mode=extract_features wrote from the pretraining workdir.
-  c.data = common.video_data('c2rl', dataset)
+  c.data = common.video_data(c2rl_experiment.DATA_RECIPE, dataset)
 
   # Pretraining and downstream share the trimmed mBART tokenizer (path: its directory; the
   # downstream stages bring it from init.visual's workdir).
@@ -117,12 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.schedule = common.schedule('cosine')
 
   if variant.startswith('runlocal'):  # minutes on a 2-core CPU
-    c.data.data_dir = 'data'
-    c.data.build_if_missing = True
-    c.data.crop_size = 48
-    c.data.eval_resize = 56
-    c.data.frame_buckets = (16, 24, 32)
-    c.data.length_buckets = (16, 32)
+    common.runlocal(c, crop_size=48, eval_resize=56, frame_buckets=(16, 24, 32))
     c.tokenizer.kind = 'word'
     c.batch_size = 16
     c.log_every_steps = 25
@@ -130,11 +118,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           heads=4, ffn_dim=128, max_frames=64)
     c.model.text.update(**common.LAPTOP_MBART, max_position_embeddings=64)
     c.model.mbart.update(**common.LAPTOP_MBART, max_position_embeddings=64)
-    c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24)
+    c.eval.update(num_beams=2, max_new_tokens=24)
     c.schedule.warmup_steps = 30
     if stage == 'pretrain':
-      # The contrastive loss takes hold suddenly (dev T2V R@1 from ~5% to 70-95% within ~100
-      # steps), after 200-500 steps depending on the seed: 800 steps take every seed tried there.
+      # The contrastive loss takes hold suddenly, after a number of steps that depends on the
+      # seed: 800 steps take every seed tried (docs/results.md).
       c.total_steps = 800
       c.optimizer.update(learning_rate=0.05, grad_clip_norm=1.0)
     else:

@@ -74,6 +74,37 @@ def parse_argument(arg: str | None, variants: tuple[str, ...], default: str, con
   return variant, dataset
 
 
+def base(system: str, stage: str | None = None, **overrides) -> ml_collections.ConfigDict:
+  """The run scaffolding every system's config starts from: the system (and stage), seed,
+  logging and checkpointing cadence, and the device mesh (data parallel over every device)."""
+  c = ml_collections.ConfigDict({'system': system})
+  if stage is not None:
+    c.stage = stage
+  c.update(seed=0, log_every_steps=50, checkpoint_every_steps=1000, keep_checkpoints=2,
+           mesh={'data': -1, 'fsdp': 1, 'tensor': 1}, **overrides)
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict, *, crop_size: int, eval_resize: int,
+             frame_buckets: tuple[int, ...], length_buckets=(16, 32), eval_batch_size: int = 20,
+             **data_overrides) -> ml_collections.ConfigDict:
+  """The laptop block of a video config: synthetic_signs under data/ (built on first use), small
+  frames and few buckets (few compiled shapes), evaluation 20 videos at a time; returns `c`."""
+  c.data.update(data_dir='data', build_if_missing=True, crop_size=crop_size,
+                eval_resize=eval_resize, frame_buckets=frame_buckets,
+                length_buckets=length_buckets, **data_overrides)
+  c.eval.batch_size = eval_batch_size
+  return c
+
+
+def refuse_moved(arg: str | None, moved: dict[str, str], config_file: str) -> None:
+  """A ValueError naming the new spelling when the variant of `arg` moved to another config."""
+  variant = (arg or '').split(',')[0].strip()
+  if variant in moved:
+    raise ValueError(f'{config_file}:{variant} is now {moved[variant]} (another system\'s '
+                     'config).')
+
+
 def steps_per_epoch(dataset: str, batch_size: int) -> int:
   return -(-DATASETS[dataset].train_videos // batch_size)
 
@@ -134,11 +165,11 @@ def shapes(dataset: str, tokenizer_kind: str) -> ml_collections.ConfigDict:
       'pseudo_glosses': info.pseudo_glosses})
 
 
-def video_data(recipe: str, dataset: str, **overrides) -> ml_collections.ConfigDict:
-  """The data block of a video system: the published recipe (sltjax/data/video.py's RECIPES)
-  on `dataset`, uint8 frames normalised on the device (model.input_normalization)."""
+def video_data(recipe: dict, dataset: str, **overrides) -> ml_collections.ConfigDict:
+  """The data block of a video system: its published recipe (the DATA_RECIPE of its experiment
+  module) on `dataset`, uint8 frames normalised on the device (model.input_normalization)."""
   c = video.default_config()
-  c.update(video.RECIPES[recipe])
+  c.update(recipe)
   c.update(name=dataset, normalization='none',
            build_if_missing=False,  # only synthetic_signs can be built without a download
            features_dir='',  # a features dataset written by --mode=extract_features

@@ -7,6 +7,8 @@ CSL-Daily's text files (pass --config.data.path) scored by character.
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t
   python -m sltjax.main --config=configs/gloss2text.py:runlocal
   python -m sltjax.main --config=configs/gloss2text.py:runlocal,dataset=phoenix2014t
+  python -m sltjax.main --config=configs/gloss2text.py:runlocal_mmtlb  (the main job's Gloss2Text:
+      configs/mmtlb.py:runlocal's translation network and schedule, on synthetic_signs' labels)
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t \
       --mode=eval --config.eval.split=dev
 
@@ -24,24 +26,18 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ('default', 'runlocal', 'pretrained')
+VARIANTS = ('default', 'runlocal', 'pretrained', 'runlocal_mmtlb')
 # Where each dataset's text files are ({split}.gloss, {split}.<suffix>); '' = pass data.path.
 TEXT_DATA = {'phoenix2014t': ('../shared/data/phoenix2014t', 'de'), 'csl_daily': ('', 'zh')}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, dataset = common.parse_argument(arg, VARIANTS, 'default', 'configs/gloss2text.py')
-  c = ml_collections.ConfigDict()
-  c.system = 'gloss2text'
-  c.seed = 0
-  c.total_steps = 3000
-  c.batch_size = 64  # global, over all devices and processes
-  c.log_every_steps = 50
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2
-  c.label_smoothing = 0.1
-  c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
+  if variant == 'runlocal_mmtlb':
+    return runlocal_mmtlb(dataset)
+  # batch_size: global, over all devices and processes
+  c = common.base('gloss2text', total_steps=3000, batch_size=64, eval_every_steps=1000,
+                  label_smoothing=0.1)
 
   c.data = ml_collections.ConfigDict()
   if dataset in TEXT_DATA:  # text files
@@ -119,4 +115,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 3e-3
     c.schedule.warmup_steps = 50
     c.eval.num_beams = 2
+  return c
+
+
+def runlocal_mmtlb(dataset: str) -> ml_collections.ConfigDict:
+  """runlocal with configs/mmtlb.py:runlocal's translation network, batch, schedule and decoding,
+  on the (gloss, text) labels of its video dataset: the main job's Gloss2Text stage."""
+  from configs import mmtlb  # pylint: disable=import-outside-toplevel
+  video_config = mmtlb.get_config(f'runlocal,dataset={dataset}')
+  c = get_config(f'runlocal,dataset={dataset}')
+  c.data = ml_collections.ConfigDict({
+      key: video_config.data[key] for key in ('name', 'data_dir', 'build_if_missing',
+                                              'lowercase_gloss', 'length_buckets')})
+  c.data.update(train_split='train', lowercase_source=False, num_workers=0)
+  c.tokenizer.src_lang = c.tokenizer.tgt_lang = video_config.tokenizer.tgt_lang
+  network = video_config.model.translation
+  for key in ('d_model', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads',
+              'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim',
+              'max_position_embeddings', 'dropout', 'attention_dropout'):
+    c.model[key] = network[key]
+  for key in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps'):
+    c[key] = video_config[key]
+  c.optimizer.learning_rate = video_config.optimizer.learning_rate
+  c.schedule.warmup_steps = video_config.schedule.warmup_steps
+  c.eval.num_beams = video_config.eval.num_beams
+  c.eval.max_new_tokens = video_config.eval.max_new_tokens
   return c

@@ -4,19 +4,17 @@ r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per sta
                        (built on first use under data/), minutes on a laptop CPU
   runlocal_sign2gloss  the same data and backbone, Sign2Gloss only, trained on CTC and on each
                        frame's gloss (which synthetic_signs records)
-  runlocal_gloss2text  runlocal's translation network trained on synthetic_signs' (gloss, text)
-                       labels
-  runlocal_staged      runlocal started as MMTLB starts Sign2Text, from the two workdirs above
-                       (their default workdirs), backbone frozen: the README's main job
+  runlocal_staged      runlocal started as MMTLB starts Sign2Text, from runlocal_sign2gloss's
+                       workdir and the Gloss2Text stage's (configs/gloss2text.py:runlocal_mmtlb),
+                       backbone frozen: the README's main job
   sign2gloss           S3D + head, CTC (PHOENIX-2014T recipe); scored by WER
-  gloss2text           = configs/gloss2text.py:pretrained (mBART-large-cc25 fine-tuned)
   sign2gloss2text      --mode=eval only: a Sign2Gloss workdir's glosses -> a Gloss2Text workdir
   sign2text (default)  S3D + head + V-L mapper + mBART, CTC + CE, from the two stages above
   sign2text_features   the release's Sign2Text: head + mapper + mBART on frozen S3D features that
                        --mode=extract_features wrote from the Sign2Gloss workdir
 
   python -m sltjax.main --config=configs/mmtlb.py:runlocal_sign2gloss
-  python -m sltjax.main --config=configs/mmtlb.py:runlocal_gloss2text
+  python -m sltjax.main --config=configs/gloss2text.py:runlocal_mmtlb
   python -m sltjax.main --config=configs/mmtlb.py:runlocal_staged
   python -m sltjax.translate --workdir=workdirs/mmtlb_runlocal_staged_synthetic_signs my_video.mp4
 
@@ -28,7 +26,7 @@ started from the glosses' mBART embeddings.
 The PHOENIX-2014T pipeline (build the dataset first: python -m sltjax.data.build --help):
   python -m sltjax.main --config=configs/mmtlb.py:sign2gloss --workdir=w/s2g \
       --config.data.data_dir=DATA --config.model.backbone_weights=s3d_kinetics_wlasl.pth
-  python -m sltjax.main --config=configs/mmtlb.py:gloss2text --workdir=w/g2t \
+  python -m sltjax.main --config=configs/gloss2text.py:pretrained --workdir=w/g2t \
       --config.init.model=pretrained/mbart_phoenix
   python -m sltjax.main --config=configs/mmtlb.py:sign2gloss2text --workdir=w/s2g2t --mode=eval \
       --config.data.data_dir=DATA --config.init.visual=w/s2g --config.init.translation=w/g2t
@@ -44,39 +42,30 @@ Or, as released, Sign2Text on frozen features of the Sign2Gloss S3D (written to 
 import ml_collections
 
 from configs import common
+from sltjax.experiments import mmtlb as mmtlb_experiment
 
-VARIANTS = ('sign2text', 'sign2text_features', 'sign2gloss', 'gloss2text', 'sign2gloss2text',
-            'runlocal', 'runlocal_sign2gloss', 'runlocal_gloss2text', 'runlocal_staged')
+VARIANTS = ('sign2text', 'sign2text_features', 'sign2gloss', 'sign2gloss2text', 'runlocal',
+            'runlocal_sign2gloss', 'runlocal_staged')
+# The Gloss2Text stage is its own system's config (configs/gloss2text.py).
+MOVED = {'gloss2text': 'configs/gloss2text.py:pretrained',
+         'runlocal_gloss2text': 'configs/gloss2text.py:runlocal_mmtlb'}
 # Where runlocal_staged finds its two earlier stages: their default workdirs
 # (sltjax/workdirs.py: workdirs/<config>_<variant>_<dataset>).
 RUNLOCAL_STAGE_WORKDIRS = {'visual': 'workdirs/mmtlb_runlocal_sign2gloss_{dataset}',
-                           'translation': 'workdirs/mmtlb_runlocal_gloss2text_{dataset}'}
+                           'translation': 'workdirs/gloss2text_runlocal_mmtlb_{dataset}'}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  common.refuse_moved(arg, MOVED, 'configs/mmtlb.py')
   variant, dataset = common.parse_argument(arg, VARIANTS, 'sign2text', 'configs/mmtlb.py')
-  if variant == 'gloss2text':
-    from configs import gloss2text  # pylint: disable=import-outside-toplevel
-    return gloss2text.get_config(f'pretrained,dataset={dataset}')
-  if variant == 'runlocal_gloss2text':
-    return runlocal_gloss2text(dataset)
-  c = ml_collections.ConfigDict()
-  c.system = 'mmtlb'
-  c.stage = 'sign2gloss' if 'sign2gloss' in variant and variant != 'sign2gloss2text' else (
+  stage = 'sign2gloss' if 'sign2gloss' in variant and variant != 'sign2gloss2text' else (
       'sign2gloss2text' if variant == 'sign2gloss2text' else 'sign2text')
   epoch = common.steps_per_epoch(dataset, 8)
-  c.seed = 0
-  c.total_steps = 40 * epoch
-  c.batch_size = 8
-  c.log_every_steps = 50
-  c.eval_every_steps = 2 * epoch
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2
-  c.label_smoothing = 0.2
-  c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
+  c = common.base('mmtlb', stage, total_steps=40 * epoch, batch_size=8,
+                  eval_every_steps=2 * epoch, label_smoothing=0.2)
 
   # features_dir: with backbone='features', a dataset written by --mode=extract_features.
-  c.data = common.video_data('mmtlb', dataset,
+  c.data = common.video_data(mmtlb_experiment.DATA_RECIPE, dataset,
                              # Gloss2Text inputs (sign2gloss2text): mBART's lowercase pieces
                              lowercase_source=True)
 
@@ -131,23 +120,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.param_groups = {}
     c.eval.ctc_beam_size = 1  # the release validates greedily; test with beam 5
   if variant.startswith('runlocal'):  # minutes on a 2-core CPU
-    c.data.data_dir = 'data'
-    c.data.build_if_missing = True
-    # 48 px: S3D steps take half the time they take at 64 px, and learn as fast (dev WER 55 at
-    # step 400 of 800 against 53 at 64 px).
-    c.data.crop_size = 48
-    c.data.eval_resize = 48
-    c.data.max_frames = 32  # evenly spaced: 3-5 frames per sign remain
-    c.data.frame_buckets = (32,)  # one compiled shape
-    c.data.length_buckets = (16, 32)
-    c.data.lowercase_source = False
-    c.data.colour_jitter_prob = 0.0  # hue jitter would move the marker colours that name glosses
+    # 48 px: S3D steps take half the time they take at 64 px, and learn as fast
+    # (docs/systems/mmtlb.md). 32 frames, evenly spaced (3-5 per sign), in one compiled shape.
+    # No colour jitter: hue jitter would move the marker colours that name glosses.
+    common.runlocal(c, crop_size=48, eval_resize=48, frame_buckets=(32,), max_frames=32,
+                    lowercase_source=False, colour_jitter_prob=0.0)
     c.tokenizer.kind = 'word'
     c.total_steps = 400
-    c.batch_size = 8
-    c.log_every_steps = 50
-    c.eval_every_steps = 200
-    c.checkpoint_every_steps = 200
+    c.eval_every_steps = c.checkpoint_every_steps = 200
     c.model.backbone_width = 0.125
     c.model.bn_momentum = 0.9  # from scratch: running statistics must follow within the run
     c.model.head_dim = 64
@@ -159,14 +139,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # merges a dict into the existing one, which would keep the release's '^translation/': 0.01.
     c.optimizer.param_groups = {}
     c.schedule.warmup_steps = 50
-    c.eval.update(batch_size=20, num_beams=2, max_new_tokens=24, ctc_beam_size=2)
+    c.eval.update(num_beams=2, max_new_tokens=24, ctc_beam_size=2)
   if variant == 'runlocal_sign2gloss':  # the main job's first stage, most of its time
     # Each frame's gloss (the renderer knows it) trains the gloss logits beside CTC, which lets
-    # the visual network learn at 2.5x the rate: dev WER at step 400 of seed 0, 30.7 against
-    # 51.1 with CTC alone at 2e-3, 63.0 with CTC alone at 5e-3, 51.1 with both at 2e-3, 53.0 with
-    # both at 1e-2 (docs/results.md, the main job).
-    # The rate rises over 200 steps: with 50, seed 1 stayed at the prior until step ~400 (dev WER
-    # 71.5 there; 61.1 with 200).
+    # the visual network learn at 2.5x the rate; the rate rises over 200 steps, which takes CTC
+    # out of its blank phase early on every seed tried (the measurements: docs/results.md).
     c.data.frame_glosses = True
     c.loss.frame_gloss_weight = 1.0
     c.optimizer.learning_rate = 5e-3
@@ -181,29 +158,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.frozen = '^backbone/'
     c.total_steps = 300
     c.eval_every_steps = c.checkpoint_every_steps = 150
-  return c
-
-
-def runlocal_gloss2text(dataset: str) -> ml_collections.ConfigDict:
-  """configs/gloss2text.py with runlocal's translation network, batch, schedule and decoding,
-  on the (gloss, text) labels of runlocal's video dataset."""
-  from configs import gloss2text  # pylint: disable=import-outside-toplevel
-  video_config = get_config(f'runlocal,dataset={dataset}')
-  c = gloss2text.get_config(f'runlocal,dataset={dataset}')
-  c.data = ml_collections.ConfigDict({
-      key: video_config.data[key] for key in ('name', 'data_dir', 'build_if_missing',
-                                              'lowercase_gloss', 'length_buckets')})
-  c.data.update(train_split='train', lowercase_source=False, num_workers=0)
-  c.tokenizer.src_lang = c.tokenizer.tgt_lang = video_config.tokenizer.tgt_lang
-  network = video_config.model.translation
-  for key in ('d_model', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads',
-              'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim',
-              'max_position_embeddings', 'dropout', 'attention_dropout'):
-    c.model[key] = network[key]
-  for key in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps'):
-    c[key] = video_config[key]
-  c.optimizer.learning_rate = video_config.optimizer.learning_rate
-  c.schedule.warmup_steps = video_config.schedule.warmup_steps
-  c.eval.num_beams = video_config.eval.num_beams
-  c.eval.max_new_tokens = video_config.eval.max_new_tokens
   return c

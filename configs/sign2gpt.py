@@ -34,6 +34,7 @@ FastText: cc.de.300.bin, optional: vectors are trained on the training sentences
 import ml_collections
 
 from configs import common
+from sltjax.experiments import sign2gpt as sign2gpt_experiment
 
 VARIANTS = ('pseudo_gloss', 'translation', 'runlocal', 'runlocal_translation', 'runlocal_scratch')
 # Where `python -m sltjax.stand_ins` writes the runlocal networks (its default).
@@ -48,17 +49,9 @@ FROZEN = {'pseudo_gloss': r'^frames/backbone/(?!.*lora_)',
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, dataset = common.parse_argument(arg, VARIANTS, 'pseudo_gloss', 'configs/sign2gpt.py')
   stage = 'pseudo_gloss' if variant in ('pseudo_gloss', 'runlocal') else 'translation'
-  c = ml_collections.ConfigDict()
-  c.system = 'sign2gpt'
-  c.stage = stage
-  c.seed = 0
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2
-  c.label_smoothing = 0.1
-  c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
-
-  c.data = common.video_data('sign2gpt', dataset, length_buckets=(16, 32, 64))  # 64 tokens
+  c = common.base('sign2gpt', stage, label_smoothing=0.1)
+  c.data = common.video_data(sign2gpt_experiment.DATA_RECIPE, dataset,
+                             length_buckets=(16, 32, 64))  # up to 64 tokens
   # XGLM's own tokenizer: the directory of model.lm_weights.
   c.tokenizer = common.tokenizer('xglm', dataset)
   # Vocabulary and video sizes for --mode=compile, which reads no dataset (common.shapes).
@@ -114,13 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       figures=4)  # stage 1: pictures of where the first dev videos' pseudo-glosses are placed
 
   if variant.startswith('runlocal'):  # minutes on a 2-core CPU
-    c.data.data_dir = 'data'
-    c.data.build_if_missing = True
-    c.data.crop_size = 56  # the stand-in DINOv2's size: 4 x 4 patches of 14
-    c.data.eval_resize = 64
-    c.data.hue = 0.02  # synthetic_signs tells glosses apart by hand colour, among other cues
-    c.data.frame_buckets = (16, 24, 32)
-    c.data.length_buckets = (16, 32)
+    # 56 px: the stand-in DINOv2's size (4 x 4 patches of 14); little hue jitter, since
+    # synthetic_signs tells glosses apart by hand colour, among other cues.
+    common.runlocal(c, crop_size=56, eval_resize=64, frame_buckets=(16, 24, 32), hue=0.02)
     c.model.dtype = 'float32'  # bfloat16 matmuls are slow on CPUs
     c.model.backbone_weights = f'{STAND_INS}/dinov2'
     c.model.lm_weights = c.tokenizer.path = f'{STAND_INS}/xglm'
@@ -131,7 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.signs.update(dim=64, heads=4)
     c.batch_size = 16
     c.log_every_steps = 25
-    c.eval.update(batch_size=20, max_new_tokens=24)
+    c.eval.max_new_tokens = 24
     c.schedule.warmup_steps = 30
     if stage == 'pseudo_gloss':
       c.total_steps = 600
@@ -140,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       if variant == 'runlocal_translation':
         c.init.pretraining = RUNLOCAL_PRETRAINING.format(dataset=dataset)
       # The release trains ~90k steps at 3e-4; in 1,500 the zero-initialised gates must open
-      # faster (dev BLEU-4 at step 600: 32.4 at 1e-3, 37.4 at 3e-3, 40.0 with these gates).
+      # faster (docs/systems/sign2gpt.md).
       c.total_steps = 1500
       c.optimizer.learning_rate = 3e-3
       c.optimizer.param_groups = {'visual_adaptor/gate': 10.0}

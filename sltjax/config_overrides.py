@@ -89,6 +89,15 @@ def _choices_with_key(module, config_file: str, dotted: str, variant: str) -> li
   return found
 
 
+def _moved_keys(config) -> dict[str, str]:
+  """The MOVED_KEYS of the config's system ({} when it cannot be found)."""
+  from sltjax import experiments  # pylint: disable=import-outside-toplevel
+  try:
+    return experiments.experiment_class(experiments.system_name(config)).MOVED_KEYS
+  except Exception:  # pylint: disable=broad-except  (the config's own error explains it)
+    return {}
+
+
 def explain_missing_key(config_argument: str, overrides: list[str]) -> str | None:
   """One message for the first override in `overrides` (dotted keys, without `--config.`)
   that the config named by `config_argument` ('FILE[:ARG]') lacks; None when every key exists
@@ -99,10 +108,13 @@ def explain_missing_key(config_argument: str, overrides: list[str]) -> str | Non
     config = module.get_config(argument or None)
   except Exception:  # pylint: disable=broad-except  (explained by the file's own error instead)
     return None
+  moved = _moved_keys(config)
   for dotted in overrides:
     missing = _missing_part(config, dotted)
     if missing is None:
       continue
+    if dotted in moved:
+      return f'--config.{dotted} is now --config.{moved[dotted]}.'
     prefix, node = missing
     name = dotted[len(prefix):].lstrip('.').split('.')[0]
     message = (f'--config.{dotted}: {config_argument} has no key {dotted}; the nearest keys it '

@@ -19,7 +19,7 @@ def _get(config, dotted: str):
 
 def validate(config) -> None:
   """Raises UserError naming every missing key or invalid value of `config`."""
-  experiment = experiments.experiment_class(experiments.system_name(config))
+  experiment = experiments.stage_class(config)
   problems = []
   for key in REQUIRED_KEYS + experiment.REQUIRED_KEYS:
     try:

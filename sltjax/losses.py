@@ -1,5 +1,6 @@
-"""Training losses: label-smoothed cross entropy, CTC, IP-SLT's iterative distillation and the CLCL
-contrastive loss (C2RL)."""
+"""Training losses: label-smoothed cross entropy (and its per-token or per-sentence mean), CTC,
+distillation between decoder passes, and the contrastive losses (CLCL's fine-grained one, CLIP's
+global one)."""
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,6 +18,20 @@ def label_smoothed_cross_entropy(logits, labels, weights, label_smoothing: float
   targets = optax.smooth_labels(jax.nn.one_hot(labels, vocab), label_smoothing)
   per_token = optax.softmax_cross_entropy(logits, targets)  # [batch, len]
   return jnp.sum(per_token * weights), jnp.sum(weights)
+
+
+def mean_cross_entropy(logits, labels, weights, label_smoothing: float, *,
+                       per: str = 'token'):
+  """(mean label-smoothed cross entropy, weighted tokens) of `label_smoothed_cross_entropy`'s
+  sum: per weighted token (per='token', the default of every system's LM loss) or per sentence
+  (per='sentence': the sum over a sentence's tokens averaged over the batch's rows, as the SLT
+  releases that sum before dividing by the batch). Shapes as label_smoothed_cross_entropy."""
+  total, tokens = label_smoothed_cross_entropy(logits, labels, weights, label_smoothing)
+  if per == 'token':
+    return total / jnp.maximum(tokens, 1.0), tokens
+  if per == 'sentence':
+    return total / labels.shape[0], tokens
+  raise ValueError(f'per={per!r}: expected "token" or "sentence".')
 
 
 def token_distillation_kl(student_logits, teacher_logits, weights):

@@ -13,10 +13,10 @@ import os
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from sltjax import config_overrides, config_validation, jax_fixes, storage, workdirs
+from sltjax import command_line, config_overrides, config_validation, storage, workdirs
 from sltjax.errors import UserError, exit_with_user_error
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
@@ -39,7 +39,7 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of pr
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of cooperating processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 _COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.expanduser('~/.cache/sltjax/xla'),
+    'compilation_cache', command_line.COMPILATION_CACHE,
     'Persistent XLA compilation cache directory ("" disables).')
 flags.mark_flags_as_required(['config'])
 
@@ -52,10 +52,6 @@ def initialize_distributed() -> None:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-
-
-# Config keys that moved, for a message naming the new one.
-MOVED_KEYS = {'model.init_from': 'init.model'}
 
 
 def shipped_configs() -> list[str]:
@@ -89,9 +85,6 @@ def parse_flags(argv):
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e).strip('\'"').replace("\\'", "'").replace('\\n', ' ')
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    for old, new in MOVED_KEYS.items():
-      if f'--config.{old}' in overrides:
-        exit_with_user_error(f'--config.{old} is now --config.{new}.')
     missing_key = config_argument and config_overrides.explain_missing_key(
         config_argument, [o.removeprefix('--config.') for o in overrides])
     if missing_key:
@@ -142,16 +135,13 @@ def main(argv):
 def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO
-  jax_fixes.fewer_gc_passes()
+  # --mode=compile compiles for another platform: nothing to keep.
+  command_line.start('' if _MODE.value == 'compile' else _COMPILATION_CACHE.value)
   config = _CONFIG.value
   if _MODE.value == 'compile':  # validated as built from its shapes (no files)
     compile_for_slice(config)
     return
   config_validation.validate(config)
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
   initialize_distributed()
   workdir = _WORKDIR.value or workdirs.default_workdir(flags.FLAGS['config'].config_filename,
                                                        config)

@@ -1,7 +1,7 @@
 """Translation metrics under the SLT literature's protocol and the standard signatures.
 
 - `bleu1`..`bleu4`: sacrebleu corpus BLEU with tokenize='none' on the already tokenized,
-  lowercased text (signjoey / MMTLB convention); cumulative n-gram orders 1..4.
+  lowercased text (the signjoey convention the SLT papers follow); cumulative n-gram orders 1..4.
 - `bleu4_13a`: sacrebleu's default signature (13a tokenizer), comparable with MT papers; for
   Chinese `bleu4_zh`, sacrebleu's zh tokenizer.
 - Chinese (CSL-Daily, `char_level`): BLEU-1..4 and ROUGE over characters, every character a
@@ -13,9 +13,6 @@
 Retrieval (`retrieval_metrics`, `sign_retrieval_metrics`): R@1/5/10 in percent and the median
 and mean rank (1-based) of each query's match, ties counted against the model, on CiCo's fused
 score with the videos of one sentence grouped (REFERENCE.md).
-
-Pseudo-gloss presence (`pseudo_gloss_f1`, Sign2GPT): micro F1 and the mean per-class F1 over the
-classes present in the references, a gloss predicted where its score > 0.5 (the release's).
 
 Gloss recognition (`gloss_metrics`): corpus WER = (substitutions + deletions + insertions) /
 reference glosses (jiwer), x100, with PHOENIX-2014T's standard clean-up applied to hypotheses and
@@ -33,15 +30,13 @@ import sacrebleu
 METRIC_NAMES = ('bleu1', 'bleu2', 'bleu3', 'bleu4', 'bleu4_13a', 'bleu4_zh', 'chrf',
                 'rougeL_signjoey', 'rougeL_f')
 GLOSS_METRIC_NAMES = ('wer', 'sub_rate', 'del_rate', 'ins_rate')
-PSEUDO_GLOSS_METRIC_NAMES = ('pseudo_gloss_f1', 'pseudo_gloss_class_f1')
 RETRIEVAL_METRIC_NAMES = tuple(f'{direction}_{name}' for direction in ('t2v', 'v2t')
                                for name in ('r1', 'r5', 'r10', 'medr', 'mnr'))
 # Every metric an evaluation may report, with its direction: True where higher is better.
-# Best-checkpoint selection and config validation read it; a system adds its own with
-# register_metric.
+# Best-checkpoint selection and config validation read it. Here the metric families computed
+# below; a system adds its own with register_metric when its module is imported.
 HIGHER_IS_BETTER: dict[str, bool] = {**{name: True for name in METRIC_NAMES},
                                      **{name: False for name in GLOSS_METRIC_NAMES},
-                                     **{name: True for name in PSEUDO_GLOSS_METRIC_NAMES},
                                      **{name: not name.endswith(('medr', 'mnr'))
                                         for name in RETRIEVAL_METRIC_NAMES}}
 
@@ -213,19 +208,3 @@ def sign_retrieval_metrics(v2t, t2v, video_sentences: Sequence[str]) -> dict[str
                                 for g in range(len(sentences))], axis=1)  # [sentences, groups]
   return {**{f'v2t_{k}': v for k, v in retrieval_metrics(video_vs_sentence, group).items()},
           **{f't2v_{k}': v for k, v in retrieval_metrics(sentence_vs_group).items()}}
-
-
-def pseudo_gloss_f1(scores, targets, threshold: float = 0.5) -> dict[str, float]:
-  """{'pseudo_gloss_f1': micro F1, 'pseudo_gloss_class_f1': mean F1 of the classes that occur in
-  `targets`} (x100) of presence scores [videos, glosses] against multi-hot targets, a gloss
-  predicted where its score > threshold; F1 = tp / (tp + (fp + fn) / 2)."""
-  predicted = np.asarray(scores) > threshold
-  actual = np.asarray(targets) > 0
-  tp = np.sum(predicted & actual, axis=0).astype(np.float64)
-  fp = np.sum(predicted & ~actual, axis=0).astype(np.float64)
-  fn = np.sum(~predicted & actual, axis=0).astype(np.float64)
-  micro = tp.sum() / max(tp.sum() + 0.5 * (fp.sum() + fn.sum()), 1e-12)
-  present = (tp + fn) > 0
-  per_class = tp[present] / (tp[present] + 0.5 * (fp[present] + fn[present]))
-  return {'pseudo_gloss_f1': 100.0 * float(micro),
-          'pseudo_gloss_class_f1': 100.0 * float(per_class.mean()) if present.any() else 0.0}

@@ -1,5 +1,6 @@
-r"""Sign language retrieval with a trained workdir (C2RL pretraining or SLRet): index a collection
-of videos once, then rank it for sentences, or rank sentences for each video.
+r"""Sign language retrieval with a trained workdir whose experiment retrieves (a
+RetrievalExperiment, sltjax/experiments/retrieval.py): index a collection of videos once, then
+rank it for sentences, or rank sentences for each video.
 
   python -m sltjax.retrieve --workdir=W index --index=DIR VIDEO_OR_FOLDER... [--batch_size=8]
   python -m sltjax.retrieve --workdir=W search --index=DIR "a sentence" [--top=10]
@@ -22,11 +23,10 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from sltjax import jax_fixes, storage, translate
+from sltjax import command_line, storage, translate
 from sltjax.errors import UserError, exit_with_user_error
 from sltjax.experiments.base import RETRIEVE
 
@@ -83,7 +83,8 @@ class Index:
 
 
 def load(workdir: str):
-  """(experiment, params, rest, step) of a workdir whose model retrieves."""
+  """(experiment, params, rest, step) of a workdir whose model retrieves (its experiment is a
+  RetrievalExperiment, the only kind that declares RETRIEVE)."""
   exp = translate.load_experiment(workdir, RETRIEVE, 'retrieving')
   params, rest, step = exp.eval_variables()
   return exp, params, rest, step
@@ -142,9 +143,7 @@ def main(argv):
     raise app.UsageError('--index=DIR is required.')
   if FLAGS.batch_size < 1 or FLAGS.top < 1:
     raise app.UsageError('--batch_size and --top must be at least 1.')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  jax_fixes.fewer_gc_passes()
+  command_line.start()
   results_out = sys.stdout  # JSON lines only; every message goes to stderr
   try:
     with contextlib.redirect_stdout(sys.stderr):
@@ -190,5 +189,4 @@ if __name__ == '__main__':
   flags.DEFINE_float('frames_fps', None, 'index: frame rate of frame-folder inputs (default: '
                      'the training fps).')
   flags.mark_flags_as_required(['workdir'])
-  jax.config.update('jax_compilation_cache_dir', os.path.expanduser('~/.cache/sltjax/xla'))
   app.run(main)

@@ -29,6 +29,7 @@ from sltjax.convert.dinov2 import save_dinov2
 from sltjax.convert.xglm import save_xglm
 from sltjax.data import augmentation, synthetic_signs, video
 from sltjax.data.tokenizers import SENTENCEPIECE_FILE, XGLMTokenizer
+from sltjax.experiments import sign2gpt
 from sltjax.models.backbones.dinov2 import DINOv2, DINOv2Config
 from sltjax.models.xglm import XGLM, XGLMConfig
 
@@ -129,7 +130,7 @@ def labelled_frames(seed: int, videos: int, crop_size: int, resize: int):
   `videos` rendered videos, each augmented as Sign2GPT's training clips are."""
   rng = np.random.default_rng([seed, 201])
   aug = video.default_config()
-  aug.update(**video.RECIPES['sign2gpt'], crop_size=crop_size, eval_resize=resize,
+  aug.update(**sign2gpt.DATA_RECIPE, crop_size=crop_size, eval_resize=resize,
              hue=SYNTHETIC_HUE_JITTER)
   frames, labels = [], []
   for _ in range(videos):

@@ -21,12 +21,11 @@ import os
 import sys
 import time
 
-import jax
 import numpy as np
 import tqdm
-from absl import app, flags, logging
+from absl import app, flags
 
-from sltjax import experiments, jax_fixes, storage, workdirs
+from sltjax import command_line, experiments, storage, workdirs
 from sltjax.data import augmentation, video
 from sltjax.data.frames import FrameError, read_image_file
 from sltjax.data.video_files import VideoError, read_video
@@ -182,9 +181,7 @@ def main(argv):
   paths = expand_inputs(argv[1:])
   if FLAGS.batch_size < 1:
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} must be at least 1.')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  jax_fixes.fewer_gc_passes()
+  command_line.start()
   try:
     exp = load_experiment(FLAGS.workdir)
     params, rest, step = exp.eval_variables()
@@ -224,5 +221,4 @@ if __name__ == '__main__':
   flags.DEFINE_float('frames_fps', None, 'Frame rate of frame-folder inputs '
                      '(default: the training fps, i.e. no resampling).')
   flags.mark_flags_as_required(['workdir'])
-  jax.config.update('jax_compilation_cache_dir', os.path.expanduser('~/.cache/sltjax/xla'))
   app.run(main)

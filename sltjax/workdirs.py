@@ -10,7 +10,7 @@ import os
 import jax
 import ml_collections
 
-from sltjax import storage
+from sltjax import experiments, storage
 from sltjax.errors import UserError
 
 CONFIG_FILE = 'config.json'
@@ -19,17 +19,13 @@ RESUMABLE_CHANGES = ('eval.', 'log_every_steps', 'eval_every_steps', 'checkpoint
                      'keep_checkpoints', 'total_steps', 'mesh.', 'data.num_workers',
                      'data.build_if_missing', 'data.data_dir', 'data.features_dir')
 
-# Config blocks whose presence alone changes the model: a key of one that only the saved or only
-# the new config has is a difference (other keys may be new in today's configs).
-OPTIONAL_MODEL_BLOCKS = ('model.prototype.',)
-
 
 def default_workdir(config_argument: str, config) -> str:
   """workdirs/<config file>_<variant>[_<dataset>] for --config=configs/<file>.py[:variant,...]."""
   path, _, arg = config_argument.partition(':')
   variant = arg.split(',')[0] if arg and '=' not in arg.split(',')[0] else 'default'
   parts = [os.path.splitext(os.path.basename(path))[0], variant]
-  # A video dataset's name, or the corpus that Gloss2Text's text files come from.
+  # A video dataset's name, or the corpus that text files (data.path) come from.
   dataset = (config.data.get('name') or config.data.get('corpus')) if 'data' in config else None
   if dataset:
     parts.append(dataset)
@@ -46,38 +42,32 @@ def _flatten(tree, prefix=''):
   return flat
 
 
-def upgrade(values: dict) -> dict:
-  """A saved config in today's keys: one without `system` was written by Gloss2Text before the
-  key existed, and Gloss2Text's model.init_from is now init.model."""
-  values = json.loads(json.dumps(values))
-  values.setdefault('system', 'gloss2text')
-  if values['system'] == 'gloss2text' and 'init_from' in values.get('model', {}):
-    values.setdefault('init', {})['model'] = values['model'].pop('init_from')
-  return values
-
-
 def config_differences(saved: dict, config: dict) -> list[str]:
   """'key: saved -> new' for every key in both whose value differs and matters for resuming, and
-  for every key of an optional block that changes the model (OPTIONAL_MODEL_BLOCKS) present on
-  one side only."""
-  saved, config = _flatten(upgrade(saved)), _flatten(upgrade(config))
+  for every key of a block whose presence alone changes the model (the experiment's
+  OPTIONAL_MODEL_BLOCKS) present on one side only."""
+  saved, config = (experiments.upgrade_saved_config(saved),
+                   experiments.upgrade_saved_config(config))
+  optional_blocks = experiments.stage_class(ml_collections.ConfigDict(config)).OPTIONAL_MODEL_BLOCKS
+  saved, config = _flatten(saved), _flatten(config)
   differences = [f'{key}: {saved[key]!r} -> {config[key]!r}'
                  for key in sorted(saved.keys() & config.keys()) if saved[key] != config[key]
                  and not any(key == p or key.startswith(p) for p in RESUMABLE_CHANGES)]
   one_side = sorted(key for key in saved.keys() ^ config.keys()
-                    if any(key.startswith(p) for p in OPTIONAL_MODEL_BLOCKS))
+                    if any(key.startswith(p) for p in optional_blocks))
   shown = lambda values, key: repr(values[key]) if key in values else '(absent)'
   return differences + [f'{key}: {shown(saved, key)} -> {shown(config, key)}' for key in one_side]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with, in today's keys (`upgrade`)."""
+  """The config a workdir was trained with, in today's keys (experiments.upgrade_saved_config)."""
   path = storage.join(workdir, CONFIG_FILE)
   storage.check_access(workdir, write=False)
   if not storage.path(path).is_file():
     raise UserError(f'{path} not found: this is not a training workdir (python -m sltjax.main '
                     '... --workdir=DIR writes it).')
-  return ml_collections.ConfigDict(upgrade(json.loads(storage.read_text(path))))
+  return ml_collections.ConfigDict(
+      experiments.upgrade_saved_config(json.loads(storage.read_text(path))))
 
 
 def prepare(workdir: str, config, mode: str) -> None:

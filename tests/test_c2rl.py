@@ -18,7 +18,7 @@ from flax import nnx
 from sltjax import config_validation, train, workdirs
 from sltjax.checkpointing import read_best_variables
 from sltjax.errors import MissingInputError, UserError
-from sltjax.experiments.c2rl import same_sentence
+from sltjax.experiments.retrieval import same_sentence
 from sltjax.metrics import RETRIEVAL_METRIC_NAMES
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTranslator,

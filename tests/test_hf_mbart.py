@@ -199,7 +199,10 @@ def test_tied_copies_equal_to_the_embedding_are_accepted(broken_copy):
   tensors['lm_head.weight'] = tensors['model.encoder.embed_tokens.weight'] = (
       tensors['model.shared.weight'])
   save_file(tensors, str(directory / 'model.safetensors'))
-  load_mbart(str(directory))
+  loaded = to_hf_state_dict(load_mbart(str(directory)))
+  for name, value in loaded.items():  # every tensor as saved; the copies are the embedding
+    np.testing.assert_array_equal(value, tensors[name], err_msg=name)
+  np.testing.assert_array_equal(loaded['model.shared.weight'], tensors['lm_head.weight'])
 
 
 def test_pytorch_bin_and_sharded_safetensors_load_the_same_weights(models, tmp_path):

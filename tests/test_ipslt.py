@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from sltjax import train, workdirs
+from sltjax.config_validation import validate
 from sltjax.checkpointing import read_best_variables
 from sltjax.decoding import encoder_decoder_search
 from sltjax.errors import UserError
@@ -197,8 +198,16 @@ def test_config_blocks_are_checked_and_variants_keep_their_base_system(tmp_path)
       "model.prototype.distillation='l2'; expected one of ('kl', 'mse', 'none')"]
   c2rl = ipslt_configs.get_config('runlocal_c2rl_sign2text')
   c2rl.stage = 'slret'
-  with pytest.raises(UserError, match='C2RL stage slret has none'):
+  with pytest.raises(UserError, match='system c2rl stage slret has none'):
     train.build_experiment(c2rl, str(tmp_path / 'slret'))
+  # A decoder-only translator (Sign2GPT's XGLM) has no encoder to refine: one line says so.
+  from configs import sign2gpt  # pylint: disable=import-outside-toplevel
+  gpt = sign2gpt.get_config('runlocal_translation')
+  gpt.model.prototype = ipslt_configs.prototype()
+  with pytest.raises(UserError, match=r'^Invalid config: model.prototype \(IP-SLT\) refines the '
+                     r'encoder of a translation network, and system sign2gpt stage translation '
+                     r'has none: remove the block\.$'):
+    validate(gpt)
   # A base system's workdir does not resume with the plug-in on (nor the other way round).
   saved = tiny_config('unused').to_dict()
   with_block = tiny_config('unused').to_dict()

@@ -105,7 +105,7 @@ def test_sign_retrieval_groups_the_videos_of_a_sentence():
 
 
 def test_pseudo_gloss_f1_by_hand():
-  from sltjax.metrics import pseudo_gloss_f1  # pylint: disable=import-outside-toplevel
+  from sltjax.experiments.sign2gpt import pseudo_gloss_f1  # pylint: disable=import-outside-toplevel
   scores = [[0.9, 0.2, 0.6, 0.0], [0.7, 0.8, 0.1, 0.5]]
   targets = [[1, 0, 0, 0], [1, 1, 1, 0]]
   # predictions (> 0.5): [1,0,1,0], [1,1,0,0]: tp 3 (class 0 twice, class 1), fp 1 (class 2 in

@@ -149,6 +149,7 @@ def test_sign2text_and_sign2gloss2text_take_translation_from_a_gloss2text_workdi
       'model.decoder_layers': network.decoder_layers}), str(g2t))
   config.init.translation = str(g2t)
   exp = train.build_experiment(config, str(tmp_path / 's2t'))
+  assert os.listdir(g2t / 'tokenizer') == ['vocab.json']  # the word vocabulary
   for name in os.listdir(g2t / 'tokenizer'):
     assert (tmp_path / 's2t' / 'tokenizer' / name).read_bytes() == (
         g2t / 'tokenizer' / name).read_bytes()

@@ -8,12 +8,13 @@ import pytest
 from sltjax import checkpointing
 from sltjax.data import augmentation, batching, sampling, video
 from sltjax.data.tokenizers import GlossVocabulary, WordTokenizer
+from sltjax.experiments import c2rl, mmtlb, sign2gpt
 
 
 # --- temporal sampling -----------------------------------------------------------------------
 def draws(strategy, num_frames, train, n=40, **kwargs):
   rngs = [np.random.default_rng(i) for i in range(n)]
-  return [sampling.STRATEGIES[strategy](num_frames, rng, train, **kwargs) for rng in rngs]
+  return [sampling.strategy(strategy)(num_frames, rng, train, **kwargs) for rng in rngs]
 
 
 @pytest.mark.parametrize('num_frames', [9, 37, 120, 300])
@@ -32,34 +33,35 @@ def test_mmtlb_train_length_is_a_multiple_of_4_in_half_to_one_and_a_half_t(num_f
 
 
 def test_mmtlb_test_uses_all_frames_or_the_centre_400():
-  np.testing.assert_array_equal(sampling.mmtlb(57, None, False), np.arange(57))
-  np.testing.assert_array_equal(sampling.mmtlb(500, None, False), np.arange(50, 450))
+  np.testing.assert_array_equal(mmtlb.sample_random_length(57, None, False), np.arange(57))
+  np.testing.assert_array_equal(mmtlb.sample_random_length(500, None, False), np.arange(50, 450))
 
 
 def test_c2rl_keeps_a_quarter_one_frame_per_segment():
-  np.testing.assert_array_equal(sampling.c2rl(40, None, False), np.arange(0, 40, 4))
+  np.testing.assert_array_equal(c2rl.sample_one_per_segment(40, None, False), np.arange(0, 40, 4))
   for indices in draws('c2rl', 40, True):
     np.testing.assert_array_equal(indices // 4, np.arange(10))  # one per segment of 4
   assert len({tuple(i) for i in draws('c2rl', 40, True)}) > 1
-  assert len(sampling.c2rl(3, None, False)) == 1 and len(sampling.c2rl(130, None, False)) == 32
+  assert len(c2rl.sample_one_per_segment(3, None, False)) == 1 and len(c2rl.sample_one_per_segment(130, None, False)) == 32
 
 
 def test_sign2gpt_stride_2_random_start_at_most_256():
-  np.testing.assert_array_equal(sampling.sign2gpt(21, None, False), np.arange(0, 21, 2))
+  np.testing.assert_array_equal(sign2gpt.sample_every_second_frame(21, None, False), np.arange(0, 21, 2))
   offsets = {int(i[0]) for i in draws('sign2gpt', 21, True)}
   assert offsets == {0, 1}
   for indices in draws('sign2gpt', 1000, True):
     assert len(indices) == 256 and np.all(np.diff(indices) == 2)
   starts = {int(i[0]) for i in draws('sign2gpt', 1000, True)}
   assert len(starts) > 10  # a random window of the long clip
-  np.testing.assert_array_equal(sampling.sign2gpt(1000, None, False), np.arange(244, 756, 2))
+  np.testing.assert_array_equal(sign2gpt.sample_every_second_frame(1000, None, False), np.arange(244, 756, 2))
 
 
 def test_all_frames_and_the_max_frames_cap_is_evenly_spaced():
   np.testing.assert_array_equal(sampling.sample_frames('all', 7, None, True), np.arange(7))
   np.testing.assert_array_equal(sampling.sample_frames('all', 100, None, False, max_frames=5),
                                 [0, 25, 50, 74, 99])
-  with pytest.raises(ValueError, match=r"data.sampling='s3d'; expected one of \['all', 'c2rl'"):
+  with pytest.raises(ValueError, match=r"data.sampling='s3d' is not a registered sampling "
+                                       r"strategy; registered: \['all', 'c2rl', 'mmtlb'"):
     sampling.sample_frames('s3d', 7, None, True)
 
 
@@ -157,7 +159,7 @@ def pipeline_parts(synthetic_signs_dir):
   config = video.default_config()
   config.update(data_dir=str(synthetic_signs_dir), crop_size=32, eval_resize=32,
                 frame_buckets=(32, 48, 64, 96), length_buckets=(8, 16))
-  config.update(video.RECIPES['mmtlb'])
+  config.update(mmtlb.DATA_RECIPE)
   train = video.open_split(config, 'train')
   tokenizer = WordTokenizer.build(train.texts, ['en_XX'])
   glosses = GlossVocabulary.build(train.glosses)

@@ -59,7 +59,7 @@ def decoder_targets(labels: list[np.ndarray], length: int, pad_id: int,
   """Teacher-forcing arrays [rows, length] from label rows `X </s> lang` (already fitted).
 
   decoder_input_ids is mBART's shift_tokens_right (`lang X </s>`); label_weights is 1 on every
-  label but the final language code (never predicted, as in MMTLB) and the padding.
+  label but the final language code (never predicted, as in the SLT releases) and the padding.
   """
   label_ids = pad_rows(labels, length, pad_id)
   lengths = np.array([len(l) for l in labels])

@@ -1,4 +1,5 @@
-"""Pre-extracted visual features as a dataset: MMTLB's Sign2Text on frozen backbone features.
+"""Pre-extracted visual features as a dataset, for training a translation head on a frozen
+backbone's features.
 
 `python -m sltjax.main ... --mode=extract_features --workdir=W` runs W's backbone (eval mode, eval
 transform) over every split and writes W/features/:

@@ -1,4 +1,4 @@
-"""Pseudo-glosses (Sign2GPT): the content words of a spoken sentence, in spoken order, as
+"""Pseudo-glosses (Wong et al., ICLR 2024): the content words of a spoken sentence, in spoken order, as
 weak labels of what a signer signs; and their vocabulary.
 
 A word is kept when its universal part of speech is one of KEPT_TAGS; German and English keep

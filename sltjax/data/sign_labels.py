@@ -7,13 +7,13 @@ from sltjax.data.tokenizers import GlossVocabulary, Tokenizer
 
 
 def target_ids(tokenizer: Tokenizer, text: str, tgt_lang_id: int) -> np.ndarray:
-  """A sentence's ids `X </s> tgt_lang` (the decoder's labels; C2RL's text encoders read it too)."""
+  """A sentence's ids `X </s> tgt_lang` (the decoder's labels, and a text encoder's input)."""
   return np.array(tokenizer.encode(text) + [tokenizer.eos_id, tgt_lang_id], np.int32)
 
 
 class SignLabels:
   """Per record of a split: gloss ids (CTC labels), the target ids `X </s> tgt_lang`, and any
-  labels a system adds (record_labels: {name: [records, ...] array}, e.g. Sign2GPT's
+  labels a system adds (record_labels: {name: [records, ...] array}, e.g.
   pseudo-gloss targets)."""
 
   def __init__(self, glosses: list[str], texts: list[str], tokenizer: Tokenizer,

@@ -1,4 +1,4 @@
-r"""A procedural Gloss2Text corpus: weather-forecast glosses and German sentences, no download.
+r"""A procedural gloss-to-text corpus: weather-forecast glosses and German sentences, no download.
 
 The grammar imitates how PHOENIX-2014T glosses relate to their translations, so translation is
 not copying: glosses put time and place first and the predicate last, with no articles,
@@ -7,7 +7,7 @@ and moves the verb to second position (`morgen gibt es im norden starken regen .
 
   python -m sltjax.data.synthetic_text --output_dir=DIR [--train=4000 --dev=300 --test=300]
 
-writes {train,dev,test}.{gloss,de} (one sentence per line), the layout configs/gloss2text.py reads.
+writes {train,dev,test}.{gloss,de} (one sentence per line), the layout of a text corpus (data.path).
 """
 from collections.abc import Callable
 

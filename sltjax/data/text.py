@@ -1,7 +1,8 @@
 """Parallel text data ({split}.{source_suffix} / {split}.{target_suffix}) as grain pipelines.
 
-Gloss2Text reads `train.gloss` + `train.de`; each line pair is one example. Examples are tokenized
-once, then batched by the global-batch plan of sltjax/data/batching.py and padded to length buckets.
+A gloss-to-text corpus is read from `train.gloss` + `train.de`; each line pair is one example.
+Examples are tokenized once, then batched by the global-batch plan of sltjax/data/batching.py
+and padded to length buckets.
 """
 import dataclasses
 

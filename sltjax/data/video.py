@@ -24,12 +24,13 @@ from sltjax.errors import MissingInputError
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Data settings of a video experiment (`config.data`); see RECIPES for the systems'."""
+  """Data settings of a video experiment (`config.data`); each system's config sets its
+  published recipe over them."""
   return ml_collections.ConfigDict({
       'name': 'synthetic_signs',  # a dataset of tfds_builders/
       'data_dir': '',  # where `python -m sltjax.data.build` wrote it
       'train_split': 'train',
-      'sampling': 'all',  # sampling.STRATEGIES
+      'sampling': 'all',  # a strategy registered in sampling.py (by name)
       'max_frames': 0,  # cap after sampling (evenly spaced); 0: none
       'frame_buckets': (32, 64, 96, 128, 192, 256, 320, 400),
       'length_buckets': (16, 32, 64, 128),  # text and gloss lengths
@@ -48,23 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
       'channel_order': 'rgb',
       'num_workers': 0,
       # Batches carry each frame's gloss id (frame_gloss_ids; built datasets whose index has
-      # them: synthetic_signs), for MMTLB's loss.frame_gloss_weight.
+      # them: synthetic_signs), for losses on frame labels.
       'frame_glosses': False,
       'fps': 25.0,  # the dataset's frame rate; translate resamples other videos to it
   })
-
-
-# The published recipes (../shared/docs/REFERENCE.md); apply with `config.data.update(...)`.
-RECIPES = {
-    'mmtlb': dict(sampling='mmtlb', max_frames=400, random_crop='resized',
-                  random_crop_scale=(0.7, 1.0), random_crop_ratio=(0.75, 1.3),
-                  colour_jitter_prob=0.3, normalization='minus_one_one', channel_order='bgr'),
-    'c2rl': dict(sampling='c2rl', eval_resize=256, random_crop='fixed', normalization='imagenet'),
-    'sign2gpt': dict(sampling='sign2gpt', random_crop='resized', random_crop_scale=(0.875, 1.0),
-                     rotation_degrees=5.0, hflip_prob=0.5, colour_jitter_prob=1.0,
-                     grayscale_prob=0.2, normalization='imagenet'),
-    'ipslt': dict(sampling='all', random_crop='centre', normalization='imagenet'),
-}
 
 
 @dataclasses.dataclass
@@ -155,6 +143,8 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     self.split, self.config, self.train = split, config, train
     self.process_index, self.process_count = process_index, process_count
     self.glosses = glosses
+    # Resolved here: a worker process unpickles the function by its module, which registers it.
+    self.sampling = sampling.strategy(config.sampling)
     self.labels = SignLabels(split.glosses, split.texts, tokenizer, glosses, tgt_lang,
                              config.length_buckets, record_labels)
 
@@ -162,7 +152,7 @@ class VideoBatchLoader(grain.transforms.RandomMap):
     if index == batching.PAD_INDEX:
       return np.zeros(0, int), None
     rng = np.random.default_rng(seed)
-    indices = sampling.sample_frames(self.config.sampling, int(self.split.num_frames[index]), rng,
+    indices = sampling.sample_frames(self.sampling, int(self.split.num_frames[index]), rng,
                                      self.train, self.config.max_frames)
     return indices, rng
 

@@ -1,4 +1,4 @@
-"""Word vectors for Sign2GPT's pseudo-gloss prototypes.
+"""Word vectors for pseudo-gloss prototypes (one vector per pseudo-gloss).
 
 With a FastText model the user downloaded (Facebook's `cc.de.300.bin`, `cc.zh.300.bin`), each
 pseudo-gloss gets its vector from it (out-of-vocabulary words through their character n-grams),

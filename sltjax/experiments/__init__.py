@@ -7,13 +7,14 @@ elsewhere is named by its module's import path (config.system = 'my_package.my_s
 registers it under that path when imported. Nothing else in sltjax names a system.
 """
 import importlib
+import json
 
 from sltjax.errors import UserError
 
 # Workdirs written before config.system existed trained Gloss2Text.
 LEGACY_SYSTEM = 'gloss2text'
 # Modules of this package that hold what systems share, not a system.
-SHARED_MODULES = ('base', 'video', 'warm_start', 'shapes_only')
+SHARED_MODULES = ('base', 'video', 'retrieval', 'warm_start', 'shapes_only')
 _REGISTRY: dict[str, type] = {}
 
 
@@ -55,6 +56,20 @@ def builtin_systems() -> list[str]:
   return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SHARED_MODULES]
 
 
+def stage_class(config) -> type:
+  """The experiment class that runs `config`: its system's, or that system's class for
+  config.stage (UserError for a stage the system does not have)."""
+  return experiment_class(system_name(config)).for_config(config)
+
+
+def upgrade_saved_config(values: dict) -> dict:
+  """A config saved in a workdir (nested dicts), in today's keys: one without `system` was written
+  by LEGACY_SYSTEM before the key existed; the system renames its moved keys."""
+  values = json.loads(json.dumps(values))
+  values.setdefault('system', LEGACY_SYSTEM)
+  return experiment_class(values['system']).upgrade_config(values)
+
+
 def create(config, workdir: str):
-  """The experiment of config.system for `workdir`."""
-  return experiment_class(system_name(config))(config, workdir)
+  """The experiment of config.system (and config.stage) for `workdir`."""
+  return stage_class(config)(config, workdir)

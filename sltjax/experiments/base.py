@@ -7,12 +7,15 @@ import jax
 import numpy as np
 import tqdm
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from sltjax import sharding, storage
 from sltjax.checkpointing import Checkpointer, read_best_variables
+from sltjax.data import batching
 from sltjax.errors import UserError
 from sltjax.experiments import warm_start
 from sltjax.metrics import selection_score
+from sltjax.models.systems import ipslt
 
 # What an experiment can do beyond training and evaluating (Experiment.capabilities); the command
 # that needs one asks the experiment, never the system's name.
@@ -31,17 +34,69 @@ def log(message: str) -> None:
 class Experiment:
   """Subclasses are registered with sltjax.experiments.register, set the model with `set_model`
   and implement `train_dataset`, `loss` and `evaluate`; `check_config`, `capabilities`,
-  `warm_starts`, `converted_parts` and `eval_variables` may be overridden."""
+  `warm_starts`, `converted_parts` and `eval_variables` may be overridden.
+
+  A system whose stages differ registers one class and lists a subclass per stage in STAGES;
+  config.stage picks the class that runs (`for_config`)."""
 
   system = ''  # set by sltjax.experiments.register
   # Config keys the system reads beyond the shared ones (config_validation.REQUIRED_KEYS).
   REQUIRED_KEYS: tuple[str, ...] = ()
+  # {config.stage: the subclass that runs it}; empty for a system of one stage.
+  STAGES: dict[str, type] = {}
+  # The metrics `evaluate` reports (eval.best_metric must be one); empty: not checked.
+  METRICS: tuple[str, ...] = ()
+  # Whether the model translates with an mBART-shaped encoder-decoder (built by
+  # `translation_network`), which IP-SLT's model.prototype block refines.
+  TRANSLATION_NETWORK = False
+  # {old dotted key: new one} of keys this system renamed: refused in configs with a message
+  # naming the new key, renamed in the configs saved in older workdirs (`upgrade_config`).
+  MOVED_KEYS: dict[str, str] = {}
+  # Config blocks whose presence alone changes the model (sltjax/workdirs.py compares them).
+  OPTIONAL_MODEL_BLOCKS = (f'model.{ipslt.CONFIG_BLOCK}.',)
+
+  @classmethod
+  def for_config(cls, config) -> type:
+    """The class that runs `config`: the STAGES entry of config.stage, or this class."""
+    if not cls.STAGES:
+      return cls
+    stage = config.get('stage')
+    if stage not in cls.STAGES:
+      raise UserError(f'Invalid config: stage={stage!r} must be one of {tuple(cls.STAGES)} '
+                      f'(system {cls.system!r}).')
+    return cls.STAGES[stage]
+
+  @classmethod
+  def upgrade_config(cls, values: dict) -> dict:
+    """A config saved by an older version (nested dicts), in today's keys: MOVED_KEYS renamed."""
+    for old, new in cls.MOVED_KEYS.items():
+      *old_parents, old_leaf = old.split('.')
+      node = values
+      for part in old_parents:
+        node = node.get(part, {})
+      if old_leaf in node:
+        *new_parents, new_leaf = new.split('.')
+        target = values
+        for part in new_parents:
+          target = target.setdefault(part, {})
+        target[new_leaf] = node.pop(old_leaf)
+    return values
 
   @classmethod
   def check_config(cls, config) -> list[str]:
     """Problems with this system's part of `config` (empty when valid), each saying what to
     set; run before any work starts. Overrides extend super()'s list."""
-    return warm_start.check_names(cls.warm_starts(config), config.get('init'))
+    problems = [f'{old} is now {new}: pass --config.{new}=...'
+                for old, new in cls.MOVED_KEYS.items() if _has_key(config, old)]
+    problems += warm_start.check_names(cls.warm_starts(config), config.get('init'))
+    stage = f' stage {config.stage}' if cls.STAGES or 'stage' in config else ''
+    problems += ipslt.config_problems(config.get('model', {}), cls.TRANSLATION_NETWORK,
+                                      f'system {cls.system}{stage}')
+    best = config.get('eval', {}).get('best_metric')
+    if cls.METRICS and best not in cls.METRICS:
+      problems.append(f'the {cls.system}{stage} evaluation reports {", ".join(cls.METRICS)}: '
+                      f'eval.best_metric must be one of them, not {best!r}')
+    return problems
 
   @classmethod
   def warm_starts(cls, config) -> dict[str, warm_start.WarmStart]:
@@ -60,7 +115,11 @@ class Experiment:
                       f'{", ".join(sorted(self.capabilities())) or "only train and evaluate"}.')
 
   def describe(self) -> str:
-    """A few words on what this experiment trains, for messages."""
+    """A few words on what this experiment trains, for messages (with IP-SLT's when it is on)."""
+    return self.model_summary() + ipslt.describe(self.prototype)
+
+  def model_summary(self) -> str:
+    """What `describe` says of the system's own model."""
     return self.system
 
   def __init__(self, config, workdir: str):
@@ -68,11 +127,19 @@ class Experiment:
     if problems:
       raise UserError('Invalid config: ' + '; '.join(problems) + '.')
     self.config, self.workdir = config, workdir
+    # IP-SLT's refinement (config.model.prototype; only where TRANSLATION_NETWORK, checked above).
+    self.prototype = ipslt.PrototypeConfig.from_model_config(config.get('model', {}))
+    self._jitted = {}
     self.mesh = sharding.make_mesh(config.mesh, self.mesh_devices())
     log(f'Mesh {dict(self.mesh.shape)} over {self.mesh.size} devices in '
         f'{jax.process_count()} processes.')
     storage.make_folder(workdir)
     warm_start.bring_files(self.warm_starts(config), config.get('init'), workdir)
+
+  def translation_network(self, cfg, rngs: nnx.Rngs):
+    """The mBART-shaped translation network of `cfg` (an MBartConfig), refined by IP-SLT when
+    config.model.prototype asks for it."""
+    return ipslt.translation_network(cfg, self.prototype, rngs=rngs)
 
   def mesh_devices(self) -> list:
     """The devices the mesh spans: all of this job's."""
@@ -175,6 +242,45 @@ class Experiment:
     return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), v)
             for k, v in local_batch.items()}
 
+  # ------------------------------------------------------------------ evaluation plumbing
+  def jitted(self, name: str, fn, out_shardings=None):
+    """fn(params, rest, batch) jitted once per name, the batch's rows (and, by default, the
+    outputs' rows) sharded over the data-parallel axes."""
+    if name not in self._jitted:
+      rows = sharding.batch_sharding(self.mesh)
+      self._jitted[name] = jax.jit(
+          fn, in_shardings=(self.param_shardings, self.rest_shardings, rows),
+          out_shardings=rows if out_shardings is None else out_shardings)
+    return self._jitted[name]
+
+  def search_options(self) -> dict:
+    """The beam search's keyword arguments from config.eval (sltjax/decoding.py)."""
+    ev = self.config.eval
+    return dict(num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,
+                length_penalty=ev.length_penalty, length_penalty_style=ev.length_penalty_style,
+                early_stopping=ev.early_stopping)
+
+  @staticmethod
+  def rows_in_order(batches, outputs):
+    """(item index, {kind: value}) for every real row of `batches` (their 'index' column names
+    the item; batching.PAD_INDEX marks filler rows), from outputs(local_batch) -> {kind: one value
+    per row of the global batch}. All processes call this (outputs gathers across them)."""
+    for local_batch in batches:
+      indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
+      values = outputs(local_batch)
+      for row, index in enumerate(indices):
+        if index != batching.PAD_INDEX:
+          yield int(index), {kind: column[row] for kind, column in values.items()}
+
+  @classmethod
+  def outputs_in_order(cls, batches, outputs, size: int) -> dict[str, list]:
+    """{kind: one value per item 0..size-1} from `rows_in_order`."""
+    columns = {}
+    for index, values in cls.rows_in_order(batches, outputs):
+      for kind, value in values.items():
+        columns.setdefault(kind, [None] * size)[index] = value
+    return columns
+
   # ------------------------------------------------------------------ evaluation bookkeeping
   def score(self, metrics: dict[str, float]) -> float:
     """config.eval.best_metric as a higher-is-better number (WER is negated)."""
@@ -214,3 +320,12 @@ class Experiment:
     ('frames', 'frame_mask'); experiments with TRANSLATE_VIDEOS give 'text' (python -m
     sltjax.translate), with DECODE_GLOSSES also 'gloss'."""
     raise NotImplementedError
+
+
+def _has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return False
+    node = node[part]
+  return True

@@ -9,18 +9,16 @@ import os
 import jax
 from jax.experimental import multihost_utils
 
-from sltjax import sharding
+from sltjax import experiments
 from sltjax.convert import pretrained
 from sltjax.data import batching, text
 from sltjax.data.tokenizers import load_tokenizer
 from sltjax.decoding import encoder_decoder_search
-from sltjax import experiments
 from sltjax.errors import UserError
 from sltjax.experiments import warm_start
 from sltjax.experiments.base import Experiment
 from sltjax.experiments.video import TOKENIZER_DIR, open_dataset_split
-from sltjax.metrics import protocol, translation_metrics
-from sltjax.models.systems import ipslt
+from sltjax.metrics import METRIC_NAMES, protocol, translation_metrics
 
 
 def read_split(data_config, split: str) -> tuple[list[str], list[str]]:
@@ -37,6 +35,10 @@ def read_split(data_config, split: str) -> tuple[list[str], list[str]]:
 
 @experiments.register('gloss2text')
 class Gloss2TextExperiment(Experiment):
+  TRANSLATION_NETWORK = True
+  METRICS = METRIC_NAMES
+  MOVED_KEYS = {'model.init_from': 'init.model'}
+
   @classmethod
   def warm_starts(cls, config) -> dict[str, warm_start.WarmStart]:
     return {'model': warm_start.WarmStart(prefixes=((),), files=(TOKENIZER_DIR,))}
@@ -44,9 +46,6 @@ class Gloss2TextExperiment(Experiment):
   @classmethod
   def check_config(cls, config) -> list[str]:
     problems = super().check_config(config)
-    problems += ipslt.config_problems(config.model, True, 'Gloss2Text')
-    if config.model.get('init_from'):
-      problems.append('model.init_from is now init.model: pass --config.init.model=DIR')
     if not (config.data.get('path') or config.data.get('name')):
       problems.append('data.path is empty: point it at the folder of {split}.gloss / '
                       '{split}.<lang> files, or set data.name and data.data_dir to train on a '
@@ -61,8 +60,8 @@ class Gloss2TextExperiment(Experiment):
               'init.model']
     return []
 
-  def describe(self) -> str:
-    return 'Gloss2Text: gloss sentences -> text' + ipslt.describe(self.prototype)
+  def model_summary(self) -> str:
+    return 'Gloss2Text: gloss sentences -> text'
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
@@ -80,10 +79,7 @@ class Gloss2TextExperiment(Experiment):
           f'The pretrained model in {start} has {self.model_config.vocab_size} ids but the '
           f'tokenizer ({tokenizer_config.path or tokenizer_config.kind}) has '
           f'{self.tokenizer.vocab_size}: use the tokenizer that was trimmed with it.')
-    self.prototype = ipslt.PrototypeConfig.from_model_config(config.model)
-    self.set_model(lambda rngs: ipslt.translation_network(self.model_config, self.prototype,
-                                                          rngs=rngs))
-    self._decode_fn = None
+    self.set_model(lambda rngs: self.translation_network(self.model_config, rngs))
 
   def tokenized_split(self, split: str) -> text.TokenizedCorpus:
     sources, targets = (self.train_lines if split == self.config.data.train_split else
@@ -108,35 +104,23 @@ class Gloss2TextExperiment(Experiment):
 
   def decode_fn(self):
     """Jitted beam search: (params, rest, batch) -> best sequences [batch, 1 + max_new_tokens]."""
-    if self._decode_fn is None:
-      ev, tok = self.config.eval, self.tokenizer
-      batch_sharding = sharding.batch_sharding(self.mesh)
-
-      def decode(params, rest, batch):
-        sequences = encoder_decoder_search(
-            self.merge(params, rest), batch['input_ids'], batch['attention_mask'],
-            decoder_start_token_id=tok.lang_id(self.config.tokenizer.tgt_lang),
-            eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=ev.num_beams,
-            max_new_tokens=ev.max_new_tokens, length_penalty=ev.length_penalty,
-            length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping)
-        return sequences[:, 0]
-
-      self._decode_fn = jax.jit(
-          decode, in_shardings=(self.param_shardings, self.rest_shardings, batch_sharding),
-          out_shardings=batch_sharding)
-    return self._decode_fn
+    tok = self.tokenizer
+    return self.jitted('decode', lambda params, rest, batch: encoder_decoder_search(
+        self.merge(params, rest), batch['input_ids'], batch['attention_mask'],
+        decoder_start_token_id=tok.lang_id(self.config.tokenizer.tgt_lang),
+        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, **self.search_options())[:, 0])
 
   def evaluate(self, params, rest, split: str):
     corpus = self.tokenized_split(split)
-    hypotheses = [''] * len(corpus)
     plan = batching.eval_plan(len(corpus), self.config.eval.batch_size)
-    for local_batch in batching.make_dataset(plan, self._loader(corpus), num_workers=0):
-      batch = self.global_batch(local_batch)
-      sequences = multihost_utils.process_allgather(self.decode_fn()(params, rest, batch),
-                                                    tiled=True)
-      indices = multihost_utils.process_allgather(batch['index'], tiled=True)
-      for index, sequence in zip(indices, sequences):
-        if index != batching.PAD_INDEX:
-          hypotheses[index] = self.tokenizer.decode(sequence[1:])
+
+    def translated(local_batch):
+      sequences = multihost_utils.process_allgather(
+          self.decode_fn()(params, rest, self.global_batch(local_batch)), tiled=True)
+      return {'text': [self.tokenizer.decode(s[1:]) for s in sequences]}
+
+    hypotheses = self.outputs_in_order(
+        batching.make_dataset(plan, self._loader(corpus), num_workers=0), translated,
+        len(corpus))['text']
     return (translation_metrics(hypotheses, corpus.references, **protocol(self.config.eval)),
             {'text': hypotheses})

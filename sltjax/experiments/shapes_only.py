@@ -43,7 +43,7 @@ class SizedTokenizer:
 
 def create(config, devices: list, workdir: str) -> VideoExperiment:
   """config.system's experiment, with the mesh of config.mesh over `devices`."""
-  base = experiments.experiment_class(experiments.system_name(config))
+  base = experiments.stage_class(config)
   if not issubclass(base, VideoExperiment) or 'shapes' not in config:
     raise UserError(f'--mode=compile builds video systems from config.shapes; '
                     f'{experiments.system_name(config)!r} configs have no such block (the video '

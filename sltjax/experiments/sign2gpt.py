@@ -24,24 +24,23 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sltjax import experiments, sharding, storage
+from sltjax import experiments, storage
 from sltjax.convert.dinov2 import hf_config as dinov2_hf_config
 from sltjax.convert.dinov2 import meta_config as dinov2_meta_config
 from sltjax.convert.hf_checkpoint import read_config, read_state_dict
 from sltjax.convert.state_dict import read_torch_weights
 from sltjax.convert.xglm import xglm_config_from_hf, xglm_state_from_hf
-from sltjax.data import word_vectors
+from sltjax.data import sampling, word_vectors
 from sltjax.decoding import decoder_only_search
 from sltjax.data.pseudo_glosses import PseudoGlosser, Vocabulary
 from sltjax.errors import UserError
 from sltjax.experiments.base import TRANSLATE_VIDEOS, log
 from sltjax.experiments.video import VideoExperiment
 from sltjax.experiments.warm_start import WarmStart
-from sltjax.losses import label_smoothed_cross_entropy
-from sltjax.metrics import (PSEUDO_GLOSS_METRIC_NAMES, protocol, pseudo_gloss_f1,
-                            translation_metrics)
+from sltjax.losses import mean_cross_entropy
+from sltjax.metrics import METRIC_NAMES, register_metric
 from sltjax.models.backbones import registry as backbones
-from sltjax.models.systems.sign2gpt import (STAGES, AdaptorConfig, FrameEncoderConfig,
+from sltjax.models.systems.sign2gpt import (AdaptorConfig, FrameEncoderConfig,
                                             SignEncoderConfig, Sign2GPTPretraining,
                                             Sign2GPTTranslator, pseudo_gloss_loss)
 from sltjax.models.xglm import XGLM, XGLMConfig
@@ -50,6 +49,46 @@ PSEUDO_GLOSS_FILE = 'pseudo_glosses.json'
 WORD_VECTORS_FILE = 'word_vectors.npy'
 ARCHITECTURES_FILE = 'architectures.json'
 FIGURES_DIR_SUFFIX = '.pseudo_gloss_time'  # predictions/<prefix>.pseudo_gloss_time/<video>.png
+PSEUDO_GLOSS_METRIC_NAMES = ('pseudo_gloss_f1', 'pseudo_gloss_class_f1')
+for _name in PSEUDO_GLOSS_METRIC_NAMES:
+  register_metric(_name, higher_is_better=True)
+
+
+# The release's data recipe (../shared/docs/REFERENCE.md), which configs/sign2gpt.py sets
+# over sltjax/data/video.py's defaults.
+DATA_RECIPE = dict(sampling='sign2gpt', random_crop='resized', random_crop_scale=(0.875, 1.0),
+                   rotation_degrees=5.0, hflip_prob=0.5, colour_jitter_prob=1.0,
+                   grayscale_prob=0.2, normalization='imagenet')
+
+
+@sampling.register('sign2gpt')
+def sample_every_second_frame(num_frames: int, rng: np.random.Generator, train: bool,
+                              stride: int = 2, max_frames: int = 256):
+  """Sign2GPT: every `stride`-th frame from a random start offset at train (0 at test); a clip
+  longer than max_frames keeps a random (train) or the centre (test) window of that many."""
+  offset = int(rng.integers(stride)) if train and num_frames > stride else 0
+  indices = np.arange(offset, num_frames, stride)
+  if len(indices) > max_frames:
+    start = (int(rng.integers(len(indices) - max_frames + 1)) if train
+             else (len(indices) - max_frames) // 2)
+    indices = indices[start:start + max_frames]
+  return indices
+
+
+def pseudo_gloss_f1(scores, targets, threshold: float = 0.5) -> dict[str, float]:
+  """{'pseudo_gloss_f1': micro F1, 'pseudo_gloss_class_f1': mean F1 of the classes that occur in
+  `targets`} (x100) of presence scores [videos, glosses] against multi-hot targets, a gloss
+  predicted where its score > threshold (the release's 0.5); F1 = tp / (tp + (fp + fn) / 2)."""
+  predicted = np.asarray(scores) > threshold
+  actual = np.asarray(targets) > 0
+  tp = np.sum(predicted & actual, axis=0).astype(np.float64)
+  fp = np.sum(predicted & ~actual, axis=0).astype(np.float64)
+  fn = np.sum(~predicted & actual, axis=0).astype(np.float64)
+  micro = tp.sum() / max(tp.sum() + 0.5 * (fp.sum() + fn.sum()), 1e-12)
+  present = (tp + fn) > 0
+  per_class = tp[present] / (tp[present] + 0.5 * (fp[present] + fn[present]))
+  return {'pseudo_gloss_f1': 100.0 * float(micro),
+          'pseudo_gloss_class_f1': 100.0 * float(per_class.mean()) if present.any() else 0.0}
 
 
 def backbone_architecture(path: str) -> dict:
@@ -71,6 +110,10 @@ def ordered_by_time(weights: np.ndarray, glosses: list[int]) -> list[int]:
 
 @experiments.register('sign2gpt')
 class Sign2GPTExperiment(VideoExperiment):
+  """What the two stages share: DINOv2 with LoRA and the sign encoder, the pretrained networks'
+  architectures, the pseudo-gloss vocabulary and its word vectors. config.stage picks the class
+  (STAGES, at the end of this module)."""
+
   REQUIRED_KEYS = VideoExperiment.REQUIRED_KEYS + ('stage', 'model.lm_weights', 'pseudo_glosses')
   PRETRAINED_SOURCES = {
       key: f'a downloaded {network} ({released}), or make the runlocal variants\' synthetic '
@@ -81,80 +124,44 @@ class Sign2GPTExperiment(VideoExperiment):
           ('lm_weights', 'XGLM directory', 'facebook/xglm-564M, ...'))}
 
   @classmethod
-  def warm_starts(cls, config) -> dict[str, WarmStart]:
-    if config.stage != 'translation':
-      return {}
-    return {'pretraining': WarmStart(prefixes=(('frames',), ('sign_encoder',)))}
-
-  @classmethod
   def check_config(cls, config) -> list[str]:
-    if config.stage not in STAGES:
-      return [f'stage={config.stage!r} must be one of {STAGES}']
     problems = super().check_config(config)
-    pseudo = config.stage == 'pseudo_gloss'
-    if pseudo != (config.eval.best_metric in PSEUDO_GLOSS_METRIC_NAMES):
-      problems.append(f'stage {config.stage} is scored by '
-                      f'{"pseudo-gloss F1" if pseudo else "translation metrics"}: '
-                      'eval.best_metric must be one of '
-                      f'{list(PSEUDO_GLOSS_METRIC_NAMES) if pseudo else ["bleu4", "..."]}')
     if config.model.backbone == 'features' or config.data.get('features_dir'):
       problems.append('Sign2GPT trains LoRA inside DINOv2, so it reads frames: set '
                       'model.backbone="dinov2" and leave data.features_dir empty')
-    if config.stage == 'translation' and not config.model.lm_weights:
-      problems.append('stage translation needs the XGLM it adapts: set model.lm_weights to a '
-                      'Hugging Face XGLM directory (facebook/xglm-564M, ...)')
     return problems
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
-    self.stage = config.stage
     m = config.model
-    architectures = self.architectures()
-    precision = dict(dtype=m.dtype, param_dtype=m.param_dtype)
+    self.precision = dict(dtype=m.dtype, param_dtype=m.param_dtype)
     options = backbones.BackboneOptions(
-        architecture=tuple(sorted(architectures['frames'].items())), **precision)
+        architecture=tuple(sorted(self.architectures()['frames'].items())), **self.precision)
     self.frames_config = FrameEncoderConfig(backbone=m.backbone, backbone_options=options,
-                                            **m.frames.to_dict(), **precision)
-    self.signs_config = SignEncoderConfig(**m.signs.to_dict(), **precision)
-    if self.stage == 'pseudo_gloss':
-      vectors = self.word_vectors
-      self.set_model(lambda rngs: Sign2GPTPretraining(self.frames_config, self.signs_config,
-                                                      vectors, rngs=rngs))
-    else:
-      self.lm_config = XGLMConfig(**architectures['lm'], **precision)
-      if self.lm_config.vocab_size != self.tokenizer.vocab_size:
-        raise UserError(f'The XGLM of {m.lm_weights} has {self.lm_config.vocab_size} token ids '
-                        f'but its tokenizer ({self.tokenizer.directory}) has '
-                        f'{self.tokenizer.vocab_size}: config.tokenizer.path must be the same '
-                        'directory as model.lm_weights.')
-      adaptor = AdaptorConfig(**m.adaptor.to_dict())
-      self.set_model(lambda rngs: Sign2GPTTranslator(self.frames_config, self.signs_config,
-                                                     self.lm_config, adaptor, rngs=rngs))
-    self._jitted = {}
-    self._figures = []
+                                            **m.frames.to_dict(), **self.precision)
+    self.signs_config = SignEncoderConfig(**m.signs.to_dict(), **self.precision)
+    self.set_model(self.model_factory())
 
-  def capabilities(self) -> frozenset[str]:
-    return frozenset({TRANSLATE_VIDEOS}) if self.stage == 'translation' else frozenset()
+  def model_factory(self):
+    """rngs -> the stage's model."""
+    raise NotImplementedError
 
-  def describe(self) -> str:
-    return f'Sign2GPT {self.stage}'
+  def model_summary(self) -> str:
+    return f'Sign2GPT {self.config.stage}'
 
   # ------------------------------------------------------------------ workdir files
+  def pretrained_architectures(self) -> dict:
+    """{'frames': DINOv2Config fields}, read from the pretrained directory (or
+    model.frames_architecture without backbone weights); a stage adds its own networks'."""
+    m = self.config.model
+    return {'frames': (backbone_architecture(self.pretrained_copy('backbone_weights'))
+                       if m.backbone_weights else dict(m.frames_architecture))}
+
   def architectures(self) -> dict:
-    """{'frames': DINOv2Config fields, 'lm': XGLMConfig fields}: the workdir's, else read from
-    the pretrained directories (or model.frames_architecture without backbone weights) and
-    written there."""
+    """`pretrained_architectures`: the workdir's copy, else read and written there."""
     path = storage.join(self.workdir, ARCHITECTURES_FILE)
     if not storage.path(path).is_file():
-      m = self.config.model
-      found = {'frames': (backbone_architecture(self.pretrained_copy('backbone_weights'))
-                          if m.backbone_weights else dict(m.frames_architecture))}
-      if self.config.stage == 'translation':
-        lm = xglm_config_from_hf(read_config(self.pretrained_copy('lm_weights')),
-                                 dropout=m.lm_dropout,
-                                 attention_dropout=m.lm_dropout)
-        found['lm'] = {k: v for k, v in vars(lm).items()
-                       if k not in ('dtype', 'param_dtype', 'remat')}
+      found = self.pretrained_architectures()
       if jax.process_index() == 0:
         storage.write_text(path, json.dumps(found, indent=1))
       multihost_utils.sync_global_devices('architectures written')
@@ -215,6 +222,28 @@ class Sign2GPTExperiment(VideoExperiment):
                       f'in {PSEUDO_GLOSS_FILE}: delete it to have it made again.')
     return vectors
 
+  # ------------------------------------------------------------------ variables
+  def converted_parts(self):
+    """The frozen DINOv2 (model.backbone_weights), read from its released files."""
+    return self.converted_backbone(('frames', 'backbone'), self.config.model.backbone,
+                                   self.frames_config.backbone_options)
+
+
+class PseudoGlossPretraining(Sign2GPTExperiment):
+  """Frames -> DINOv2 (frozen, LoRA) -> sign encoder -> prototype head: which pseudo-glosses the
+  video shows, BCE x 10; scored by pseudo-gloss F1 (micro and per class) at 0.5."""
+
+  METRICS = PSEUDO_GLOSS_METRIC_NAMES
+
+  def __init__(self, config, workdir: str):
+    self._figures = []
+    super().__init__(config, workdir)
+
+  def model_factory(self):
+    vectors = self.word_vectors
+    return lambda rngs: Sign2GPTPretraining(self.frames_config, self.signs_config, vectors,
+                                            rngs=rngs)
+
   @functools.cached_property
   def split_targets(self) -> dict[str, np.ndarray]:
     """Multi-hot pseudo-gloss targets [videos, V] per opened split."""
@@ -228,51 +257,16 @@ class Sign2GPTExperiment(VideoExperiment):
     return self.split_targets[key]
 
   def record_labels(self, split) -> dict[str, np.ndarray]:
-    return {'pseudo_glosses': self.targets(split)} if self.stage == 'pseudo_gloss' else {}
+    return {'pseudo_glosses': self.targets(split)}
 
   def record_label_dims(self) -> dict[str, tuple[int, ...]]:
-    return {'pseudo_glosses': (len(self.word_vectors),)} if self.stage == 'pseudo_gloss' else {}
+    return {'pseudo_glosses': (len(self.word_vectors),)}
 
-  # ------------------------------------------------------------------ variables
-  def converted_parts(self):
-    """The frozen DINOv2 (model.backbone_weights) and, for translation, the frozen XGLM
-    (model.lm_weights), read from their released files."""
-    m = self.config.model
-    parts = {}
-    if m.backbone_weights:
-      parts[('frames', 'backbone')] = backbones.read_weights(
-          m.backbone, self.frames_config.backbone_options, self.pretrained_copy('backbone_weights'))
-    if self.stage == 'translation':
-      abstract = nnx.state(nnx.eval_shape(lambda: XGLM(self.lm_config, rngs=nnx.Rngs(0))))
-      parts[('lm',)] = xglm_state_from_hf(read_state_dict(self.pretrained_copy('lm_weights')),
-                                          abstract,
-                                          jnp.dtype(self.lm_config.param_dtype))
-    return parts
-
-  # ------------------------------------------------------------------ loss
   def loss(self, model, batch, rngs):
-    frames, mask = self.model_inputs(batch)
-    metrics = {'frames': jnp.sum(batch['frame_mask']).astype(jnp.float32)}
-    if self.stage == 'pseudo_gloss':
-      out = model(frames, mask, rngs)
-      bce = pseudo_gloss_loss(out['scores'], batch['pseudo_glosses'])
-      return self.config.pseudo_glosses.loss_weight * bce, {**metrics, 'bce': bce}
-    inputs = batch['decoder_input_ids']
-    logits = model(frames, mask, inputs, (inputs != self.tokenizer.pad_id).astype(jnp.int32),
-                   rngs)
-    ce_sum, tokens = label_smoothed_cross_entropy(logits, batch['labels'], batch['label_weights'],
-                                                  self.config.label_smoothing)
-    ce = ce_sum / jnp.maximum(tokens, 1.0)
-    return ce, {**metrics, 'tokens': tokens, 'ce': ce}
-
-  # ------------------------------------------------------------------ evaluation
-  def _jit(self, name: str, fn):
-    """fn(params, rest, batch) jitted once, batch rows sharded over the data-parallel axes."""
-    if name not in self._jitted:
-      shardings = sharding.batch_sharding(self.mesh)
-      self._jitted[name] = jax.jit(fn, in_shardings=(self.param_shardings, self.rest_shardings,
-                                                     shardings), out_shardings=shardings)
-    return self._jitted[name]
+    out = model(*self.model_inputs(batch), rngs)
+    bce = pseudo_gloss_loss(out['scores'], batch['pseudo_glosses'])
+    return self.config.pseudo_glosses.loss_weight * bce, {
+        'frames': jnp.sum(batch['frame_mask']).astype(jnp.float32), 'bce': bce}
 
   def presence(self, params, rest, local_batch) -> dict[str, list[np.ndarray]]:
     """{'scores': [V] per row, 'weights': [T'_i, V] per row} of a global batch of clips."""
@@ -283,36 +277,11 @@ class Sign2GPTExperiment(VideoExperiment):
 
     batch = {k: local_batch[k] for k in ('frames', 'frame_mask')}
     out = multihost_utils.process_allgather(
-        self._jit('presence', run)(params, rest, self.global_batch(batch)), tiled=True)
+        self.jitted('presence', run)(params, rest, self.global_batch(batch)), tiled=True)
     return {'scores': list(out['scores']),
             'weights': [w[:n] for w, n in zip(out['weights'], out['lengths'])]}
 
-  def translate_fn(self):
-    """Jitted (params, rest, batch) -> best sequences [B, 1 + max_new_tokens] (`</s>` first)."""
-    ev, tok = self.config.eval, self.tokenizer
-
-    def run(params, rest, batch):
-      model = self.merge(params, rest)
-      visual = model.visual_tokens(*self.model_inputs(batch))
-      rows = batch['frames'].shape[0]
-      prompt = jnp.full((rows, 1), tok.eos_id, jnp.int32)  # XGLM's start: the empty prompt
-      return decoder_only_search(
-          model.lm, prompt, jnp.ones_like(prompt), visual=visual, eos_token_id=tok.eos_id,
-          pad_token_id=tok.pad_id, num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,
-          length_penalty=ev.length_penalty, length_penalty_style=ev.length_penalty_style,
-          early_stopping=ev.early_stopping)[:, 0]
-    return self._jit('translate', run)
-
-  def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
-    """{'text': translations} of a global batch of clips (all processes call this)."""
-    self.require(TRANSLATE_VIDEOS, 'translating videos')
-    return {'text': self.translations(self.translate_fn(), params, rest, local_batch)}
-
   def evaluate(self, params, rest, split: str):
-    if self.stage == 'translation':
-      data, predictions = self.predictions(params, rest, split)
-      return translation_metrics(predictions['text'], data.texts,
-                                 **protocol(self.config.eval)), predictions
     data, outputs = self.split_outputs(
         split, lambda local_batch: self.presence(params, rest, local_batch))
     scores = np.stack(outputs['scores'])
@@ -357,3 +326,82 @@ class Sign2GPTExperiment(VideoExperiment):
       pyplot.close(figure)
       paths.append(path)
     return paths
+
+
+class Translation(Sign2GPTExperiment):
+  """The stage-1 frame and sign encoders (init.pretraining; the head dropped) give visual tokens
+  that a frozen XGLM with LoRA and zero-gated cross-attention attends to while writing
+  `</s> sentence </s>`; scored by BLEU of beam search."""
+
+  METRICS = METRIC_NAMES
+
+  @classmethod
+  def warm_starts(cls, config) -> dict[str, WarmStart]:
+    return {'pretraining': WarmStart(prefixes=(('frames',), ('sign_encoder',)))}
+
+  @classmethod
+  def check_config(cls, config) -> list[str]:
+    problems = super().check_config(config)
+    if not config.model.lm_weights:
+      problems.append('stage translation needs the XGLM it adapts: set model.lm_weights to a '
+                      'Hugging Face XGLM directory (facebook/xglm-564M, ...)')
+    return problems
+
+  def capabilities(self) -> frozenset[str]:
+    return frozenset({TRANSLATE_VIDEOS})
+
+  def pretrained_architectures(self) -> dict:
+    """Also {'lm': XGLMConfig fields} of model.lm_weights."""
+    m = self.config.model
+    lm = xglm_config_from_hf(read_config(self.pretrained_copy('lm_weights')),
+                             dropout=m.lm_dropout, attention_dropout=m.lm_dropout)
+    return {**super().pretrained_architectures(),
+            'lm': {k: v for k, v in vars(lm).items() if k not in ('dtype', 'param_dtype', 'remat')}}
+
+  def model_factory(self):
+    self.lm_config = XGLMConfig(**self.architectures()['lm'], **self.precision)
+    if self.lm_config.vocab_size != self.tokenizer.vocab_size:
+      raise UserError(f'The XGLM of {self.config.model.lm_weights} has '
+                      f'{self.lm_config.vocab_size} token ids but its tokenizer '
+                      f'({self.tokenizer.directory}) has {self.tokenizer.vocab_size}: '
+                      'config.tokenizer.path must be the same directory as model.lm_weights.')
+    adaptor = AdaptorConfig(**self.config.model.adaptor.to_dict())
+    return lambda rngs: Sign2GPTTranslator(self.frames_config, self.signs_config, self.lm_config,
+                                           adaptor, rngs=rngs)
+
+  def converted_parts(self):
+    """Also the frozen XGLM (model.lm_weights)."""
+    abstract = nnx.state(nnx.eval_shape(lambda: XGLM(self.lm_config, rngs=nnx.Rngs(0))))
+    return {**super().converted_parts(),
+            ('lm',): xglm_state_from_hf(read_state_dict(self.pretrained_copy('lm_weights')),
+                                        abstract, jnp.dtype(self.lm_config.param_dtype))}
+
+  def loss(self, model, batch, rngs):
+    inputs = batch['decoder_input_ids']
+    logits = model(*self.model_inputs(batch), inputs,
+                   (inputs != self.tokenizer.pad_id).astype(jnp.int32), rngs)
+    ce, tokens = mean_cross_entropy(logits, batch['labels'], batch['label_weights'],
+                                    self.config.label_smoothing)
+    return ce, {'frames': jnp.sum(batch['frame_mask']).astype(jnp.float32), 'tokens': tokens,
+                'ce': ce}
+
+  def translate_fn(self):
+    """Jitted (params, rest, batch) -> best sequences [B, 1 + max_new_tokens] (`</s>` first)."""
+    tok = self.tokenizer
+
+    def run(params, rest, batch):
+      model = self.merge(params, rest)
+      visual = model.visual_tokens(*self.model_inputs(batch))
+      rows = batch['frames'].shape[0]
+      prompt = jnp.full((rows, 1), tok.eos_id, jnp.int32)  # XGLM's start: the empty prompt
+      return decoder_only_search(model.lm, prompt, jnp.ones_like(prompt), visual=visual,
+                                 eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
+                                 **self.search_options())[:, 0]
+    return self.jitted('translate', run)
+
+  def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
+    """{'text': translations} of a global batch of clips (all processes call this)."""
+    return {'text': self.translations(self.translate_fn(), params, rest, local_batch)}
+
+
+Sign2GPTExperiment.STAGES = {'pseudo_gloss': PseudoGlossPretraining, 'translation': Translation}

@@ -15,13 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sltjax import sharding, storage
+from sltjax import storage
 from sltjax.data import augmentation, batching, features, video
 from sltjax.decoding import encoder_decoder_search
 from sltjax.data.tokenizers import GlossVocabulary, Tokenizer, load_tokenizer
 from sltjax.errors import MissingInputError, UserError
 from sltjax.experiments import warm_start
 from sltjax.experiments.base import EXTRACT_FEATURES, Experiment, log
+from sltjax.metrics import gloss_metrics, protocol, translation_metrics
+from sltjax.models.backbones import registry as backbones
 
 GLOSS_FILE = 'glosses.json'  # the gloss vocabulary, in the workdir
 TOKENIZER_DIR = 'tokenizer'  # the text tokenizer, in the workdir
@@ -71,6 +73,14 @@ class VideoExperiment(Experiment):
       source = self.PRETRAINED_SOURCES.get(key, 'the downloaded checkpoint file or directory')
       raise MissingInputError(f'model.{key}={location} not found: set it to {source}.')
     return storage.local_copy(location)
+
+  def converted_backbone(self, prefix: tuple[str, ...], name: str,
+                         options: backbones.BackboneOptions) -> dict:
+    """{prefix: the variables of backbone `name` read from model.backbone_weights} ({} when it is
+    unset): `converted_parts` for a frame backbone that starts from released weights."""
+    if not self.config.model.get('backbone_weights'):
+      return {}
+    return {prefix: backbones.read_weights(name, options, self.pretrained_copy('backbone_weights'))}
 
   @property
   def on_features(self) -> bool:
@@ -153,13 +163,11 @@ class VideoExperiment(Experiment):
   def beam_search(self, mbart, input_ids, attention_mask, inputs_embeds=None):
     """The best sequence [B, length] of config.eval's beam search in `mbart` (starting with the
     target language code), from token ids or `inputs_embeds` [B, T, d]."""
-    ev, tok = self.config.eval, self.tokenizer
+    tok = self.tokenizer
     return encoder_decoder_search(
         mbart, input_ids, attention_mask, inputs_embeds=inputs_embeds,
         decoder_start_token_id=tok.lang_id(self.config.tokenizer.tgt_lang),
-        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_beams=ev.num_beams,
-        max_new_tokens=ev.max_new_tokens, length_penalty=ev.length_penalty,
-        length_penalty_style=ev.length_penalty_style, early_stopping=ev.early_stopping)[:, 0]
+        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, **self.search_options())[:, 0]
 
   def translations(self, translate_fn, params, rest, local_batch) -> list[str]:
     """The text of each row of a global batch of clips, from translate_fn(params, rest, batch)
@@ -181,19 +189,24 @@ class VideoExperiment(Experiment):
     if split not in self.eval_splits:
       self.eval_splits[split] = self.open_split(split)
     data = self.eval_splits[split]
-    columns = {}
-    for local_batch in self.eval_batches(data):
-      indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
-      for kind, values in outputs(local_batch).items():
-        column = columns.setdefault(kind, [None] * len(data))
-        for row, index in enumerate(indices):
-          if index != batching.PAD_INDEX:
-            column[index] = values[row]
-    return data, columns
+    return data, self.outputs_in_order(self.eval_batches(data), outputs, len(data))
 
   def predictions(self, params, rest, split: str):
     """(the opened split, {kind: one prediction per video in the split's order}) from `predict`."""
     return self.split_outputs(split, lambda local_batch: self.predict(params, rest, local_batch))
+
+  def evaluate(self, params, rest, split: str):
+    """`predict` over `split`, scored: recognised glosses by WER (where the split has glosses),
+    translations by the translation metrics of config.eval's protocol."""
+    data, predictions = self.predictions(params, rest, split)
+    metrics = {}
+    if 'gloss' in predictions and all(data.glosses):
+      metrics.update(gloss_metrics(predictions['gloss'], data.glosses,
+                                   self.config.eval.gloss_cleanup))
+    if 'text' in predictions:
+      metrics.update(translation_metrics(predictions['text'], data.texts,
+                                         **protocol(self.config.eval)))
+    return metrics, predictions
 
   # ------------------------------------------------------------------ feature extraction
   def encode_features(self, model, frames, frame_mask):
@@ -222,7 +235,6 @@ class VideoExperiment(Experiment):
     self.require(EXTRACT_FEATURES, 'extracting features')
     params, rest = self.extraction_variables()
     directory = storage.join(self.workdir, FEATURES_DIR)
-    shardings = sharding.batch_sharding(self.mesh)
 
     def run(params, rest, batch):
       frames, frame_mask = self.model_inputs(batch)
@@ -230,8 +242,7 @@ class VideoExperiment(Experiment):
       return {'features': values.astype(jnp.float32),
               'lengths': jnp.sum(mask, axis=1).astype(jnp.int32)}
 
-    extract = jax.jit(run, in_shardings=(self.param_shardings, self.rest_shardings, shardings),
-                      out_shardings=shardings)
+    extract = self.jitted('extract_features', run)
     written = {}
     for split in video.split_names(self.config.data):
       if features.split_complete(directory, split):
@@ -240,13 +251,12 @@ class VideoExperiment(Experiment):
       data = open_dataset_split(self.config.data, split)
 
       def rows(data=data):  # [T', C] per video, in the split's order
-        for local_batch in self.eval_batches(data):
-          indices = multihost_utils.process_allgather(local_batch['index'], tiled=True)
+        def extracted(local_batch):
           out = multihost_utils.process_allgather(
               extract(params, rest, self.global_batch(local_batch)), tiled=True)
-          for row, index in enumerate(indices):
-            if index != batching.PAD_INDEX:
-              yield np.asarray(out['features'][row, :out['lengths'][row]])
+          return {'features': [f[:n] for f, n in zip(out['features'], out['lengths'])]}
+        for _, values in self.rows_in_order(self.eval_batches(data), extracted):
+          yield np.asarray(values['features'])
 
       index = {'dataset': data.name, 'id': data.ids, 'gloss': data.glosses, 'text': data.texts,
                'extracted_by': {'workdir': storage.absolute(self.workdir),

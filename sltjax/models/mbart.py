@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sltjax.losses import label_smoothed_cross_entropy
+from sltjax.losses import mean_cross_entropy
 from sltjax.models.layers.attention import KVCache, MultiHeadAttention
 from sltjax.models.layers.dense import Buffer, dense, embedding, layer_norm
 
@@ -284,6 +284,5 @@ class MBart(nnx.Module):
     with this network (IP-SLT's refinement extends it)."""
     logits = self(input_ids, attention_mask, decoder_input_ids, inputs_embeds=inputs_embeds,
                   rngs=rngs)
-    ce_sum, tokens = label_smoothed_cross_entropy(logits, labels, label_weights, label_smoothing)
-    ce = ce_sum / jnp.maximum(tokens, 1.0)
+    ce, tokens = mean_cross_entropy(logits, labels, label_weights, label_smoothing)
     return ce, {'ce': ce, 'tokens': tokens}

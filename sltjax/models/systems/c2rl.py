@@ -28,7 +28,6 @@ from sltjax.models.layers.dense import dense, embedding, layer_norm
 from sltjax.models.mbart import EncoderLayer, MBart, MBartConfig
 from sltjax.models.systems.ipslt import PrototypeConfig, translation_network
 
-STAGES = ('pretrain', 'slt', 'slret')
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP / CiCo clamp the learned log-scale here
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
 

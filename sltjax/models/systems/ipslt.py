@@ -30,12 +30,13 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from sltjax.losses import label_smoothed_cross_entropy, prototype_mse, token_distillation_kl
+from sltjax.losses import mean_cross_entropy, prototype_mse, token_distillation_kl
 from sltjax.models.layers.attention import MultiHeadAttention
 from sltjax.models.layers.dense import embedding, layer_norm
 from sltjax.models.mbart import (POSITION_OFFSET, DecoderLayer, EncoderLayer, MBart, MBartConfig,
                                  call_layer)
 
+CONFIG_BLOCK = 'prototype'  # config.model.prototype switches the plug-in on
 FUSIONS = ('parallel', 'sequential')
 LM_ITERATIONS = ('all', 'first_last', 'last')
 DISTILLATIONS = ('kl', 'mse', 'none')
@@ -213,9 +214,7 @@ class IterativePrototypeMBart(MBart):
                                    sorted(decoded), rngs)
     metrics, loss = {}, 0.0
     for k in sorted(decoded):
-      ce_sum, tokens = label_smoothed_cross_entropy(logits[k], labels, label_weights,
-                                                    label_smoothing)
-      ce = ce_sum / jnp.maximum(tokens, 1.0)
+      ce, _ = mean_cross_entropy(logits[k], labels, label_weights, label_smoothing)
       metrics['ce' if k == last else f'ce_{k}'] = ce
       if k in cfg.lm_targets():
         loss = loss + ce

@@ -51,7 +51,6 @@ from sltjax.models.layers.dense import Buffer, dense, layer_norm
 from sltjax.models.layers.positions import apply_rotary, sinusoidal_positions
 from sltjax.models.xglm import XGLM, XGLMConfig
 
-STAGES = ('pseudo_gloss', 'translation')
 
 
 @dataclasses.dataclass(frozen=True)
