@@ -10,8 +10,8 @@ The network (C2RL's, REFERENCE.md section 2): ResNet-18 on every frame -> Conv1D
 visual features) with tied output embeddings over the trimmed PHOENIX-2014T vocabulary; loss
 ICL (CLCL similarities, symmetric InfoNCE, label smoothing 0.2, learned logit scale clamped at
 ln 100) + ECL (label-smoothed LM loss); SGD momentum 0.9. sltjax runs its trainer's own step
-(sltjax.train.make_train_step with sltjax.experiments.c2rl.Pretraining.loss and .constrain); PyTorch runs
-transformers' ResNetModel with torch Conv1d / BatchNorm1d / TransformerEncoderLayer /
+(sltjax.train.make_train_step with sltjax.experiments.c2rl.Pretraining.loss and .constrain);
+PyTorch runs transformers' ResNetModel with torch Conv1d / BatchNorm1d / TransformerEncoderLayer /
 TransformerDecoderLayer and the same CLCL written in torch.
 
 Each measurement runs in its own process on the same random batch; the two frameworks alternate

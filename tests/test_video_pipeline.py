@@ -42,18 +42,21 @@ def test_c2rl_keeps_a_quarter_one_frame_per_segment():
   for indices in draws('c2rl', 40, True):
     np.testing.assert_array_equal(indices // 4, np.arange(10))  # one per segment of 4
   assert len({tuple(i) for i in draws('c2rl', 40, True)}) > 1
-  assert len(c2rl.sample_one_per_segment(3, None, False)) == 1 and len(c2rl.sample_one_per_segment(130, None, False)) == 32
+  assert len(c2rl.sample_one_per_segment(3, None, False)) == 1
+  assert len(c2rl.sample_one_per_segment(130, None, False)) == 32
 
 
 def test_sign2gpt_stride_2_random_start_at_most_256():
-  np.testing.assert_array_equal(sign2gpt.sample_every_second_frame(21, None, False), np.arange(0, 21, 2))
+  np.testing.assert_array_equal(sign2gpt.sample_every_second_frame(21, None, False),
+                                np.arange(0, 21, 2))
   offsets = {int(i[0]) for i in draws('sign2gpt', 21, True)}
   assert offsets == {0, 1}
   for indices in draws('sign2gpt', 1000, True):
     assert len(indices) == 256 and np.all(np.diff(indices) == 2)
   starts = {int(i[0]) for i in draws('sign2gpt', 1000, True)}
   assert len(starts) > 10  # a random window of the long clip
-  np.testing.assert_array_equal(sign2gpt.sample_every_second_frame(1000, None, False), np.arange(244, 756, 2))
+  np.testing.assert_array_equal(sign2gpt.sample_every_second_frame(1000, None, False),
+                                np.arange(244, 756, 2))
 
 
 def test_all_frames_and_the_max_frames_cap_is_evenly_spaced():

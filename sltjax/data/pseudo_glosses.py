@@ -1,5 +1,5 @@
-"""Pseudo-glosses (Wong et al., ICLR 2024): the content words of a spoken sentence, in spoken order, as
-weak labels of what a signer signs; and their vocabulary.
+"""Pseudo-glosses (Wong et al., ICLR 2024): the content words of a spoken sentence, in spoken
+order, as weak labels of what a signer signs; and their vocabulary.
 
 A word is kept when its universal part of speech is one of KEPT_TAGS; German and English keep
 its lowercased lemma, Chinese the word itself (as the release, which uses spaCy's
