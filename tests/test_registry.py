@@ -107,7 +107,7 @@ def test_user_errors_print_their_message_alone(tmp_path):
                     'data.train_size=4 is smaller than batch_size')
   assert_user_error(main(tmp_path / 'c', '--config.system=nosuchsystem'),
                     "config.system='nosuchsystem' is not a registered system; built in: "
-                    'c2rl, gloss2text, mmtlb, sign2gpt (or the import path')
+                    'c2rl, gfslt, gloss2text, mmtlb, sign2gpt (or the import path')
   assert_user_error(main(tmp_path / 'd', '--config.model.init_from=/pretrained/mbart',
                          config='configs/gloss2text.py:pretrained'),
                     '--config.model.init_from is now --config.init.model.')
@@ -115,7 +115,8 @@ def test_user_errors_print_their_message_alone(tmp_path):
                     "unknown option 'datset'")
   assert_user_error(main(tmp_path / 'f', config='configs/mmtlb_typo.py:sign2text'),
                     '--config=configs/mmtlb_typo.py: no such config file (the shipped ones: '
-                    'configs/c2rl.py, configs/gloss2text.py, configs/ipslt.py, configs/mmtlb.py')
+                    'configs/c2rl.py, configs/gfslt.py, configs/gloss2text.py, configs/ipslt.py, '
+                    'configs/mmtlb.py')
   assert not any(tmp_path.iterdir())  # nothing written before the config is valid
   # A valid config, but nothing to evaluate: the message alone (orbax's cleanup thread, which
   # opening the checkpoints starts, once failed at exit after it).
@@ -189,8 +190,8 @@ def test_conversion_commands_name_a_missing_input_in_one_line(tmp_path, module, 
 
 def test_a_tokenizer_path_the_run_would_ignore_is_refused():
   shipped = main_module.shipped_configs()
-  assert {'configs/mmtlb.py', 'configs/c2rl.py', 'configs/sign2gpt.py', 'configs/gloss2text.py',
-          'configs/ipslt.py'} <= set(shipped)
+  assert {'configs/mmtlb.py', 'configs/c2rl.py', 'configs/sign2gpt.py', 'configs/gfslt.py',
+          'configs/gloss2text.py', 'configs/ipslt.py'} <= set(shipped)
   for path in shipped:  # none of the shipped variants is refused for it
     module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
     for variant in module.VARIANTS:
