@@ -24,14 +24,16 @@ setup: $(BIN)/.installed
 # started from both; the test split scored with the best dev checkpoint; then the videos in
 # VIDEOS translated.
 DATA_DIR ?= data
-main_job = $(BIN)/python -m sltjax.main --config=configs/mmtlb.py:$(1) --config.data.data_dir=$(DATA_DIR)
+comma := ,
+# Each at laptop size: $(1) is the variant (empty: the config's default), run with ,runlocal.
+main_job = $(BIN)/python -m sltjax.main --config=configs/mmtlb.py:$(1)runlocal --config.data.data_dir=$(DATA_DIR)
 WORKDIR := workdirs/mmtlb_runlocal_staged_synthetic_signs
 VIDEOS ?= ../shared/data/videos
 train: setup
-	$(call main_job,runlocal_sign2gloss)
-	$(BIN)/python -m sltjax.main --config=configs/gloss2text.py:runlocal_mmtlb --config.data.data_dir=$(DATA_DIR)
-	$(call main_job,runlocal_staged)
-	$(call main_job,runlocal_staged) --mode=eval --config.eval.split=test
+	$(call main_job,sign2gloss$(comma))
+	$(BIN)/python -m sltjax.main --config=configs/gloss2text.py:mmtlb,runlocal --config.data.data_dir=$(DATA_DIR)
+	$(call main_job,staged$(comma))
+	$(call main_job,staged$(comma)) --mode=eval --config.eval.split=test
 	@if ls $(VIDEOS)/*.mp4 >/dev/null 2>&1; then \
 	  $(BIN)/python -m sltjax.translate --workdir=$(WORKDIR) $(VIDEOS)/*.mp4; \
 	else echo "No videos in $(VIDEOS): translate your own with"; \
@@ -40,15 +42,15 @@ train: setup
 # C2RL at laptop size on synthetic_signs: pretraining (ICL + ECL), then Sign2Text and retrieval
 # from its frozen encoder, each scored on the test split; then the videos in VIDEOS translated,
 # indexed and searched for a sentence.
-c2rl = $(BIN)/python -m sltjax.main --config=configs/c2rl.py:$(1) --config.data.data_dir=$(DATA_DIR)
+c2rl = $(BIN)/python -m sltjax.main --config=configs/c2rl.py:$(1)runlocal --config.data.data_dir=$(DATA_DIR)
 C2RL_SLT := workdirs/c2rl_runlocal_slt_synthetic_signs
 C2RL_SLRET := workdirs/c2rl_runlocal_slret_synthetic_signs
 train-c2rl: setup
-	$(call c2rl,runlocal)
-	$(call c2rl,runlocal_slt)
-	$(call c2rl,runlocal_slt) --mode=eval --config.eval.split=test
-	$(call c2rl,runlocal_slret)
-	$(call c2rl,runlocal_slret) --mode=eval --config.eval.split=test
+	$(call c2rl,)
+	$(call c2rl,slt$(comma))
+	$(call c2rl,slt$(comma)) --mode=eval --config.eval.split=test
+	$(call c2rl,slret$(comma))
+	$(call c2rl,slret$(comma)) --mode=eval --config.eval.split=test
 	@if ls $(VIDEOS)/*.mp4 >/dev/null 2>&1; then \
 	  $(BIN)/python -m sltjax.translate --workdir=$(C2RL_SLT) $(VIDEOS)/*.mp4 && \
 	  $(BIN)/python -m sltjax.retrieve --workdir=$(C2RL_SLRET) index \
@@ -62,14 +64,14 @@ train-c2rl: setup
 # on the synthetic domain, saved as Hugging Face directories, loaded frozen as downloaded ones
 # are), pseudo-gloss pretraining, then translation started from it, each scored on the test
 # split; then the videos in VIDEOS translated.
-sign2gpt = $(BIN)/python -m sltjax.main --config=configs/sign2gpt.py:$(1) --config.data.data_dir=$(DATA_DIR)
+sign2gpt = $(BIN)/python -m sltjax.main --config=configs/sign2gpt.py:$(1)runlocal --config.data.data_dir=$(DATA_DIR)
 S2G_TRANSLATION := workdirs/sign2gpt_runlocal_translation_synthetic_signs
 train-sign2gpt: setup
 	$(BIN)/python -m sltjax.stand_ins --output_dir=pretrained/synthetic_signs
-	$(call sign2gpt,runlocal)
-	$(call sign2gpt,runlocal) --mode=eval --config.eval.split=test
-	$(call sign2gpt,runlocal_translation)
-	$(call sign2gpt,runlocal_translation) --mode=eval --config.eval.split=test
+	$(call sign2gpt,)
+	$(call sign2gpt,) --mode=eval --config.eval.split=test
+	$(call sign2gpt,translation$(comma))
+	$(call sign2gpt,translation$(comma)) --mode=eval --config.eval.split=test
 	@if ls $(VIDEOS)/*.mp4 >/dev/null 2>&1; then \
 	  $(BIN)/python -m sltjax.translate --workdir=$(S2G_TRANSLATION) $(VIDEOS)/*.mp4; \
 	else echo "No videos in $(VIDEOS): translate your own with"; \

@@ -4,7 +4,7 @@ r"""Does IP-SLT's iterative prototype refinement help? Its ablation on real text
       [--phoenix=../shared/data/phoenix2014t] [--data_dir=data] [--parts=phoenix,synthetic]
 
   synthetic  synthetic_signs Sign2Text on the README main job's base
-             (configs/ipslt.py:runlocal_mmtlb_sign2text = configs/mmtlb.py:runlocal_staged,
+             (configs/ipslt.py:mmtlb_sign2text,runlocal = configs/mmtlb.py:staged,runlocal,
              started from its Sign2Gloss and Gloss2Text stages, trained here once): K = 0 and
              K = 3, best dev checkpoint scored on test, per seed
   phoenix    PHOENIX-2014T Gloss2Text on the real text files (configs/ipslt.py:gloss2text: the

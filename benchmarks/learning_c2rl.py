@@ -7,9 +7,9 @@ scored again):
   pretrain_{both,icl,ecl}  configs/c2rl.py:runlocal with alpha=beta=1, ECL off (beta=0), ICL off
                            (alpha=0): the paper's ablation (PHOENIX-2014T BLEU-4 26.75 / 24.83 /
                            25.72 for both / ICL only / ECL only)
-  slt_<pretraining>        configs/c2rl.py:runlocal_slt from that pretraining workdir (encoder
+  slt_<pretraining>        configs/c2rl.py:slt,runlocal from that pretraining workdir (encoder
                            frozen): Sign2Text
-  slret_<pretraining>      configs/c2rl.py:runlocal_slret from it: retrieval
+  slret_<pretraining>      configs/c2rl.py:slret,runlocal from it: retrieval
   slt_scratch              runlocal_slt without pretraining: the encoder trains from scratch with
                            the translation network, for as many steps
 Every best checkpoint (chosen on dev) is scored on the test split. Chance rows: each test video

@@ -5,14 +5,14 @@ r"""Does MMTLB learn? Sign2Gloss, Gloss2Text and Sign2Text on synthetic_signs, a
 On one build of synthetic_signs (built on first use), trains one after another, each for the
 steps its config gives (about ten minutes each on a 2-core CPU; a rerun on the same WORKDIR
 resumes finished runs instead of repeating them):
-  sign2gloss  configs/mmtlb.py:runlocal_sign2gloss (video -> glosses, CTC)
-  gloss2text  configs/gloss2text.py:runlocal_mmtlb, the same 1+1-layer translation network on
+  sign2gloss  configs/mmtlb.py:sign2gloss,runlocal (video -> glosses, CTC)
+  gloss2text  configs/gloss2text.py:mmtlb,runlocal, the same 1+1-layer translation network on
               the dataset's ground-truth (gloss, text) pairs: the score Sign2Text should
               approach, since its glosses are perfect
   sign2text   configs/mmtlb.py:runlocal, the README's main job (video -> text, CTC + CE)
               from scratch
   sign2gloss2text  evaluation only: sign2gloss's decoded glosses -> gloss2text
-  sign2text_from_stages  configs/mmtlb.py:runlocal_staged, runlocal started as MMTLB starts
+  sign2text_from_stages  configs/mmtlb.py:staged,runlocal, runlocal started as MMTLB starts
               Sign2Text: backbone + head from sign2gloss (init.visual), the translation network
               from gloss2text (init.translation); the README's main job
 and scores every best checkpoint on the test split (two signers unseen in training). Chance:

@@ -5,9 +5,9 @@ r"""Does the main job learn for every seed? `make train`'s three stages for seve
 
 For each seed (`config.seed`: initialisation, data order, augmentation, dropout), trains the main
 job's stages exactly as `make train` does, each in WORKDIR/seed<N>/<stage>:
-  sign2gloss  configs/mmtlb.py:runlocal_sign2gloss
-  gloss2text  configs/gloss2text.py:runlocal_mmtlb
-  sign2text   configs/mmtlb.py:runlocal_staged, started from the two above
+  sign2gloss  configs/mmtlb.py:sign2gloss,runlocal
+  gloss2text  configs/gloss2text.py:mmtlb,runlocal
+  sign2text   configs/mmtlb.py:staged,runlocal, started from the two above
 and scores every best dev checkpoint on the test split. Prints each seed's Sign2Gloss dev WER (its
 best checkpoint's) and the main job's test BLEU-4 and WER, then the minimum and the spread over
 seeds. A rerun on the same WORKDIR resumes unfinished runs and only rescores finished ones; rows

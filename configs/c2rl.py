@@ -5,13 +5,13 @@ r"""C2RL (Chen, Zhou et al., 2024): gloss-free pretraining, then Sign2Text and s
   slt                 Sign2Text on the pretrained encoder's features: Linear -> mBART-large-cc25
   slret               retrieval: features -> Linear -> mBART encoder; text -> a second one
   runlocal            pretraining, small, on synthetic_signs (built on first use): minutes on a CPU
-  runlocal_slt        Sign2Text from runlocal's workdir (its encoder frozen, run on the frames)
-  runlocal_slret      retrieval from runlocal's workdir
+  slt,runlocal        Sign2Text from runlocal's workdir (its encoder frozen, run on the frames)
+  slret,runlocal      retrieval from runlocal's workdir
 
   python -m sltjax.main --config=configs/c2rl.py:runlocal
-  python -m sltjax.main --config=configs/c2rl.py:runlocal_slt
+  python -m sltjax.main --config=configs/c2rl.py:slt,runlocal
   python -m sltjax.translate --workdir=workdirs/c2rl_runlocal_slt_synthetic_signs my_video.mp4
-  python -m sltjax.main --config=configs/c2rl.py:runlocal_slret
+  python -m sltjax.main --config=configs/c2rl.py:slret,runlocal
   python -m sltjax.retrieve --workdir=workdirs/c2rl_runlocal_slret_synthetic_signs index \
       --index=my_index videos/
   python -m sltjax.retrieve --workdir=workdirs/c2rl_runlocal_slret_synthetic_signs search \
@@ -46,10 +46,9 @@ RUNLOCAL_PRETRAINING = 'workdirs/c2rl_runlocal_{dataset}'
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, dataset = common.parse_argument(arg, VARIANTS, 'pretrain', 'configs/c2rl.py')
-  stage = variant.removeprefix('runlocal_') if variant.startswith('runlocal_') else (
-      'pretrain' if variant == 'runlocal' else variant)
-  c = common.base('c2rl', stage, label_smoothing=0.2)  # label smoothing: ECL and Sign2Text
+  choice = common.parse_argument(arg, VARIANTS, 'pretrain', 'configs/c2rl.py')
+  variant, dataset, stage = choice.variant, choice.dataset, choice.word
+  c = common.base('c2rl', stage, variant=variant, label_smoothing=0.2)  # label smoothing: ECL and Sign2Text
 
   # features_dir: downstream, what --mode=extract_features wrote from the pretraining workdir.
   c.data = common.video_data(c2rl_experiment.DATA_RECIPE, dataset)
@@ -109,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = common.evaluation(dataset, best_metric='t2v_r1')
   c.schedule = common.schedule('cosine')
 
-  if variant.startswith('runlocal'):  # minutes on a 2-core CPU
+  if choice.runlocal:  # minutes on a 2-core CPU
     common.runlocal(c, crop_size=48, eval_resize=56, frame_buckets=(16, 24, 32))
     c.tokenizer.kind = 'word'
     c.batch_size = 16

@@ -1,13 +1,20 @@
-"""What every system's config shares: the dataset choice of the config argument, the datasets'
-constants, and the optimizer, schedule and evaluation blocks.
+"""What every system's config shares: the parts of the config argument, the datasets' constants,
+and the run scaffolding, optimizer, schedule, evaluation and laptop blocks.
 
-  --config=configs/<system>.py[:variant][,dataset=<name>]
+  --config=configs/<system>.py[:variant][,runlocal][,dataset=<name>]
+
+`variant` is the stage or recipe (the file's VARIANTS; its default when left out); `runlocal` asks
+for the same at laptop size on synthetic_signs (the file's runlocal_<variant>, or runlocal for the
+default variant): configs/c2rl.py:slt,runlocal. The older one-word spellings (runlocal_slt) still
+work and print a note naming the new one.
 
 `dataset` (DATASETS) sets the data name, the languages, the gloss clean-up and the translation
 metrics' protocol (CSL-Daily: character-level BLEU and ROUGE, sacrebleu's `zh` tokenizer); it
 defaults to phoenix2014t, and to synthetic_signs for runlocal variants.
 """
 import dataclasses
+import sys
+from typing import NamedTuple
 
 import ml_collections
 
@@ -50,34 +57,82 @@ DEFAULT_DATASET = 'phoenix2014t'
 LOCAL_DATASET = 'synthetic_signs'  # runlocal variants: built on first use, no download
 
 
-def parse_argument(arg: str | None, variants: tuple[str, ...], default: str, config_file: str):
-  """(variant, dataset) of 'variant[,dataset=name]' (either part may be left out)."""
-  variant, dataset = '', ''
+LAPTOP = 'runlocal'  # the config argument's part for the laptop-size variant
+_NOTED: set[str] = set()  # old spellings already noted in this process
+
+
+def laptop_variants(variants: tuple[str, ...], default: str) -> dict[str, str]:
+  """{variant: its laptop variant}: runlocal_<variant>, and runlocal for the default variant."""
+  table = {v.removeprefix(f'{LAPTOP}_'): v for v in variants if v.startswith(f'{LAPTOP}_')}
+  if LAPTOP in variants:
+    table[default] = LAPTOP
+  return table
+
+
+def spelling(variant: str) -> str:
+  """How the config argument names `variant`: runlocal_<x> is x,runlocal."""
+  return (f'{variant.removeprefix(LAPTOP + "_")},{LAPTOP}' if variant.startswith(f'{LAPTOP}_')
+          else variant)
+
+
+class Choice(NamedTuple):
+  """What the config argument chose."""
+  variant: str  # one of the file's VARIANTS (with runlocal: the laptop one), naming the workdir
+  dataset: str
+  word: str  # the variant as named without runlocal (the stage or recipe)
+  runlocal: bool  # at laptop size
+
+
+def parse_argument(arg: str | None, variants: tuple[str, ...], default: str,
+                   config_file: str) -> Choice:
+  """The Choice of 'variant[,runlocal][,dataset=name]' (any part may be left out)."""
+  words, dataset = [], ''
   for part in (arg or '').split(','):
     key, equals, value = part.partition('=')
     if not equals:
-      if variant:
-        raise ValueError(f'{config_file}: two variants in {arg!r}; give one, then ,dataset=NAME.')
-      variant = key.strip()
+      if key.strip():
+        words.append(key.strip())
     elif key.strip() == 'dataset':
       dataset = value.strip()
     else:
       raise ValueError(f'{config_file}: unknown option {key.strip()!r} in {arg!r}; the config '
-                       'argument takes a variant and dataset=NAME.')
-  variant = variant or default
+                       'argument takes a variant, runlocal and dataset=NAME.')
+  laptop = LAPTOP in words
+  words = [w for w in words if w != LAPTOP]
+  if len(words) > 1:
+    raise ValueError(f'{config_file}: two variants in {arg!r}; give one (and runlocal), then '
+                     ',dataset=NAME.')
+  variant = word = words[0] if words else default
+  table = laptop_variants(variants, default)
+  if laptop:
+    if variant not in table:
+      raise ValueError(f'{config_file}: {variant!r} has no runlocal form; runlocal goes with '
+                       f'{tuple(table)}.')
+    variant = table[variant]
+  elif variant in table.values():  # an older spelling (runlocal alone is also today's)
+    word = next(k for k, v in table.items() if v == variant)
+    laptop = True
+    if variant != LAPTOP and variant not in _NOTED:
+      _NOTED.add(variant)
+      print(f'note: {config_file}:{variant} is now spelled {config_file}:{spelling(variant)}.',
+            file=sys.stderr)
   if variant not in variants:
-    raise ValueError(f'Unknown variant {variant!r} of {config_file}; use one of {variants}.')
-  dataset = dataset or (LOCAL_DATASET if variant.startswith('runlocal') else DEFAULT_DATASET)
+    raise ValueError(f'Unknown variant {variant!r} of {config_file}; use one of '
+                     f'{tuple(v for v in variants if v not in table.values())}, each with '
+                     f',{LAPTOP} where it has a laptop form.')
+  dataset = dataset or (LOCAL_DATASET if laptop else DEFAULT_DATASET)
   if dataset not in DATASETS:
     raise ValueError(f'{config_file}: unknown dataset {dataset!r}; use one of '
                      f'{tuple(DATASETS)}.')
-  return variant, dataset
+  return Choice(variant, dataset, word, laptop)
 
 
-def base(system: str, stage: str | None = None, **overrides) -> ml_collections.ConfigDict:
-  """The run scaffolding every system's config starts from: the system (and stage), seed,
-  logging and checkpointing cadence, and the device mesh (data parallel over every device)."""
-  c = ml_collections.ConfigDict({'system': system})
+def base(system: str, stage: str | None = None, *, variant: str,
+         **overrides) -> ml_collections.ConfigDict:
+  """The run scaffolding every system's config starts from: the system (and stage), the variant
+  (`parse_argument`'s, which names the default workdir), seed, logging and checkpointing cadence,
+  and the device mesh (data parallel over every device)."""
+  c = ml_collections.ConfigDict({'system': system, 'variant': variant})
   if stage is not None:
     c.stage = stage
   c.update(seed=0, log_every_steps=50, checkpoint_every_steps=1000, keep_checkpoints=2,

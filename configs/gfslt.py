@@ -25,8 +25,8 @@ VARIANTS = ('pretrain', 'runlocal')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, dataset = common.parse_argument(arg, VARIANTS, 'pretrain', 'configs/gfslt.py')
-  c = common.base('gfslt', label_smoothing=0.2)  # the masked decoder's loss
+  variant, dataset = common.parse_argument(arg, VARIANTS, 'pretrain', 'configs/gfslt.py')[:2]
+  c = common.base('gfslt', variant=variant, label_smoothing=0.2)  # the masked decoder's loss
   c.data = common.video_data(gfslt_experiment.DATA_RECIPE, dataset)
   c.tokenizer = common.tokenizer('mbart', dataset)  # path '' = the one init.mbart brings
   c.shapes = common.shapes(dataset, 'mbart')  # for --mode=compile, which reads no dataset

@@ -7,7 +7,7 @@ CSL-Daily's text files (pass --config.data.path) scored by character.
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t
   python -m sltjax.main --config=configs/gloss2text.py:runlocal
   python -m sltjax.main --config=configs/gloss2text.py:runlocal,dataset=phoenix2014t
-  python -m sltjax.main --config=configs/gloss2text.py:runlocal_mmtlb  (the main job's Gloss2Text:
+  python -m sltjax.main --config=configs/gloss2text.py:mmtlb,runlocal  (the main job's Gloss2Text:
       configs/mmtlb.py:runlocal's translation network and schedule, on synthetic_signs' labels)
   python -m sltjax.main --config=configs/gloss2text.py --workdir=workdirs/g2t \
       --mode=eval --config.eval.split=dev
@@ -32,11 +32,11 @@ TEXT_DATA = {'phoenix2014t': ('../shared/data/phoenix2014t', 'de'), 'csl_daily':
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, dataset = common.parse_argument(arg, VARIANTS, 'default', 'configs/gloss2text.py')
+  variant, dataset = common.parse_argument(arg, VARIANTS, 'default', 'configs/gloss2text.py')[:2]
   if variant == 'runlocal_mmtlb':
     return runlocal_mmtlb(dataset)
   # batch_size: global, over all devices and processes
-  c = common.base('gloss2text', total_steps=3000, batch_size=64, eval_every_steps=1000,
+  c = common.base('gloss2text', variant=variant, total_steps=3000, batch_size=64, eval_every_steps=1000,
                   label_smoothing=0.1)
 
   c.data = ml_collections.ConfigDict()
@@ -124,6 +124,7 @@ def runlocal_mmtlb(dataset: str) -> ml_collections.ConfigDict:
   from configs import mmtlb  # pylint: disable=import-outside-toplevel
   video_config = mmtlb.get_config(f'runlocal,dataset={dataset}')
   c = get_config(f'runlocal,dataset={dataset}')
+  c.variant = 'runlocal_mmtlb'
   c.data = ml_collections.ConfigDict({
       key: video_config.data[key] for key in ('name', 'data_dir', 'build_if_missing',
                                               'lowercase_gloss', 'length_buckets')})

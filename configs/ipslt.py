@@ -6,12 +6,12 @@ r"""IP-SLT (Yao et al., ICCV 2023) on an encoder-decoder system: the base system
   gloss2text_pretrained      configs/gloss2text.py:pretrained (mBART-large-cc25 fine-tuned)
   mmtlb_sign2text            configs/mmtlb.py:sign2text
   c2rl_sign2text             configs/c2rl.py:slt
-  runlocal_gloss2text        configs/gloss2text.py:runlocal (synthetic_signs' labels)
-  runlocal_mmtlb_sign2text   configs/mmtlb.py:runlocal_staged (the README main job's last stage,
+  gloss2text,runlocal        configs/gloss2text.py:runlocal (synthetic_signs' labels)
+  mmtlb_sign2text,runlocal   configs/mmtlb.py:staged,runlocal (the README main job's last stage,
                              started from its two earlier stages' workdirs)
-  runlocal_c2rl_sign2text    configs/c2rl.py:runlocal_slt (from the C2RL pretraining workdir)
+  c2rl_sign2text,runlocal    configs/c2rl.py:slt,runlocal (from the C2RL pretraining workdir)
 
-  python -m sltjax.main --config=configs/ipslt.py:runlocal_gloss2text
+  python -m sltjax.main --config=configs/ipslt.py:gloss2text,runlocal
   python -m sltjax.main --config=configs/ipslt.py:gloss2text --config.model.prototype.iterations=1
   python -m sltjax.main --config=configs/ipslt.py:mmtlb_sign2text,dataset=csl_daily ...
 
@@ -33,8 +33,8 @@ BASES = {
     'mmtlb_sign2text': (mmtlb, 'sign2text'),
     'c2rl_sign2text': (c2rl, 'slt'),
     'runlocal_gloss2text': (gloss2text, 'runlocal'),
-    'runlocal_mmtlb_sign2text': (mmtlb, 'runlocal_staged'),
-    'runlocal_c2rl_sign2text': (c2rl, 'runlocal_slt'),
+    'runlocal_mmtlb_sign2text': (mmtlb, 'staged,runlocal'),
+    'runlocal_c2rl_sign2text': (c2rl, 'slt,runlocal'),
 }
 VARIANTS = tuple(BASES)
 
@@ -45,8 +45,9 @@ def prototype(**overrides) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, dataset = common.parse_argument(arg, VARIANTS, 'gloss2text', 'configs/ipslt.py')
+  variant, dataset = common.parse_argument(arg, VARIANTS, 'gloss2text', 'configs/ipslt.py')[:2]
   module, base_variant = BASES[variant]
   c = module.get_config(f'{base_variant},dataset={dataset}')
+  c.variant = variant
   c.model.prototype = prototype()
   return c

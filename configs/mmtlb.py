@@ -2,10 +2,10 @@ r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per sta
 
   runlocal             a small Sign2Text model trained end to end from scratch on synthetic_signs
                        (built on first use under data/), minutes on a laptop CPU
-  runlocal_sign2gloss  the same data and backbone, Sign2Gloss only, trained on CTC and on each
+  sign2gloss,runlocal  the same data and backbone, Sign2Gloss only, trained on CTC and on each
                        frame's gloss (which synthetic_signs records)
-  runlocal_staged      runlocal started as MMTLB starts Sign2Text, from runlocal_sign2gloss's
-                       workdir and the Gloss2Text stage's (configs/gloss2text.py:runlocal_mmtlb),
+  staged,runlocal      runlocal started as MMTLB starts Sign2Text, from sign2gloss,runlocal's
+                       workdir and the Gloss2Text stage's (configs/gloss2text.py:mmtlb,runlocal),
                        backbone frozen: the README's main job
   sign2gloss           S3D + head, CTC (PHOENIX-2014T recipe); scored by WER
   sign2gloss2text      --mode=eval only: a Sign2Gloss workdir's glosses -> a Gloss2Text workdir
@@ -13,9 +13,9 @@ r"""MMTLB (Chen et al., CVPR 2022) on a built video dataset, one variant per sta
   sign2text_features   the release's Sign2Text: head + mapper + mBART on frozen S3D features that
                        --mode=extract_features wrote from the Sign2Gloss workdir
 
-  python -m sltjax.main --config=configs/mmtlb.py:runlocal_sign2gloss
-  python -m sltjax.main --config=configs/gloss2text.py:runlocal_mmtlb
-  python -m sltjax.main --config=configs/mmtlb.py:runlocal_staged
+  python -m sltjax.main --config=configs/mmtlb.py:sign2gloss,runlocal
+  python -m sltjax.main --config=configs/gloss2text.py:mmtlb,runlocal
+  python -m sltjax.main --config=configs/mmtlb.py:staged,runlocal
   python -m sltjax.translate --workdir=workdirs/mmtlb_runlocal_staged_synthetic_signs my_video.mp4
 
 Every variant takes the dataset after it (configs/common.py; default phoenix2014t, runlocal
@@ -48,7 +48,7 @@ VARIANTS = ('sign2text', 'sign2text_features', 'sign2gloss', 'sign2gloss2text', 
             'runlocal_sign2gloss', 'runlocal_staged')
 # The Gloss2Text stage is its own system's config (configs/gloss2text.py).
 MOVED = {'gloss2text': 'configs/gloss2text.py:pretrained',
-         'runlocal_gloss2text': 'configs/gloss2text.py:runlocal_mmtlb'}
+         'runlocal_gloss2text': 'configs/gloss2text.py:mmtlb,runlocal'}
 # Where runlocal_staged finds its two earlier stages: their default workdirs
 # (sltjax/workdirs.py: workdirs/<config>_<variant>_<dataset>).
 RUNLOCAL_STAGE_WORKDIRS = {'visual': 'workdirs/mmtlb_runlocal_sign2gloss_{dataset}',
@@ -57,11 +57,12 @@ RUNLOCAL_STAGE_WORKDIRS = {'visual': 'workdirs/mmtlb_runlocal_sign2gloss_{datase
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.refuse_moved(arg, MOVED, 'configs/mmtlb.py')
-  variant, dataset = common.parse_argument(arg, VARIANTS, 'sign2text', 'configs/mmtlb.py')
-  stage = 'sign2gloss' if 'sign2gloss' in variant and variant != 'sign2gloss2text' else (
-      'sign2gloss2text' if variant == 'sign2gloss2text' else 'sign2text')
+  choice = common.parse_argument(arg, VARIANTS, 'sign2text', 'configs/mmtlb.py')
+  variant, dataset = choice.variant, choice.dataset
+  # sign2text_features and staged are Sign2Text recipes.
+  stage = choice.word if choice.word in ('sign2gloss', 'sign2gloss2text') else 'sign2text'
   epoch = common.steps_per_epoch(dataset, 8)
-  c = common.base('mmtlb', stage, total_steps=40 * epoch, batch_size=8,
+  c = common.base('mmtlb', stage, variant=variant, total_steps=40 * epoch, batch_size=8,
                   eval_every_steps=2 * epoch, label_smoothing=0.2)
 
   # features_dir: with backbone='features', a dataset written by --mode=extract_features.
@@ -119,7 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if c.stage == 'sign2gloss':
     c.optimizer.param_groups = {}
     c.eval.ctc_beam_size = 1  # the release validates greedily; test with beam 5
-  if variant.startswith('runlocal'):  # minutes on a 2-core CPU
+  if choice.runlocal:  # minutes on a 2-core CPU
     # 48 px: S3D steps take half the time they take at 64 px, and learn as fast
     # (docs/systems/mmtlb.md). 32 frames, evenly spaced (3-5 per sign), in one compiled shape.
     # No colour jitter: hue jitter would move the marker colours that name glosses.

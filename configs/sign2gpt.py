@@ -6,12 +6,12 @@ frozen XGLM adapted by LoRA and zero-gated cross-attention.
   translation             stage 2 from stage 1 (init.pretraining): the adapted XGLM
   runlocal                stage 1, small, on synthetic_signs with the stand-in DINOv2 and XGLM
                           that `python -m sltjax.stand_ins` trains (minutes on a CPU)
-  runlocal_translation    stage 2 from runlocal's workdir
-  runlocal_scratch        stage 2 without pseudo-gloss pretraining (the paper's ablation)
+  translation,runlocal    stage 2 from runlocal's workdir
+  scratch,runlocal        stage 2 without pseudo-gloss pretraining (the paper's ablation)
 
   python -m sltjax.stand_ins --output_dir=pretrained/synthetic_signs
   python -m sltjax.main --config=configs/sign2gpt.py:runlocal
-  python -m sltjax.main --config=configs/sign2gpt.py:runlocal_translation
+  python -m sltjax.main --config=configs/sign2gpt.py:translation,runlocal
   python -m sltjax.translate --workdir=workdirs/sign2gpt_runlocal_translation_synthetic_signs \
       my_video.mp4
 
@@ -47,9 +47,10 @@ FROZEN = {'pseudo_gloss': r'^frames/backbone/(?!.*lora_)',
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, dataset = common.parse_argument(arg, VARIANTS, 'pseudo_gloss', 'configs/sign2gpt.py')
-  stage = 'pseudo_gloss' if variant in ('pseudo_gloss', 'runlocal') else 'translation'
-  c = common.base('sign2gpt', stage, label_smoothing=0.1)
+  choice = common.parse_argument(arg, VARIANTS, 'pseudo_gloss', 'configs/sign2gpt.py')
+  variant, dataset = choice.variant, choice.dataset
+  stage = 'pseudo_gloss' if choice.word == 'pseudo_gloss' else 'translation'  # or scratch
+  c = common.base('sign2gpt', stage, variant=variant, label_smoothing=0.1)
   c.data = common.video_data(sign2gpt_experiment.DATA_RECIPE, dataset,
                              length_buckets=(16, 32, 64))  # up to 64 tokens
   # XGLM's own tokenizer: the directory of model.lm_weights.
@@ -106,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       best_metric='pseudo_gloss_class_f1' if stage == 'pseudo_gloss' else 'bleu4',
       figures=4)  # stage 1: pictures of where the first dev videos' pseudo-glosses are placed
 
-  if variant.startswith('runlocal'):  # minutes on a 2-core CPU
+  if choice.runlocal:  # minutes on a 2-core CPU
     # 56 px: the stand-in DINOv2's size (4 x 4 patches of 14); little hue jitter, since
     # synthetic_signs tells glosses apart by hand colour, among other cues.
     common.runlocal(c, crop_size=56, eval_resize=64, frame_buckets=(16, 24, 32), hue=0.02)

@@ -2,7 +2,9 @@
 which key, which config file and variant, the nearest keys it does have, and for a key that
 other variants or datasets of the same file have (data.path: text files; data.data_dir: a built
 video dataset), which of them to choose instead."""
+import contextlib
 import difflib
+import io
 import importlib.util
 import os
 import sys
@@ -73,7 +75,7 @@ def _choices_with_key(module, config_file: str, dotted: str, variant: str) -> li
     from configs import common  # pylint: disable=import-outside-toplevel
   except ImportError:
     return []
-  first = common.LOCAL_DATASET if variant.startswith('runlocal') else common.DEFAULT_DATASET
+  first = common.LOCAL_DATASET if common.LAPTOP in variant else common.DEFAULT_DATASET
   datasets = [first] + [d for d in common.DATASETS if d != first]
   variants = tuple(getattr(module, 'VARIANTS', ()))
   ordered = ([variant] if variant in variants else []) + [v for v in variants if v != variant]
@@ -81,11 +83,12 @@ def _choices_with_key(module, config_file: str, dotted: str, variant: str) -> li
   for candidate in ordered:
     for dataset in datasets:
       try:
-        config = module.get_config(f'{candidate},dataset={dataset}')
+        with contextlib.redirect_stderr(io.StringIO()):  # notes on older spellings
+          config = module.get_config(f'{candidate},dataset={dataset}')
       except Exception:  # pylint: disable=broad-except  (a combination the file refuses)
         continue
       if _lookup(config, dotted)[1]:
-        found.append(f'{config_file}:{candidate},dataset={dataset}')
+        found.append(f'{config_file}:{common.spelling(candidate)},dataset={dataset}')
   return found
 
 
@@ -122,7 +125,7 @@ def explain_missing_key(config_argument: str, overrides: list[str]) -> str | Non
     source = _data_source(config) if dotted.startswith('data.') else None
     if source:
       message += f' This variant reads {source}.'
-    variant = argument.split(',')[0].strip()
+    variant = config.get('variant') or argument.split(',')[0].strip()
     choices = _choices_with_key(module, config_file, dotted, variant)
     if choices:
       shown = ' or '.join(f'--config={c}' for c in choices[:2])

@@ -21,9 +21,12 @@ RESUMABLE_CHANGES = ('eval.', 'log_every_steps', 'eval_every_steps', 'checkpoint
 
 
 def default_workdir(config_argument: str, config) -> str:
-  """workdirs/<config file>_<variant>[_<dataset>] for --config=configs/<file>.py[:variant,...]."""
+  """workdirs/<config file>_<variant>[_<dataset>] for --config=configs/<file>.py[:variant,...]:
+  the variant the config names (config.variant: one name for every spelling of the argument),
+  else the argument's first part."""
   path, _, arg = config_argument.partition(':')
-  variant = arg.split(',')[0] if arg and '=' not in arg.split(',')[0] else 'default'
+  first = arg.split(',')[0] if arg and '=' not in arg.split(',')[0] else 'default'
+  variant = config.get('variant') or first
   parts = [os.path.splitext(os.path.basename(path))[0], variant]
   # A video dataset's name, or the corpus that text files (data.path) come from.
   dataset = (config.data.get('name') or config.data.get('corpus')) if 'data' in config else None

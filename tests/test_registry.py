@@ -270,9 +270,35 @@ def test_the_dataset_choice_sets_names_languages_and_the_metric_protocol():
   assert (text_csl.data.target_suffix, text_csl.eval.char_level) == ('zh', True)
   for bad, message in (('sign2text,datset=csl_daily', "unknown option 'datset'"),
                        ('sign2text,dataset=csl', "unknown dataset 'csl'"),
-                       ('sign2text,runlocal', 'two variants')):
+                       ('sign2text,sign2gloss', 'two variants'),
+                       ('sign2gloss2text,runlocal', "'sign2gloss2text' has no runlocal form"),
+                       ('runlocal_gloss2text', 'is now configs/gloss2text.py:mmtlb,runlocal')):
     with pytest.raises(ValueError, match=message):
       mmtlb.get_config(bad)
+
+
+def test_the_stage_and_runlocal_are_separate_parts_and_old_spellings_say_the_new_one(capsys):
+  from configs import c2rl, common, mmtlb  # pylint: disable=import-outside-toplevel
+  common._NOTED.clear()  # pylint: disable=protected-access
+  new = c2rl.get_config('slt,runlocal')
+  assert capsys.readouterr().err == ''
+  assert (new.stage, new.variant, new.data.name, new.init.visual) == (
+      'slt', 'runlocal_slt', 'synthetic_signs', 'workdirs/c2rl_runlocal_synthetic_signs')
+  assert c2rl.get_config('runlocal,slt,dataset=phoenix2014t').data.name == 'phoenix2014t'
+  assert c2rl.get_config('pretrain,runlocal').variant == c2rl.get_config('runlocal').variant == (
+      'runlocal')
+  old = c2rl.get_config('runlocal_slt')
+  assert old.to_dict() == new.to_dict()
+  assert capsys.readouterr().err == (
+      'note: configs/c2rl.py:runlocal_slt is now spelled configs/c2rl.py:slt,runlocal.\n')
+  c2rl.get_config('runlocal_slt')  # once per process
+  assert capsys.readouterr().err == ''
+  # Both spellings name the same default workdir, so a run resumes under either.
+  assert (workdirs.default_workdir('configs/mmtlb.py:staged,runlocal',
+                                   mmtlb.get_config('staged,runlocal'))
+          == workdirs.default_workdir('configs/mmtlb.py:runlocal_staged',
+                                      mmtlb.get_config('runlocal_staged'))
+          == os.path.join('workdirs', 'mmtlb_runlocal_staged_synthetic_signs'))
 
 
 def test_commands_ask_the_experiment_what_it_can_do(toy_corpus, tmp_path):
