@@ -76,14 +76,14 @@ def synthetic_configs(args, root: str):
   the Sign2Text config)."""
   from configs import gloss2text, ipslt, mmtlb  # pylint: disable=import-outside-toplevel
   stages = {}
-  for name, module, variant in (('sign2gloss', mmtlb, 'runlocal_sign2gloss'),
-                                ('gloss2text', gloss2text, 'runlocal_mmtlb')):
+  for name, module, variant in (('sign2gloss', mmtlb, 'sign2gloss,runlocal'),
+                                ('gloss2text', gloss2text, 'mmtlb,runlocal')):
     config = module.get_config(variant)
     config.data.data_dir = args.data_dir
     stages[name] = (config, os.path.join(root, 'stages', name))
 
   def sign2text(seed: int, prototype: dict):
-    c = ipslt.get_config('runlocal_mmtlb_sign2text')
+    c = ipslt.get_config('mmtlb_sign2text,runlocal')
     c.data.data_dir = args.data_dir
     c.init.visual, c.init.translation = stages['sign2gloss'][1], stages['gloss2text'][1]
     c.seed = seed

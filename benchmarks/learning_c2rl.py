@@ -58,9 +58,9 @@ def runs(data_dir: str, seed: int, root: str):
   for name in PRETRAININGS:
     start = {'init.visual': os.path.join(root, f'pretrain_{name}')}
     for stage in ('slt', 'slret'):
-      out.append((f'{stage}_{name}', configure(f'runlocal_{stage}', data_dir, seed, start),
+      out.append((f'{stage}_{name}', configure(f'{stage},runlocal', data_dir, seed, start),
                   os.path.join(root, f'{stage}_{name}')))
-  out.append(('slt_scratch', configure('runlocal_slt', data_dir, seed,
+  out.append(('slt_scratch', configure('slt,runlocal', data_dir, seed,
                                        {'init.visual': '', 'optimizer.frozen': ''}),
               os.path.join(root, 'slt_scratch')))
   return out

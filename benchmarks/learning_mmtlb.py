@@ -58,11 +58,11 @@ def main():
   from sltjax.metrics import gloss_metrics, translation_metrics  # pylint: disable=import-outside-toplevel
 
   configs = {}
-  for stage, module, variant in (('sign2gloss', mmtlb, 'runlocal_sign2gloss'),
+  for stage, module, variant in (('sign2gloss', mmtlb, 'sign2gloss,runlocal'),
                                  ('sign2text', mmtlb, 'runlocal'),
-                                 ('gloss2text', gloss2text, 'runlocal_mmtlb'),
-                                 ('sign2gloss2text', mmtlb, 'runlocal_staged'),
-                                 ('sign2text_from_stages', mmtlb, 'runlocal_staged')):
+                                 ('gloss2text', gloss2text, 'mmtlb,runlocal'),
+                                 ('sign2gloss2text', mmtlb, 'staged,runlocal'),
+                                 ('sign2text_from_stages', mmtlb, 'staged,runlocal')):
     configs[stage] = module.get_config(variant)
     configs[stage].data.data_dir = args.data_dir
     if args.steps:

@@ -54,10 +54,10 @@ def runs(args, seed: int, root: str):
   """(name, config, workdir) of one seed's runs, in the order they must train."""
   stage1 = os.path.join(root, 'pseudo_gloss')
   return [('pseudo_gloss', configure('runlocal', args, seed, {}), stage1),
-          ('translation', configure('runlocal_translation', args, seed,
+          ('translation', configure('translation,runlocal', args, seed,
                                     {'init.pretraining': stage1}),
            os.path.join(root, 'translation')),
-          ('translation_scratch', configure('runlocal_scratch', args, seed, {}),
+          ('translation_scratch', configure('scratch,runlocal', args, seed, {}),
            os.path.join(root, 'translation_scratch'))]
 
 
@@ -70,7 +70,7 @@ def chance_rows(args):
   from sltjax.experiments.video import open_dataset_split  # pylint: disable=import-outside-toplevel
   from sltjax.experiments.sign2gpt import pseudo_gloss_f1  # pylint: disable=import-outside-toplevel
   from sltjax.metrics import translation_metrics  # pylint: disable=import-outside-toplevel
-  config = configure('runlocal_translation', args, 0, {})
+  config = configure('translation,runlocal', args, 0, {})
   train_split, test = (open_dataset_split(config.data, s) for s in ('train', 'test'))
   common = collections.Counter(train_split.texts).most_common(1)[0][0]
   tokenizer = XGLMTokenizer(config.model.lm_weights)

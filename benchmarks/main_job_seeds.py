@@ -26,9 +26,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # learning_tab
 
 import learning_table  # pylint: disable=wrong-import-position
 
-STAGES = (('sign2gloss', 'mmtlb', 'runlocal_sign2gloss'),
-          ('gloss2text', 'gloss2text', 'runlocal_mmtlb'),
-          ('sign2text', 'mmtlb', 'runlocal_staged'))  # (stage, configs/<file>.py, variant)
+STAGES = (('sign2gloss', 'mmtlb', 'sign2gloss,runlocal'),
+          ('gloss2text', 'gloss2text', 'mmtlb,runlocal'),
+          ('sign2text', 'mmtlb', 'staged,runlocal'))  # (stage, configs/<file>.py, variant)
 
 
 def parse_args():
