@@ -159,3 +159,25 @@ def test_a_step_that_does_not_fit_exits_2_with_one_line():
   report = json.loads(run.stdout.strip().splitlines()[-1])
   assert not report['fits'] and report['hbm_bytes_per_chip'] > 16 * GiB
   assert math.isclose(report['hbm_capacity_bytes'], 16 * GiB)
+
+
+def test_evaluation_functions_embed_each_chips_own_frames_too(tmp_path):
+  """Experiment.jitted traces evaluation functions over the mesh as the train step is traced:
+  C2RL's retrieval embeddings on four-way tensor parallel cost what data parallel costs."""
+  from sltjax.experiments import shapes_only  # pylint: disable=import-outside-toplevel
+  target = Slice.parse('v5e:2x2')
+  flops = {}
+  for axis in ('data', 'tensor'):
+    config = c2rl.get_config('runlocal')
+    config.batch_size = config.eval.batch_size = 8
+    config.mesh = {'data': 1, 'fsdp': 1, 'tensor': 1, axis: -1}
+    exp = shapes_only.create(config, target.devices(), str(tmp_path / axis))
+    embed = exp.jitted('embed', lambda params, rest, batch, exp=exp: exp.encode_video(
+        exp.merge(params, rest), *exp.model_inputs(batch))[0])
+    batch = {k: v for k, v in shapes_only.batch_shapes(exp).items()
+             if k in ('frames', 'frame_mask')}
+    variables = exp.abstract_variables()
+    compiled = embed.lower(variables['params'], variables['rest'], batch).compile()
+    flops[axis] = compiled.cost_analysis()['flops']
+  # Without the frames' constraint the tensor-parallel chips each embed every frame: ~4x.
+  assert flops['tensor'] < 1.25 * flops['data']

@@ -245,11 +245,18 @@ class Experiment:
   # ------------------------------------------------------------------ evaluation plumbing
   def jitted(self, name: str, fn, out_shardings=None):
     """fn(params, rest, batch) jitted once per name, the batch's rows (and, by default, the
-    outputs' rows) sharded over the data-parallel axes."""
+    outputs' rows) sharded over the data-parallel axes, traced over the mesh as the train step is
+    (so that per-frame backbones split their frames over every chip, sharding.constrain_frames)."""
     if name not in self._jitted:
       rows = sharding.batch_sharding(self.mesh)
+
+      @functools.wraps(fn)  # the jitted program keeps fn's name
+      def traced(*args):
+        with sharding.tracing_mesh(self.mesh):
+          return fn(*args)
+
       self._jitted[name] = jax.jit(
-          fn, in_shardings=(self.param_shardings, self.rest_shardings, rows),
+          traced, in_shardings=(self.param_shardings, self.rest_shardings, rows),
           out_shardings=rows if out_shardings is None else out_shardings)
     return self._jitted[name]
 
