@@ -109,8 +109,8 @@ def sign_translation_loss(out, batch, *, ctc_weight: float, translation_weight: 
 
 # ------------------------------------------------------------------ contrastive (C2RL / CiCo)
 _MASKED = -1e30  # the logit of a masked entry
-def _l2_normalize(x):
-  """Rows of x [n, len, dim] scaled to unit norm (zero rows stay zero), in float32 or wider."""
+def l2_normalize(x):
+  """Rows of x [..., dim] scaled to unit norm (zero rows stay zero), in float32 or wider."""
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
@@ -154,7 +154,7 @@ def clcl_similarity(video, video_mask, text, text_mask, *, temperature: float = 
   video_mask, text_mask = video_mask.astype(jnp.float32), text_mask.astype(jnp.float32)
   if mask_padding:  # else CiCo: padded positions keep whatever features the encoders gave them
     video, text = video * video_mask[..., None], text * text_mask[..., None]
-  video, text = _l2_normalize(video), _l2_normalize(text)
+  video, text = l2_normalize(video), l2_normalize(text)
   block = jax.checkpoint(lambda t, tm: _clcl_block(video, video_mask, t, tm, temperature,
                                                    mask_padding))
   num_texts = text.shape[0]

@@ -4,7 +4,6 @@ self-supervised text decoder's loss (sltjax/models/systems/gfslt.py); scored by 
 the embeddings' cosine similarity, so `python -m sltjax.retrieve` ranks videos and sentences with
 a trained workdir.
 """
-import jax
 import jax.numpy as jnp
 
 from sltjax import experiments
@@ -14,7 +13,7 @@ from sltjax.errors import UserError
 from sltjax.experiments.retrieval import RetrievalExperiment, same_sentence
 from sltjax.experiments.video import TOKENIZER_DIR
 from sltjax.experiments.warm_start import WarmStart
-from sltjax.losses import contrastive_loss, mean_cross_entropy
+from sltjax.losses import contrastive_loss, l2_normalize, mean_cross_entropy
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.gfslt import (VisualConfig, VisualLanguagePretraining,
                                          mask_last_words)
@@ -23,11 +22,6 @@ from sltjax.models.systems.gfslt import (VisualConfig, VisualLanguagePretraining
 # resized to 256 and cropped to 224 (random at train, centre at test), ImageNet statistics.
 DATA_RECIPE = dict(sampling='all', max_frames=300, eval_resize=256, random_crop='fixed',
                    normalization='imagenet')
-
-
-def _l2_normalize(x):  # [B, d] -> unit rows, in float32
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
 @experiments.register('gfslt')
@@ -75,9 +69,9 @@ class GFSLTPretraining(RetrievalExperiment):
     cfg = self.config.loss
     frames, frame_mask = self.model_inputs(batch)
     text_ids, text_mask = self.text_inputs(batch['labels'])
-    video = _l2_normalize(model.visual(frames, frame_mask, rngs))  # [B, d]
+    video = l2_normalize(model.visual(frames, frame_mask, rngs))  # [B, d]
     sentence, _ = model.encode_text(text_ids, text_mask, rngs)
-    scores = video @ _l2_normalize(sentence).T  # [videos, texts] cosine similarities
+    scores = video @ l2_normalize(sentence).T  # [videos, texts] cosine similarities
     positives = (same_sentence(text_ids) if cfg.same_sentence_positives
                  else jnp.eye(len(text_ids)))
     clip = contrastive_loss(scores, scores, positives, model.logit_scale[...])
@@ -93,12 +87,12 @@ class GFSLTPretraining(RetrievalExperiment):
   # ------------------------------------------------------------------ retrieval
   def encode_video(self, model, inputs, mask):
     """The unit video embedding as one position: ([B, 1, d], [B, 1])."""
-    video = _l2_normalize(model.visual(inputs, mask))[:, None]
+    video = l2_normalize(model.visual(inputs, mask))[:, None]
     return video, jnp.ones(video.shape[:2], jnp.int32)
 
   def encode_text(self, model, text_ids, text_mask):
     """The unit sentence embedding as one position, [B, 1, d]."""
-    return _l2_normalize(model.encode_text(text_ids, text_mask)[0])[:, None]
+    return l2_normalize(model.encode_text(text_ids, text_mask)[0])[:, None]
 
   def pair_scores(self, video, video_mask, text, text_mask):
     """Cosine similarity of the embeddings (both directions score alike)."""
