@@ -28,7 +28,7 @@ def load_config_module(path: str):
   return module
 
 
-def _lookup(config, dotted: str):
+def lookup(config, dotted: str):
   """(value, True) where `config` has the dotted key, else (None, False)."""
   node = config
   for part in dotted.split('.'):
@@ -61,9 +61,9 @@ def _nearest_keys(node, prefix: str, name: str, limit: int = 4) -> list[str]:
 def _data_source(config) -> str | None:
   """What `config` reads its data from, in words: the first key of DATA_SOURCES it sets."""
   for key, words in DATA_SOURCES:
-    value, present = _lookup(config, key)
+    value, present = lookup(config, key)
     if present and value:
-      return words.replace('{data.name}', str(_lookup(config, 'data.name')[0] or ''))
+      return words.replace('{data.name}', str(lookup(config, 'data.name')[0] or ''))
   return None
 
 
@@ -87,7 +87,7 @@ def _choices_with_key(module, config_file: str, dotted: str, variant: str) -> li
           config = module.get_config(f'{candidate},dataset={dataset}')
       except Exception:  # pylint: disable=broad-except  (a combination the file refuses)
         continue
-      if _lookup(config, dotted)[1]:
+      if lookup(config, dotted)[1]:
         found.append(f'{config_file}:{common.spelling(candidate)},dataset={dataset}')
   return found
 

@@ -9,7 +9,7 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sltjax import sharding, storage
+from sltjax import config_overrides, sharding, storage
 from sltjax.checkpointing import Checkpointer, read_best_variables
 from sltjax.data import batching
 from sltjax.errors import UserError
@@ -87,7 +87,7 @@ class Experiment:
     """Problems with this system's part of `config` (empty when valid), each saying what to
     set; run before any work starts. Overrides extend super()'s list."""
     problems = [f'{old} is now {new}: pass --config.{new}=...'
-                for old, new in cls.MOVED_KEYS.items() if _has_key(config, old)]
+                for old, new in cls.MOVED_KEYS.items() if config_overrides.lookup(config, old)[1]]
     problems += warm_start.check_names(cls.warm_starts(config), config.get('init'))
     stage = f' stage {config.stage}' if cls.STAGES or 'stage' in config else ''
     problems += ipslt.config_problems(config.get('model', {}), cls.TRANSLATION_NETWORK,
@@ -327,12 +327,3 @@ class Experiment:
     ('frames', 'frame_mask'); experiments with TRANSLATE_VIDEOS give 'text' (python -m
     sltjax.translate), with DECODE_GLOSSES also 'gloss'."""
     raise NotImplementedError
-
-
-def _has_key(config, dotted: str) -> bool:
-  node = config
-  for part in dotted.split('.'):
-    if not hasattr(node, 'keys') or part not in node:
-      return False
-    node = node[part]
-  return True
