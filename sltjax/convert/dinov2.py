@@ -20,11 +20,11 @@ import numpy as np
 from flax import nnx
 
 from sltjax.convert.hf_checkpoint import read_config, read_state_dict, write_model_directory
-from sltjax.convert.state_dict import fill_state, read_torch_weights, to_state_dict
+from sltjax.convert.state_dict import (TORCH_LEAF_NAMES, fill_state, read_torch_weights,
+                                       to_state_dict)
 from sltjax.models.backbones.dinov2 import DINOv2, DINOv2Config
 
 HEAD_DIM = 64  # every released DINOv2 (S/B/L/g) uses 64-wide heads
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
 _MODULE_NAMES = {'out_proj': 'o_proj', 'fc1': 'mlp.fc1', 'fc2': 'mlp.fc2',
                  'layer_scale1': 'layer_scale1.lambda1', 'layer_scale2': 'layer_scale2.lambda1'}
 _OLD_HF_NAMES = (  # hub snapshots -> transformers 5 names
@@ -50,15 +50,15 @@ def hf_name(path: tuple) -> str:
   if names[0] in ('cls_token', 'position_embeddings'):
     return f'embeddings.{names[0]}'
   if names[0] == 'patch_embeddings':
-    return f'embeddings.patch_embeddings.projection.{_LEAF_NAMES[names[-1]]}'
+    return f'embeddings.patch_embeddings.projection.{TORCH_LEAF_NAMES[names[-1]]}'
   if names[0] == 'layernorm':
-    return f'layernorm.{_LEAF_NAMES[names[-1]]}'
+    return f'layernorm.{TORCH_LEAF_NAMES[names[-1]]}'
   _, index, *module = names  # ('layers', i, 'attention', 'q_proj', 'kernel'), ...
   if module[0] in ('layer_scale1', 'layer_scale2'):
     return f'encoder.layer.{index}.{_MODULE_NAMES[module[0]]}'
   *modules, leaf = module
   return '.'.join(['encoder.layer', index, *(_MODULE_NAMES.get(m, m) for m in modules),
-                   _LEAF_NAMES[leaf]])
+                   TORCH_LEAF_NAMES[leaf]])
 
 
 def _rename(state_dict: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]:

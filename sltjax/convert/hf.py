@@ -18,16 +18,17 @@ from flax import nnx
 
 from sltjax.convert.dinov2 import load_dinov2
 from sltjax.convert.hf_checkpoint import read_config, read_generation_config, read_state_dict
-from sltjax.convert.state_dict import fill_state, from_torch_layout, to_state_dict, torch_layout
+from sltjax.convert.state_dict import (TORCH_LEAF_NAMES, fill_state, from_torch_layout,
+                                       to_state_dict, torch_layout)
 from sltjax.convert.xglm import load_xglm
 from sltjax.models.mbart import MBart, MBartConfig
 
-__all__ = ['load_dinov2', 'load_mbart', 'load_xglm', 'mbart_config_from_hf', 'mbart_state_from_hf',
+__all__ = ['drop_tied_copies', 'hf_layout', 'load_dinov2', 'load_mbart', 'load_xglm',
+           'mbart_config_from_hf', 'mbart_state_from_hf',
            'hf_name', 'to_hf_state_dict']
 
 TIED_EMBEDDING_COPIES = ('model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight',
                          'lm_head.weight')
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
 
 
 def mbart_config_from_hf(hf_config: dict, **overrides) -> MBartConfig:
@@ -54,13 +55,30 @@ def hf_name(path: tuple) -> str:
   if head.startswith(('encoder_', 'decoder_')):
     side, module = head.split('_', 1)
     head = f'{side}.{module}'
-  return '.'.join(['model', head, *middle, _LEAF_NAMES[leaf]])
+  return '.'.join(['model', head, *middle, TORCH_LEAF_NAMES[leaf]])
 
 
-def _to_sltjax_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
+def hf_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
+  """An HF mBART tensor in sltjax's layout for parameter `path`."""
   if path[0] == 'final_logits_bias':
     return tensor.reshape(-1)  # HF stores [1, vocab]
   return torch_layout(path, tensor)
+
+
+def drop_tied_copies(state_dict: dict[str, np.ndarray], prefix: str = ''
+                     ) -> tuple[dict[str, np.ndarray], list[str]]:
+  """(state_dict without HF's tied copies of `prefix`model.shared.weight, a problem for each
+  copy that differs from it: untied embeddings are not supported)."""
+  unused = dict(state_dict)
+  shared = unused.get(f'{prefix}model.shared.weight')
+  problems = []
+  for name in (prefix + n for n in TIED_EMBEDDING_COPIES):
+    if name in unused:
+      copy = unused.pop(name)
+      if shared is not None and (copy.shape != shared.shape or not np.array_equal(copy, shared)):
+        problems.append(f'{name} differs from {prefix}model.shared.weight (untied embeddings '
+                        'are not supported)')
+  return unused, problems
 
 
 def mbart_state_from_hf(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
@@ -69,16 +87,8 @@ def mbart_state_from_hf(state_dict: dict[str, np.ndarray], abstract_state: nnx.S
 
   Raises ValueError naming every missing, unexpected or mis-shaped tensor.
   """
-  unused = dict(state_dict)
-  shared = unused.get('model.shared.weight')
-  problems = []
-  for name in TIED_EMBEDDING_COPIES:
-    if name in unused:
-      copy = unused.pop(name)
-      if shared is not None and (copy.shape != shared.shape or not np.array_equal(copy, shared)):
-        problems.append(f'{name} differs from model.shared.weight (untied embeddings are not '
-                        'supported)')
-  return fill_state(abstract_state, unused, hf_name, dtype, layout=_to_sltjax_layout,
+  unused, problems = drop_tied_copies(state_dict)
+  return fill_state(abstract_state, unused, hf_name, dtype, layout=hf_layout,
                     problems=problems, what='the mBART architecture of its config.json')
 
 

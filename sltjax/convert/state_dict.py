@@ -14,6 +14,11 @@ from flax import nnx
 
 from sltjax.errors import MissingInputError
 
+# The PyTorch name of an sltjax leaf variable (Linear/Conv/Embedding weight, norm scale, BatchNorm
+# running statistics).
+TORCH_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias',
+                    'mean': 'running_mean', 'var': 'running_var'}
+
 
 def torch_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
   """PyTorch -> channels-last layout: Linear [out, in] -> [in, out]; ConvNd [out, in, *k] ->

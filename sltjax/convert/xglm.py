@@ -16,10 +16,9 @@ import numpy as np
 from flax import nnx
 
 from sltjax.convert.hf_checkpoint import read_config, read_state_dict, write_model_directory
-from sltjax.convert.state_dict import fill_state, to_state_dict
+from sltjax.convert.state_dict import TORCH_LEAF_NAMES, fill_state, to_state_dict
 from sltjax.models.xglm import XGLM, XGLMConfig
 
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
 
 
 def xglm_config_from_hf(hf_config: dict, **overrides) -> XGLMConfig:
@@ -39,7 +38,7 @@ def xglm_config_from_hf(hf_config: dict, **overrides) -> XGLMConfig:
 def hf_name(path: tuple) -> str:
   """HF tensor name of an sltjax XGLM parameter path."""
   *modules, leaf = (str(p) for p in path)
-  return '.'.join(['model', *modules, _LEAF_NAMES[leaf]])
+  return '.'.join(['model', *modules, TORCH_LEAF_NAMES[leaf]])
 
 
 def xglm_state_from_hf(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
