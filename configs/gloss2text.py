@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return runlocal_mmtlb(dataset)
   # batch_size: global, over all devices and processes
   c = common.base('gloss2text', variant=variant, total_steps=3000, batch_size=64, eval_every_steps=1000,
-                  label_smoothing=0.1)
+                  label_smoothing=0.1, translation_loss_per='token')
 
   c.data = ml_collections.ConfigDict()
   if dataset in TEXT_DATA:  # text files
@@ -82,9 +82,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = common.evaluation(dataset, batch_size=128, max_new_tokens=64)
 
   if variant == 'pretrained':  # MMTLB's Gloss2Text recipe (released code)
-    steps_per_epoch = common.steps_per_epoch(dataset, 8)
+    # 8 sentences on each of 8 GPUs, each sentence's loss summed over its tokens.
+    steps_per_epoch = common.steps_per_epoch(dataset, 64)
     c.total_steps = 80 * steps_per_epoch
-    c.batch_size = 8
+    c.batch_size = 64
+    c.translation_loss_per = 'sentence'
     c.eval_every_steps = 5 * steps_per_epoch
     c.checkpoint_every_steps = steps_per_epoch
     c.label_smoothing = 0.2
@@ -97,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 1e-5
     c.optimizer.weight_decay = 1e-3
     c.optimizer.grad_clip_norm = 0.0
+    # The release freezes its gloss and text embeddings; sltjax's glosses use the text's.
+    c.optimizer.frozen = '^shared/'
     c.schedule.warmup_steps = 0
     c.eval.batch_size = 64
     c.eval.max_new_tokens = 100

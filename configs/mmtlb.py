@@ -63,7 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   stage = choice.word if choice.word in ('sign2gloss', 'sign2gloss2text') else 'sign2text'
   epoch = common.steps_per_epoch(dataset, 8)
   c = common.base('mmtlb', stage, variant=variant, total_steps=40 * epoch, batch_size=8,
-                  eval_every_steps=2 * epoch, label_smoothing=0.2)
+                  eval_every_steps=2 * epoch, label_smoothing=0.2,
+                  # The release sums CTC and cross entropy over each sentence and divides both
+                  # by the batch ('token': the cross entropy per target token).
+                  translation_loss_per='sentence')
 
   # features_dir: with backbone='features', a dataset written by --mode=extract_features.
   c.data = common.video_data(mmtlb_experiment.DATA_RECIPE, dataset,
@@ -82,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.backbone_weights = ''  # torchvision-format S3D / ResNet checkpoint (Kinetics, WLASL)
   c.model.feature_dim = 832
   c.model.frozen_bn = False
+  # The release's frozen S3D block 0 (freeze_block=1): its BatchNorms run in inference mode, and
+  # optimizer.frozen below keeps its weights; runlocal trains it.
+  c.model.backbone_frozen_layers = 1
   # Backbone BatchNorm running-statistics momentum, Flax convention; 0: the released value (S3D
   # 0.999, i.e. PyTorch 0.001, which barely moves in a short run from scratch; ResNet 0.9).
   c.model.bn_momentum = 0.0
@@ -136,6 +142,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.mapper_hidden = 128
     c.model.translation.update(**common.LAPTOP_MBART, max_position_embeddings=128)
     c.optimizer.update(learning_rate=2e-3, weight_decay=0.0, grad_clip_norm=1.0, frozen='')
+    c.model.backbone_frozen_layers = 0
+    c.translation_loss_per = 'token'  # the laptop recipe's rates were chosen with it
     # From scratch, mBART learns at the full rate. Assigned, not update()d: ConfigDict.update
     # merges a dict into the existing one, which would keep the release's '^translation/': 0.01.
     c.optimizer.param_groups = {}

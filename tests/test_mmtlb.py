@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sltjax import config_validation, train, translate
+from sltjax import config_validation, experiments, train, translate
 from sltjax.checkpointing import read_best_variables
 from sltjax.data import batching, features, text
+from sltjax.errors import UserError
 from sltjax.experiments.video import open_dataset_split
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
@@ -37,6 +38,36 @@ def test_runlocal_trains_mbart_at_the_full_rate_and_the_release_at_a_hundredth()
   for variant in ('runlocal', 'runlocal_sign2gloss'):
     assert dict(get_config(variant).optimizer.param_groups) == {}, variant
     assert get_config(variant).optimizer.frozen == '', variant
+
+
+def test_release_recipes_sum_each_sentence_loss_as_the_release_and_runlocal_averages_tokens(
+    synthetic_signs_dir, tmp_path):
+  """The release sums CTC and cross entropy over each sentence and divides both by the batch;
+  averaging the cross entropy per token (as sltjax did) weighed translation ~1/20 of
+  recognition on PHOENIX-length sentences."""
+  from configs.gloss2text import get_config as gloss2text_config  # pylint: disable=import-outside-toplevel
+  from configs.mmtlb import get_config  # pylint: disable=import-outside-toplevel
+  assert get_config('sign2text').translation_loss_per == 'sentence'
+  pretrained = gloss2text_config('pretrained')
+  assert (pretrained.translation_loss_per, pretrained.batch_size) == ('sentence', 64)
+  assert pretrained.optimizer.frozen == '^shared/'  # the release freezes its embeddings
+  assert get_config('runlocal').translation_loss_per == 'token'
+  experiment = experiments.create(tiny_mmtlb_config(synthetic_signs_dir), str(tmp_path))
+  model = experiment.merge(*experiment.fresh_variables())
+  batch = next(iter(experiment.train_dataset()))
+  results = {}
+  for per in ('token', 'sentence'):
+    experiment.config.translation_loss_per = per
+    results[per] = experiment.loss(model, batch, None)  # deterministic: no dropout rngs
+  (token_loss, token), (sentence_loss, sentence) = results['token'], results['sentence']
+  rows = len(batch['labels'])
+  np.testing.assert_allclose(sentence['ce'], token['ce'] * token['tokens'] / rows, rtol=1e-6)
+  np.testing.assert_allclose(sentence_loss, sentence['ctc'] + sentence['ce'], rtol=1e-6)
+  np.testing.assert_allclose(token_loss, token['ctc'] + token['ce'], rtol=1e-6)
+  assert token['tokens'] > 2 * rows  # so the two forms differ
+  experiment.config.translation_loss_per = 'word'
+  with pytest.raises(UserError, match="translation_loss_per='word': set \"sentence\""):
+    config_validation.validate(experiment.config)
 
 
 def test_encoder_inputs_place_eos_and_language_after_the_valid_frames():

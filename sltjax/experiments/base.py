@@ -92,6 +92,11 @@ class Experiment:
     stage = f' stage {config.stage}' if cls.STAGES or 'stage' in config else ''
     problems += ipslt.config_problems(config.get('model', {}), cls.TRANSLATION_NETWORK,
                                       f'system {cls.system}{stage}')
+    per = config.get('translation_loss_per', 'token')
+    if per not in ('token', 'sentence'):
+      problems.append(f'translation_loss_per={per!r}: set "sentence" (each sentence\'s token '
+                      'losses summed, averaged over the batch, as the SLT releases) or "token" '
+                      '(averaged over the target tokens)')
     best = config.get('eval', {}).get('best_metric')
     if cls.METRICS and best not in cls.METRICS:
       problems.append(f'the {cls.system}{stage} evaluation reports {", ".join(cls.METRICS)}: '

@@ -100,7 +100,8 @@ class Gloss2TextExperiment(Experiment):
     return model.translation_loss(
         batch['attention_mask'], batch['decoder_input_ids'], batch['labels'],
         batch['label_weights'], input_ids=batch['input_ids'],
-        label_smoothing=self.config.label_smoothing, rngs=rngs)
+        label_smoothing=self.config.label_smoothing,
+        per=self.config.get('translation_loss_per', 'token'), rngs=rngs)
 
   def decode_fn(self):
     """Jitted beam search: (params, rest, batch) -> best sequences [batch, 1 + max_new_tokens]."""

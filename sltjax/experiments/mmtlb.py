@@ -115,7 +115,9 @@ class MMTLBExperiment(VideoExperiment):
     self.model_config = MMTLBConfig(
         num_glosses=self.glosses.size, backbone=m.backbone, backbone_width=m.backbone_width,
         feature_dim=m.feature_dim, frozen_bn=m.frozen_bn,
-        bn_momentum=m.get('bn_momentum', 0.0),  # absent from workdirs written before it existed
+        # absent from workdirs written before they existed
+        bn_momentum=m.get('bn_momentum', 0.0),
+        backbone_frozen_layers=m.get('backbone_frozen_layers', 0),
         head_dim=m.head_dim, head_ffn_dim=m.head_ffn_dim, head_kernel=m.head_kernel,
         head_dropout=m.head_dropout, mapper=m.mapper, mapper_hidden=m.mapper_hidden,
         translation=translation, prototype=self.prototype, dtype=m.dtype,
@@ -136,7 +138,8 @@ class MMTLBExperiment(VideoExperiment):
     translation = None if not self.TRANSLATION_NETWORK else model.translation_loss(
         out, batch['decoder_input_ids'], batch['labels'], batch['label_weights'],
         eos_id=self.tokenizer.eos_id, sign_lang_id=self.tokenizer.lang_id(cfg.tokenizer.src_lang),
-        label_smoothing=cfg.label_smoothing, rngs=rngs)
+        label_smoothing=cfg.label_smoothing, per=cfg.get('translation_loss_per', 'token'),
+        rngs=rngs)
     loss, metrics = sign_translation_loss(
         out, batch, ctc_weight=cfg.loss.ctc_weight, translation_weight=cfg.loss.translation_weight,
         translation=translation, frame_gloss_weight=cfg.loss.get('frame_gloss_weight', 0.0))

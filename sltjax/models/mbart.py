@@ -277,12 +277,14 @@ class MBart(nnx.Module):
     return logits
 
   def translation_loss(self, attention_mask, decoder_input_ids, labels, label_weights, *,
-                       input_ids=None, inputs_embeds=None, label_smoothing: float, rngs=None):
-    """(label-smoothed cross entropy per target token, {'ce', 'tokens'}) of the teacher-forced
-    translation of a source (token ids or `inputs_embeds`, as `encode` takes), labels and
-    label_weights [batch, tgt_len]. The training objective of every system that translates
-    with this network (IP-SLT's refinement extends it)."""
+                       input_ids=None, inputs_embeds=None, label_smoothing: float,
+                       per: str = 'token', rngs=None):
+    """(label-smoothed cross entropy per target token, or per sentence with per='sentence' (as
+    losses.mean_cross_entropy), {'ce', 'tokens'}) of the teacher-forced translation of a source
+    (token ids or `inputs_embeds`, as `encode` takes), labels and label_weights [batch, tgt_len].
+    The training objective of every system that translates with this network (IP-SLT's
+    refinement extends it)."""
     logits = self(input_ids, attention_mask, decoder_input_ids, inputs_embeds=inputs_embeds,
                   rngs=rngs)
-    ce, tokens = mean_cross_entropy(logits, labels, label_weights, label_smoothing)
+    ce, tokens = mean_cross_entropy(logits, labels, label_weights, label_smoothing, per=per)
     return ce, {'ce': ce, 'tokens': tokens}

@@ -30,6 +30,7 @@ class BackboneOptions:
   width: float = 1.0  # channel multiplier of the released network
   frozen_bn: bool = False  # BatchNorms always use their running statistics
   bn_momentum: float = 0.0  # running-statistics momentum (Flax's convention); 0: the released one
+  frozen_layers: int = 0  # S3D: its first layers run in inference mode (MMTLB's frozen block)
   feature_dim: int = 0  # 'features': the width of the extracted features
   # Fields of a network's own config given as (name, value) pairs (DINOv2's sizes, say).
   architecture: tuple[tuple[str, object], ...] = ()
@@ -91,7 +92,8 @@ def read_weights(name: str, options: BackboneOptions, path: str) -> nnx.State:
 
 
 def _s3d_config(options: BackboneOptions) -> S3DConfig:
-  return S3DConfig(width=options.width, **options.batch_norm())
+  return S3DConfig(width=options.width, frozen_layers=options.frozen_layers,
+                   **options.batch_norm())
 
 
 def _resnet18_config(options: BackboneOptions) -> ResNetConfig:

@@ -28,6 +28,9 @@ MIXED_4F = (528, 256, 160, 320, 32, 128, 128)
 class S3DConfig:
   width: float = 1.0  # channel multiplier (1.0 = the released S3D; smaller for tiny test runs)
   frozen_bn: bool = False
+  # features[:frozen_layers] always run in inference mode (BatchNorms use their running
+  # statistics and keep them), as MMTLB's release keeps its frozen block 0 (freeze_block=1).
+  frozen_layers: int = 0
   bn_momentum: float = 0.999  # Flax convention: PyTorch momentum 0.001, as torchvision's S3D
   bn_epsilon: float = 1e-3
   dtype: str = 'float32'
@@ -140,8 +143,8 @@ class S3D(nnx.Module):
     """frames [batch, T, H, W, 3] (normalised; T a multiple of 4) ->
     ([batch, T/4, 832 * width], mask [batch, T/4])."""
     x, mask = frames, frame_mask[:, :, None, None, None]
-    for layer in self.features:
-      x, mask = layer(x, mask, train)
+    for index, layer in enumerate(self.features):
+      x, mask = layer(x, mask, train and index >= self.config.frozen_layers)
     return jnp.mean(x, axis=(2, 3)), mask[:, :, 0, 0, 0]
 
 

@@ -198,8 +198,10 @@ class IterativePrototypeMBart(MBart):
     return logits
 
   def translation_loss(self, attention_mask, decoder_input_ids, labels, label_weights, *,
-                       input_ids=None, inputs_embeds=None, label_smoothing: float, rngs=None):
-    """Sum of the smoothed cross entropies (per target token) of the chosen Y^k, plus
+                       input_ids=None, inputs_embeds=None, label_smoothing: float,
+                       per: str = 'token', rngs=None):
+    """Sum of the smoothed cross entropies (per target token or sentence, as MBart's) of the
+    chosen Y^k, plus
     distillation_weight x the mean distillation loss of the students. Metrics: 'ce' (Y^K's, as
     the base network reports), 'ce_<k>' for the other decoded iterations, 'distillation',
     'tokens'."""
@@ -214,7 +216,7 @@ class IterativePrototypeMBart(MBart):
                                    sorted(decoded), rngs)
     metrics, loss = {}, 0.0
     for k in sorted(decoded):
-      ce, _ = mean_cross_entropy(logits[k], labels, label_weights, label_smoothing)
+      ce, _ = mean_cross_entropy(logits[k], labels, label_weights, label_smoothing, per=per)
       metrics['ce' if k == last else f'ce_{k}'] = ce
       if k in cfg.lm_targets():
         loss = loss + ce

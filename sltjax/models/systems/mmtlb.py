@@ -33,6 +33,7 @@ class MMTLBConfig:
   feature_dim: int = 832  # input size of the head when backbone='features'
   frozen_bn: bool = False  # backbone BatchNorms use their running statistics
   bn_momentum: float = 0.0  # backbone running-statistics momentum (Flax's); 0: the released one
+  backbone_frozen_layers: int = 0  # S3D layers kept in inference mode (the release: 1, block 0)
   head_dim: int = 512
   head_ffn_dim: int = 2048
   head_kernel: int = 3
@@ -53,6 +54,7 @@ class MMTLBConfig:
   def backbone_options(self) -> backbones.BackboneOptions:
     return backbones.BackboneOptions(
         width=self.backbone_width, frozen_bn=self.frozen_bn, bn_momentum=self.bn_momentum,
+        frozen_layers=self.backbone_frozen_layers,
         feature_dim=self.feature_dim, dtype=self.dtype, param_dtype=self.param_dtype)
 
   @property
@@ -68,14 +70,14 @@ class VisualHead(nnx.Module):
     d, k = cfg.head_dim, cfg.head_kernel
     self.projection = dense(in_features, d, ('conv_in', 'embed'), **kw)
     self.projection_bn = BatchNorm(d, momentum=0.9, **kw)
-    self.norm = layer_norm(d, **kw)
+    self.norm = layer_norm(d, epsilon=1e-6, **kw)  # the release's LayerNorm epsilon
     conv = lambda i, o, axes: nnx.Conv(
         i, o, (k,), padding='SAME', **kw,
         kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, *axes)),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)))
     self.conv1 = conv(d, cfg.head_ffn_dim, ('embed', 'mlp'))
     self.conv2 = conv(cfg.head_ffn_dim, d, ('mlp', 'embed'))
-    self.final_norm = layer_norm(d, **kw)
+    self.final_norm = layer_norm(d, epsilon=1e-6, **kw)
     self.classifier = dense(d, cfg.num_glosses, ('embed', 'vocab'), **kw)
     self.dropout = nnx.Dropout(cfg.head_dropout)
 
@@ -160,13 +162,14 @@ class MMTLB(nnx.Module):
     return embeds, (position < valid + 2).astype(jnp.int32)
 
   def translation_loss(self, visual, decoder_input_ids, labels, label_weights, *, eos_id: int,
-                       sign_lang_id: int, label_smoothing: float, rngs=None):
-    """(loss, metrics) of the translation network (MBart.translation_loss) on `visual`'s encoder
-    inputs; decoder_input_ids, labels, label_weights [B, L]."""
+                       sign_lang_id: int, label_smoothing: float, per: str = 'token',
+                       rngs=None):
+    """(loss, metrics) of the translation network (MBart.translation_loss, `per` token or
+    sentence) on `visual`'s encoder inputs; decoder_input_ids, labels, label_weights [B, L]."""
     embeds, mask = self.encoder_inputs(visual, eos_id, sign_lang_id)
     return self.translation.translation_loss(mask, decoder_input_ids, labels, label_weights,
                                              inputs_embeds=embeds,
-                                             label_smoothing=label_smoothing, rngs=rngs)
+                                             label_smoothing=label_smoothing, per=per, rngs=rngs)
 
   def __call__(self, frames, frame_mask, decoder_input_ids=None, *, eos_id: int = 2,
                sign_lang_id: int = 0, rngs=None):
