@@ -62,7 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.input_normalization = 'imagenet'
-  c.model.backbone_weights = ''  # torchvision ResNet-18 (ImageNet) checkpoint, pretraining only
+  # torchvision ResNet-18 (ImageNet) checkpoint, pretraining only; the paper recipe refuses to
+  # start without it unless it is 'scratch'.
+  c.model.backbone_weights = ''
   c.model.visual = ml_collections.ConfigDict({
       'backbone': 'resnet18', 'backbone_width': 1.0, 'frozen_bn': False, 'bn_momentum': 0.0,
       'conv_kernel': 3, 'd_model': 512, 'layers': 3, 'heads': 8, 'ffn_dim': 2048,
@@ -120,6 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.update(num_beams=2, max_new_tokens=24)
     c.schedule.warmup_steps = 30
     if stage == 'pretrain':
+      c.model.backbone_weights = 'scratch'
       # The contrastive loss takes hold suddenly, after a number of steps that depends on the
       # seed: 800 steps take every seed tried (docs/results.md).
       c.total_steps = 800

@@ -34,7 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.input_normalization = 'imagenet'
-  c.model.backbone_weights = ''  # torchvision ResNet-18 (ImageNet) checkpoint
+  # torchvision ResNet-18 (ImageNet) checkpoint; the paper recipe refuses to start without it
+  # unless it is 'scratch'.
+  c.model.backbone_weights = ''
   c.model.visual = ml_collections.ConfigDict({
       'backbone': 'resnet18', 'backbone_width': 1.0, 'frozen_bn': False, 'bn_momentum': 0.0,
       'conv_kernel': 5, 'conv_blocks': 2, 'dtype': 'float32', 'param_dtype': 'float32'})
@@ -63,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == 'runlocal':  # minutes on a 2-core CPU
     common.runlocal(c, crop_size=48, eval_resize=56, frame_buckets=(16, 24, 32))
     c.tokenizer.kind = 'word'
+    c.model.backbone_weights = 'scratch'
     c.batch_size = 16
     c.log_every_steps = 25
     c.model.visual.update(backbone_width=0.125, bn_momentum=0.9)

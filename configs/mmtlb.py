@@ -82,7 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.backbone = 's3d'  # a registered backbone (sltjax/models/backbones/registry.py)
   c.model.backbone_width = 1.0
-  c.model.backbone_weights = ''  # torchvision-format S3D / ResNet checkpoint (Kinetics, WLASL)
+  # S3D / ResNet checkpoint (Kinetics, WLASL; the release's or torchvision's naming); the paper
+  # variants refuse to start without it unless it is 'scratch'.
+  c.model.backbone_weights = ''
   c.model.feature_dim = 832
   c.model.frozen_bn = False
   # The release's frozen S3D block 0 (freeze_block=1): its BatchNorms run in inference mode, and
@@ -143,6 +145,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.translation.update(**common.LAPTOP_MBART, max_position_embeddings=128)
     c.optimizer.update(learning_rate=2e-3, weight_decay=0.0, grad_clip_norm=1.0, frozen='')
     c.model.backbone_frozen_layers = 0
+    c.model.backbone_weights = 'scratch'
     c.translation_loss_per = 'token'  # the laptop recipe's rates were chosen with it
     # From scratch, mBART learns at the full rate. Assigned, not update()d: ConfigDict.update
     # merges a dict into the existing one, which would keep the release's '^translation/': 0.01.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sltjax import config_validation, train, workdirs
+from sltjax import config_validation, experiments, train, workdirs
 from sltjax.checkpointing import read_best_variables
 from sltjax.errors import MissingInputError, UserError
 from sltjax.experiments.retrieval import same_sentence
@@ -84,6 +84,26 @@ def test_clips_of_one_sentence_are_positives():
   ids = jnp.array([[5, 6, 2], [7, 2, 1], [5, 6, 2], [5, 6, 1]])
   np.testing.assert_array_equal(same_sentence(ids), [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0],
                                                      [0, 0, 0, 1]])
+
+
+def test_the_paper_recipe_refuses_to_start_its_resnet_from_random_weights_unasked(
+    synthetic_signs_dir, tmp_path):
+  """C2RL's ResNet-18 starts from ImageNet: without weights the paper variant says so before
+  training (it used to train from random weights without a word); 'scratch' is the explicit
+  choice runlocal makes."""
+  from configs.c2rl import get_config  # pylint: disable=import-outside-toplevel
+  assert get_config('pretrain').model.backbone_weights == ''
+  assert get_config('runlocal').model.backbone_weights == 'scratch'
+  config = tiny_c2rl_config(synthetic_signs_dir, **{'model.backbone_weights': ''})
+  experiment = experiments.create(config, str(tmp_path))
+  with pytest.raises(UserError, match=(
+      r"model.backbone_weights is empty: C2RL .* starts its backbone from ImageNet weights "
+      r"\(torchvision's resnet18-f37072fd.pth, https://download.pytorch.org/models/"
+      r"resnet18-f37072fd.pth\). Pass --config.model.backbone_weights=FILE, or "
+      r"--config.model.backbone_weights=scratch")):
+    experiment.init_variables()
+  config.model.backbone_weights = 'scratch'
+  assert experiments.create(config, str(tmp_path)).converted_parts() == {}
 
 
 def test_configs_give_the_papers_recipes_and_clear_errors(synthetic_signs_dir, tmp_path):

@@ -111,6 +111,9 @@ class Retrieving(C2RLExperiment, RetrievalExperiment):
 class Pretraining(Retrieving):
   """Visual encoder + text encoder/decoder: alpha * ICL + beta * ECL; scored by retrieval."""
 
+  BACKBONE_START = ("ImageNet weights (torchvision's resnet18-f37072fd.pth, "
+                    'https://download.pytorch.org/models/resnet18-f37072fd.pth)')
+
   @classmethod
   def check_config(cls, config) -> list[str]:
     problems = super().check_config(config)

@@ -28,6 +28,9 @@ DATA_RECIPE = dict(sampling='all', max_frames=300, eval_resize=256, random_crop=
 class GFSLTPretraining(RetrievalExperiment):
   """Gloss-free visual-language pretraining (GFSLT-VLP's first stage)."""
 
+  BACKBONE_START = ("ImageNet weights (torchvision's resnet18-f37072fd.pth, "
+                    'https://download.pytorch.org/models/resnet18-f37072fd.pth)')
+
   REQUIRED_KEYS = RetrievalExperiment.REQUIRED_KEYS + ('model.visual', 'model.text',
                                                        'model.decoder', 'loss')
 

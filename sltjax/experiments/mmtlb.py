@@ -64,6 +64,9 @@ class MMTLBExperiment(VideoExperiment):
 
   REQUIRED_KEYS = VideoExperiment.REQUIRED_KEYS + ('stage',)
   METRICS = GLOSS_METRIC_NAMES
+  BACKBONE_START = ('S3D weights pretrained on Kinetics-400 and WLASL (the release\'s '
+                    's3ds_glosscls_ckpt; Kinetics-400 only: s3ds_actioncls_ckpt), in its naming '
+                    'or torchvision\'s')
 
   @classmethod
   def warm_starts(cls, config) -> dict[str, WarmStart]:

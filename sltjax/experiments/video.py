@@ -52,6 +52,9 @@ class VideoExperiment(Experiment):
   REQUIRED_KEYS = ('data.name', 'data.data_dir')
   # Where to get a missing pretrained network, by model key (a system adds its own).
   PRETRAINED_SOURCES: dict[str, str] = {}
+  # The released weights the paper starts the frame backbone from ('' : none); training from
+  # nothing then needs model.backbone_weights, init.visual, or backbone_weights='scratch'.
+  BACKBONE_START = ''
 
   @classmethod
   def check_config(cls, config) -> list[str]:
@@ -61,7 +64,7 @@ class VideoExperiment(Experiment):
         problems.append('model.backbone="features" trains on a features dataset: set '
                         'data.features_dir (written by --mode=extract_features into '
                         '<workdir>/features)')
-      if config.model.get('backbone_weights'):
+      if config.model.get('backbone_weights') not in (None, '', 'scratch'):
         problems.append('model.backbone_weights needs a backbone network, not features')
     return problems
 
@@ -76,9 +79,19 @@ class VideoExperiment(Experiment):
 
   def converted_backbone(self, prefix: tuple[str, ...], name: str,
                          options: backbones.BackboneOptions) -> dict:
-    """{prefix: the variables of backbone `name` read from model.backbone_weights} ({} when it is
-    unset): `converted_parts` for a frame backbone that starts from released weights."""
-    if not self.config.model.get('backbone_weights'):
+    """{prefix: the variables of backbone `name` read from model.backbone_weights} ({} for
+    'scratch', or when it is unset and init.visual or no BACKBONE_START asks for none):
+    `converted_parts` for a frame backbone that starts from released weights. Runs only when
+    training starts from nothing."""
+    weights = self.config.model.get('backbone_weights')
+    if weights == 'scratch' or self.on_features:
+      return {}
+    if not weights:
+      if self.BACKBONE_START and not self.config.get('init', {}).get('visual'):
+        raise UserError(
+            f'model.backbone_weights is empty: {self.describe()} starts its backbone from '
+            f'{self.BACKBONE_START}. Pass --config.model.backbone_weights=FILE, or '
+            '--config.model.backbone_weights=scratch to train it from random weights.')
       return {}
     return {prefix: backbones.read_weights(name, options, self.pretrained_copy('backbone_weights'))}
 
