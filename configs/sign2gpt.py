@@ -21,7 +21,7 @@ AdamW 3e-4, weight decay 1e-3 on matrices only, 5 warm-up epochs from lr x 0.01 
 lr x 0.01, 100 epochs, batch 8, bf16, clipping (norm 1.0, value 1.0); label smoothing 0.1; beam 4,
 64 tokens; every 2nd frame (at most 256), 224 px. The paper uses XGLM-1.7B (564M is within 0.3
 BLEU). PHOENIX-2014T, with the downloaded weights (DINOv2: the HF directory or Meta's .pth;
-FastText: cc.de.300.bin, optional: vectors are trained on the training sentences without it):
+FastText: cc.de.300.bin, or word_vectors=trained for vectors trained on the training sentences):
   python -m sltjax.main --config=configs/sign2gpt.py:pseudo_gloss --workdir=w/stage1 \
       --config.data.data_dir=DATA --config.model.backbone_weights=dinov2_vits14_pretrain.pth \
       --config.model.lm_weights=xglm-1.7B --config.tokenizer.path=xglm-1.7B \
@@ -86,7 +86,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pseudo_glosses = ml_collections.ConfigDict({
       'language': {'de_DE': 'de', 'zh_CN': 'zh'}.get(common.DATASETS[dataset].mbart_language,
                                                       'en'),
-      'word_vectors': '',  # FastText cc.<language>.300.bin; '' trains vectors (a substitute)
+      # FastText cc.<language>.300.bin (required); 'trained': vectors trained on the training
+      # sentences (a substitute, which runlocal uses)
+      'word_vectors': '',
       'max_sentence_fraction': 0.4,  # pseudo-glosses of more sentences are dropped
       'loss_weight': 10.0,
       'threshold': 0.5,
@@ -114,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = 'float32'  # bfloat16 matmuls are slow on CPUs
     c.model.backbone_weights = f'{STAND_INS}/dinov2'
     c.model.lm_weights = c.tokenizer.path = f'{STAND_INS}/xglm'
+    c.pseudo_glosses.word_vectors = 'trained'
     c.model.lm_architecture.update(d_model=128, num_layers=2, attention_heads=4, ffn_dim=512,
                                    max_position_embeddings=128, vocab_size=1000)
     c.shapes.vocab_size = 1000

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sltjax import config_validation, optim, stand_ins, train, workdirs
+from sltjax import config_validation, experiments, optim, stand_ins, train, workdirs
 from sltjax.checkpointing import read_best_variables
 from sltjax.convert.dinov2 import load_dinov2, save_dinov2
 from sltjax.convert.xglm import load_xglm, save_xglm
@@ -170,6 +170,22 @@ def test_configs_give_clear_errors(synthetic_signs_dir, pretrained_dir):
                                                    'eval.best_metric': 'bleu4',
                                                    'model.lm_weights': ''})
   assert 'init.visual is not a start' in problems(**{'init.visual': 'w'})
+
+
+def test_real_data_needs_the_languages_word_vectors(synthetic_signs_dir, pretrained_dir,
+                                                    tmp_path):
+  """The prototypes are the language's FastText vectors; vectors trained on the pseudo-glosses
+  (a substitute) replaced them silently when none was given."""
+  from configs.sign2gpt import get_config  # pylint: disable=import-outside-toplevel
+  assert get_config('pseudo_gloss').pseudo_glosses.word_vectors == ''
+  assert get_config('runlocal').pseudo_glosses.word_vectors == 'trained'
+  config = tiny_config(synthetic_signs_dir, pretrained_dir, **{'pseudo_glosses.word_vectors': ''})
+  with pytest.raises(UserError, match=(
+      r"pseudo_glosses.word_vectors is empty: Sign2GPT's prototypes are the language's word "
+      r"vectors, FastText cc\.(\w+)\.300\.bin \(https://dl\.fbaipublicfiles\.com/fasttext/"
+      r"vectors-crawl/cc\.\1\.300\.bin\.gz, unzipped\); pass "
+      r"--config.pseudo_glosses.word_vectors=FILE, or =trained")):
+    experiments.create(config, str(tmp_path)).word_vectors  # pylint: disable=expression-not-assigned
 
 
 def test_pseudo_glosses_are_ordered_by_where_the_model_places_them():

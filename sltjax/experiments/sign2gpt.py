@@ -194,20 +194,27 @@ class Sign2GPTExperiment(VideoExperiment):
   @functools.cached_property
   def word_vectors(self) -> np.ndarray:
     """[V, dim] prototypes' word vectors: the workdir's, else from pseudo_glosses.word_vectors
-    (a FastText .bin) or trained on the train split's pseudo-glosses, and saved there."""
+    (a FastText .bin; 'trained': trained on the train split's pseudo-glosses), saved there."""
     path = storage.join(self.workdir, WORD_VECTORS_FILE)
     glosses = self.pseudo_glosses.glosses
     if not storage.path(path).is_file():
       if jax.process_index() == 0:
         source = self.config.pseudo_glosses.word_vectors
-        if source:
+        language = self.config.pseudo_glosses.language
+        fasttext = (f'FastText cc.{language}.300.bin (https://dl.fbaipublicfiles.com/fasttext/'
+                    f'vectors-crawl/cc.{language}.300.bin.gz, unzipped)')
+        if not source:
+          raise UserError(
+              'pseudo_glosses.word_vectors is empty: Sign2GPT\'s prototypes are the language\'s '
+              f'word vectors, {fasttext}; pass --config.pseudo_glosses.word_vectors=FILE, or '
+              '=trained to train substitutes on the training sentences.')
+        if source != 'trained':
           if not storage.path(source).is_file():
-            raise UserError(f'pseudo_glosses.word_vectors={source} not found: give a FastText '
-                            '.bin (cc.de.300.bin, cc.zh.300.bin) or leave it empty to train '
-                            'vectors on the training sentences.')
+            raise UserError(f'pseudo_glosses.word_vectors={source} not found: give {fasttext}, '
+                            'or "trained" to train substitutes on the training sentences.')
           vectors = word_vectors.fasttext_vectors(storage.local_copy(source), glosses)
         else:
-          log('pseudo_glosses.word_vectors is empty: training FastText vectors on the training '
+          log('pseudo_glosses.word_vectors=trained: training FastText vectors on the training '
               'sentences\' pseudo-glosses (a substitute for cc.*.300.bin).')
           vectors = word_vectors.trained_vectors(
               [self.glosser(t) for t in self.train_split.texts], glosses,
