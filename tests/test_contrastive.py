@@ -1,11 +1,13 @@
 """The CLCL similarity and contrastive loss (C2RL's ICL, CiCo's CLCL) against a direct numpy
-transcription of REFERENCE.md's formulas, pair by pair, frame by frame."""
+transcription of REFERENCE.md's formulas, pair by pair, frame by frame, and against CiCo's
+released code (tests/cico_release_golden.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sltjax.losses import clcl_similarity, contrastive_loss
+from tests.cico_release_golden import load_golden as load_cico_golden
 from tests.conftest import REPO, subprocess_xla_flags
 
 
@@ -54,6 +56,26 @@ def test_similarity_matches_the_formula_pair_by_pair(mask_padding, text_block):
   for g, w in zip(got, want):
     assert g.shape == (5, 4)
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_cicos_released_loss_similarities_and_gradients_are_reproduced():
+  """mask_padding=False and cico_mix are CiCo's own "Filip" similarity and loss (its release's
+  flip_similarity_softmax and CrossEn, run by tests/cico_release_golden.py)."""
+  golden = load_cico_golden()
+  scale = float(golden['logit_scale'])
+
+  def loss(video, text):
+    v2t, t2v = clcl_similarity(video, golden['video_mask'], text, golden['text_mask'],
+                               mask_padding=False)
+    return contrastive_loss(v2t, t2v, np.eye(len(video)), scale, cico_mix=True), (v2t, t2v)
+  (value, (v2t, t2v)), (grad_video, grad_text) = jax.value_and_grad(
+      loss, argnums=(0, 1), has_aux=True)(jnp.asarray(golden['video']), jnp.asarray(golden['text']))
+  for got, expected in ((np.exp(scale) * v2t, golden['i2t']), (np.exp(scale) * t2v, golden['t2i']),
+                        (value, golden['loss']), (grad_video, golden['grad_video']),
+                        (grad_text, golden['grad_text'])):
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+  # The padded frames' and tokens' features reach the loss through CiCo's softmax denominators.
+  assert np.abs(golden['grad_video'][golden['video_mask'] == 0]).max() > 1e-4
 
 
 def test_cicos_padding_changes_the_scores_and_padded_values_do_not_leak():
