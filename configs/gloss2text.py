@@ -14,10 +14,10 @@ CSL-Daily's text files (pass --config.data.path) scored by character.
 
 Pretrained (download facebook/mbart-large-cc25 first; the corpus files are the dataset's):
   python -m sltjax.convert.trim_vocab --model=mbart-large-cc25 --output=mbart_phoenix \
-      --texts=train.de,dev.de,test.de --glosses=train.gloss,dev.gloss,test.gloss
+      --texts=train.de,dev.de --glosses=train.gloss,dev.gloss
   python -m sltjax.convert --model=mbart_phoenix --output=pretrained/mbart_phoenix
   python -m sltjax.main --config=configs/gloss2text.py:pretrained --workdir=workdirs/g2t_mbart \
-      --config.init.model=pretrained/mbart_phoenix [--config.optimizer.frozen='shared|embed_positions']
+      --config.init.model=pretrained/mbart_phoenix  # embeddings frozen, as released
 
 data.path holds {split}.gloss and {split}.de, one sentence per line (../shared/data/phoenix2014t
 in this project's development setup; any folder laid out the same way works).

@@ -87,6 +87,13 @@ def test_trimming_the_real_cc25_tokenizer_to_phoenix_dev(tmp_path):
   assert 500 < len(id_map) < 2454
   assert_trimmed_reproduces_original(original, tmp_path / 'trimmed', id_map,
                                      texts + [g.lower() for g in glosses], hf)
+  # Sentences the trimming never saw (here: train's, as test's are when trimming on train +
+  # dev) still tokenize: into smaller kept pieces, <unk> only for what no kept piece spells.
+  trimmed = MBartTokenizer(str(tmp_path / 'trimmed'))
+  unseen = (SHARED_DATA / 'phoenix2014t' / 'train.de').read_text(encoding='utf-8').splitlines()
+  ids = [i for sentence in unseen[:1000] for i in trimmed.encode(sentence)]
+  assert max(ids) < trimmed.vocab_size
+  assert 0 < ids.count(trimmed.unk_id) < 0.02 * len(ids)
 
 
 def test_tokenizer_and_model_of_different_vocabularies_are_refused(bpe_model, tmp_path):
