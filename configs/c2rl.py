@@ -96,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer = common.optimizer('sgd', 1e-2, momentum=0.9)
     c.eval = common.evaluation(dataset, best_metric='t2v_r1')
   elif stage == 'slt':  # Adam, mBART 1e-5 and the projection 1e-3, cosine, 80 epochs
-    c.batch_size = 16
+    c.batch_size = 128  # 16 per GPU x 8, as the paper's downstream stages
     c.total_steps = 80 * common.steps_per_epoch(dataset, c.batch_size)
     c.eval_every_steps = 2 * common.steps_per_epoch(dataset, c.batch_size)
     c.optimizer = common.optimizer('adam', 1e-3, param_groups={'^translation/': 0.01},

@@ -116,6 +116,7 @@ def test_configs_give_the_papers_recipes_and_clear_errors(synthetic_signs_dir, t
   assert pretrain.data.sampling == 'c2rl' and pretrain.eval.best_metric == 't2v_r1'
   assert get_config('slt,dataset=csl_daily').eval.char_level
   assert dict(get_config('slt').optimizer.param_groups) == {'^translation/': 0.01}
+  assert get_config('slt').batch_size == get_config('slret').batch_size == 128
   slt = tiny_c2rl_config(synthetic_signs_dir, 'runlocal_slt', **{'init.visual': ''})
   with pytest.raises(UserError, match='set init.visual to a C2RL pretraining workdir'):
     config_validation.validate(slt)
