@@ -130,8 +130,8 @@ def labelled_frames(seed: int, videos: int, crop_size: int, resize: int):
   `videos` rendered videos, each augmented as Sign2GPT's training clips are."""
   rng = np.random.default_rng([seed, 201])
   aug = video.default_config()
-  aug.update(**sign2gpt.DATA_RECIPE, crop_size=crop_size, eval_resize=resize,
-             hue=SYNTHETIC_HUE_JITTER)
+  aug.update(**{**sign2gpt.DATA_RECIPE, 'hue': SYNTHETIC_HUE_JITTER}, crop_size=crop_size,
+             eval_resize=resize)
   frames, labels = [], []
   for _ in range(videos):
     glosses, _ = synthetic_signs.sample_sentence(rng)

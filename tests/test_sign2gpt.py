@@ -134,6 +134,11 @@ def test_recipe_pieces_decay_only_matrices_clip_values_and_warm_up_from_a_fracti
   assert (config.eval.num_beams, config.eval.max_new_tokens, config.label_smoothing,
           config.model.dtype) == (4, 64, 0.1, 'bfloat16')
   assert get_config('pseudo_gloss,dataset=csl_daily').pseudo_glosses.language == 'zh'
+  data = config.data  # the release's frames (albumentations, strength 0.2)
+  assert (data.eval_crop, data.random_crop_scale, data.random_crop_ratio, data.rotation_degrees,
+          data.rotation_prob, data.hflip_prob, data.colour_jitter_prob, data.brightness,
+          data.contrast, data.saturation, data.hue, data.grayscale_prob) == (
+              'squash', (0.875, 1.0), (0.9, 1.1), 5.0, 0.3, 0.5, 0.3, 0.16, 0.16, 0.16, 0.04, 0.2)
   schedule = optim.learning_rate_schedule(config)
   assert float(schedule(0)) == pytest.approx(3e-6, rel=1e-4)
   assert float(schedule(5 * epoch)) == pytest.approx(3e-4, rel=1e-4)

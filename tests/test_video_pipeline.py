@@ -103,6 +103,30 @@ def test_eval_centre_crop_matches_resize_then_crop():
   assert np.abs(got.astype(int) - want).max() <= 1
 
 
+def test_eval_squash_resizes_the_whole_frame_to_the_square():
+  """Sign2GPT's release evaluates on the whole frame squashed to 224 x 224 (PHOENIX's 210 x 260
+  keeps its full height, which the centre crop cuts by 19%)."""
+  frame = cv2.GaussianBlur(textured(60, 80), (5, 5), 1.5)
+  config = augment_config(crop_size=48, eval_crop='squash')
+  got = augmentation.apply(frame, augmentation.draw_clip_transform(60, 80, None, config, False), 48)
+  want = cv2.resize(frame, (48, 48), interpolation=cv2.INTER_LINEAR)
+  assert np.abs(got.astype(int) - want).max() <= 1
+  with pytest.raises(ValueError, match=r"data.eval_crop='middle'; expected one of \('centre', "
+                                       r"'squash'\)"):
+    augmentation.draw_clip_transform(60, 80, None, augment_config(eval_crop='middle'), False)
+
+
+def test_rotation_prob_rotates_that_share_of_clips():
+  config = augment_config(rotation_prob=0.3)
+  rng = np.random.default_rng(0)
+  rotated = [abs(augmentation.draw_clip_transform(60, 80, rng, config, True).warp[0, 1]) > 1e-6
+             for _ in range(600)]
+  assert 0.25 < np.mean(rotated) < 0.35
+  always = augment_config()  # rotation_prob 1: every clip, and no extra draw
+  assert all(abs(augmentation.draw_clip_transform(60, 80, rng, always, True).warp[0, 1]) > 1e-6
+             for _ in range(20))
+
+
 def test_flip_mirrors_the_same_crop():
   frame = cv2.GaussianBlur(textured(), (5, 5), 1.5)
   plain = augment_config(rotation_degrees=0.0, hflip_prob=0.0, colour_jitter_prob=0.0,

@@ -49,6 +49,21 @@ def centre_crop(height: int, width: int, resize: int, size: int) -> ClipTransfor
   return ClipTransform(warp=_box_warp(box, size), colour=None)
 
 
+EVAL_CROPS = ('centre', 'squash')
+
+
+def eval_transform(height: int, width: int, config) -> ClipTransform:
+  """Eval: config.eval_crop 'centre' (centre_crop) or 'squash' (the whole frame onto
+  crop_size x crop_size)."""
+  crop = config.get('eval_crop', 'centre')  # absent from configs saved before it existed
+  if crop not in EVAL_CROPS:
+    raise ValueError(f'data.eval_crop={crop!r}; expected one of {EVAL_CROPS}.')
+  if crop == 'squash':
+    return ClipTransform(warp=_box_warp((0.0, 0.0, width, height), config.crop_size),
+                         colour=None)
+  return centre_crop(height, width, config.eval_resize, config.crop_size)
+
+
 def random_resized_box(height, width, rng, scale, ratio):
   """torchvision's RandomResizedCrop box: an area fraction in `scale` and an aspect ratio
   log-uniform in `ratio`; 10 tries, then the largest centred box of an allowed ratio."""
@@ -94,13 +109,14 @@ def draw_clip_transform(height: int, width: int, rng: np.random.Generator, confi
                         train: bool) -> ClipTransform:
   """The one draw of augmentation (train) or the centre crop (eval) for an h x w clip.
 
-  config (sltjax.data.video.default_config): crop_size, eval_resize; for training random_crop
-  ('resized': RandomResizedCrop with random_crop_scale/ratio; 'fixed': a crop_size window of the
-  clip resized to eval_resize, at a random place; 'centre': the eval crop), rotation_degrees,
-  hflip_prob, colour_jitter_prob (brightness, contrast, saturation, hue), grayscale_prob.
+  config (sltjax.data.video.default_config): crop_size, eval_resize, eval_crop; for training
+  random_crop ('resized': RandomResizedCrop with random_crop_scale/ratio; 'fixed': a crop_size
+  window of the clip resized to eval_resize, at a random place; 'centre': the centre crop),
+  rotation_degrees (in rotation_prob of the clips), hflip_prob, colour_jitter_prob (brightness,
+  contrast, saturation, hue), grayscale_prob.
   """
   if not train:
-    return centre_crop(height, width, config.eval_resize, config.crop_size)
+    return eval_transform(height, width, config)
   modes = ('resized', 'fixed', 'centre')
   if config.random_crop not in modes:
     raise ValueError(f'random_crop={config.random_crop!r}; expected one of {modes}.')
@@ -112,7 +128,9 @@ def draw_clip_transform(height: int, width: int, rng: np.random.Generator, confi
     box = (rng.uniform(0, width - side), rng.uniform(0, height - side), side, side)
   else:
     box = ((width - side) / 2, (height - side) / 2, side, side)
-  angle = rng.uniform(-config.rotation_degrees, config.rotation_degrees)
+  rotate = config.get('rotation_prob', 1.0)  # absent from configs saved before it existed
+  angle = (rng.uniform(-config.rotation_degrees, config.rotation_degrees)
+           if rotate >= 1.0 or rng.random() < rotate else 0.0)
   flip = bool(config.hflip_prob and rng.random() < config.hflip_prob)
   colour, gray_weight = _colour_matrix(config, rng)
   return ClipTransform(warp=_box_warp(box, config.crop_size, angle, flip), colour=colour,

@@ -37,10 +37,14 @@ def default_config() -> ml_collections.ConfigDict:
       'lowercase_gloss': False,
       'crop_size': 224,
       'eval_resize': 224,  # eval: short side resized to this, then the centre crop_size
+      # eval: 'centre' (the crop above) or 'squash' (the whole frame resized to crop_size
+      # squared, its aspect ratio lost, as Sign2GPT's release)
+      'eval_crop': 'centre',
       'random_crop': 'resized',  # train: 'resized' (RandomResizedCrop), 'fixed', 'centre'
       'random_crop_scale': (0.7, 1.0),
       'random_crop_ratio': (0.75, 1.3333),
       'rotation_degrees': 0.0,
+      'rotation_prob': 1.0,  # the share of clips rotated (by up to rotation_degrees)
       'hflip_prob': 0.0,
       'colour_jitter_prob': 0.0,
       'brightness': 0.4, 'contrast': 0.4, 'saturation': 0.4, 'hue': 0.1,

@@ -56,9 +56,15 @@ for _name in PSEUDO_GLOSS_METRIC_NAMES:
 
 # The release's data recipe (../shared/docs/REFERENCE.md), which configs/sign2gpt.py sets
 # over sltjax/data/video.py's defaults.
+# The release's frames: albumentations' Rotate(5, p 0.3), RandomResizedCrop(scale 0.875-1, ratio
+# 0.9-1.1), HorizontalFlip(0.5), ColorJitter(0.8 x strength 0.2 = 0.16 for brightness, contrast
+# and saturation, 0.2 x 0.2 = 0.04 for hue; p 0.3), ToGray(0.2); evaluation squashes the whole
+# frame to 224 x 224.
 DATA_RECIPE = dict(sampling='sign2gpt', random_crop='resized', random_crop_scale=(0.875, 1.0),
-                   rotation_degrees=5.0, hflip_prob=0.5, colour_jitter_prob=1.0,
-                   grayscale_prob=0.2, normalization='imagenet')
+                   random_crop_ratio=(0.9, 1.1), rotation_degrees=5.0, rotation_prob=0.3,
+                   hflip_prob=0.5, colour_jitter_prob=0.3, brightness=0.16, contrast=0.16,
+                   saturation=0.16, hue=0.04, grayscale_prob=0.2, eval_crop='squash',
+                   normalization='imagenet')
 
 
 @sampling.register('sign2gpt')

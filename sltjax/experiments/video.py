@@ -66,6 +66,9 @@ class VideoExperiment(Experiment):
                         '<workdir>/features)')
       if config.model.get('backbone_weights') not in (None, '', 'scratch'):
         problems.append('model.backbone_weights needs a backbone network, not features')
+    if config.data.get('eval_crop', 'centre') not in augmentation.EVAL_CROPS:
+      problems.append(f'data.eval_crop={config.data.eval_crop!r}: set one of '
+                      f'{augmentation.EVAL_CROPS}')
     return problems
 
   def pretrained_copy(self, key: str) -> str:
