@@ -64,6 +64,42 @@ def test_update_is_scaled_low_rank_and_merges_into_the_kernel():
   np.testing.assert_allclose(logits(model), adapted, rtol=1e-4, atol=1e-5)
 
 
+def test_fused_members_share_one_a_as_a_lora_on_their_fused_projection():
+  """fused=('q_proj', 'k_proj', 'v_proj') is a LoRA on a fused qkv: one A per attention
+  module, B split among the three (DINOv2's release, Sign2GPT's adapters)."""
+  model = MBart(CFG, rngs=nnx.Rngs(0))
+  add_lora(model, LoRAConfig(ATTENTION, rank=2, alpha=2, fused=('q_proj', 'k_proj', 'v_proj')),
+           nnx.Rngs(1))
+  attention = model.encoder_layers[0].self_attn
+  assert attention.q_proj.lora_a is attention.k_proj.lora_a is attention.v_proj.lora_a
+  assert attention.out_proj.lora_a is not attention.q_proj.lora_a
+  decoder = model.decoder_layers[0]
+  assert decoder.self_attn.q_proj.lora_a is not decoder.encoder_attn.q_proj.lora_a
+  adapters = sum(v.size for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                 if str(p[-1]).startswith('lora_'))
+  per_attention = 16 * 2 + 2 * 3 * 16 + (16 * 2 + 2 * 16)  # qkv: A once, B [2, 48]; out_proj
+  assert adapters == 6 * per_attention  # 2 encoder + 2 x 2 decoder attention modules
+  rng = np.random.default_rng(0)
+  members = (attention.q_proj, attention.k_proj, attention.v_proj)
+  for layer in members:
+    layer.lora_b[...] = jnp.asarray(rng.normal(size=layer.lora_b.shape), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(3, 16)), jnp.float32)
+  fused_b = jnp.concatenate([layer.lora_b[...] for layer in members], axis=1)  # [2, 48]
+  update = x @ attention.q_proj.lora_a[...] @ fused_b
+  for index, layer in enumerate(members):
+    np.testing.assert_allclose(layer(x) - (x @ layer.kernel[...] + layer.bias[...]),
+                               update[:, 16 * index:16 * (index + 1)], rtol=1e-5, atol=1e-6)
+  # The shared A's gradient gathers all three members' (as the fused layer's does).
+  def member_sum(a):
+    return sum(jnp.sum((x @ a @ layer.lora_b[...]) ** 2) for layer in members)
+  grads = nnx.grad(lambda m: sum(jnp.sum((m(x) - (x @ m.kernel[...] + m.bias[...])) ** 2)
+                                 for m in (m.q_proj, m.k_proj, m.v_proj)))(attention)
+  shared = [v for p, v in nnx.to_flat_state(grads) if p[-1] == 'lora_a' and p[0] != 'out_proj']
+  assert len(shared) == 1  # one variable, at one of the members' paths
+  np.testing.assert_allclose(shared[0].get_value(),
+                             jax.grad(member_sum)(attention.q_proj.lora_a[...]), rtol=1e-4)
+
+
 def test_frozen_base_weights_get_no_gradient_and_no_optimizer_state():
   def make():
     model = MBart(CFG, rngs=nnx.Rngs(0))

@@ -177,6 +177,17 @@ def test_configs_give_clear_errors(synthetic_signs_dir, pretrained_dir):
   assert 'init.visual is not a start' in problems(**{'init.visual': 'w'})
 
 
+def test_spatial_trainables_are_the_papers_271872():
+  """DINOv2 ViT-S/14 with LoRA (rank 4) on blocks 9-11's fused qkv, proj, fc1 and fc2, the
+  projection to 512 and its BatchNorm: the paper's 271,872 trainable spatial parameters (LoRA
+  on separate q, k and v gave 281,088)."""
+  from sltjax.models.systems.sign2gpt import FrameEncoder, FrameEncoderConfig  # pylint: disable=import-outside-toplevel
+  encoder = nnx.eval_shape(lambda: FrameEncoder(FrameEncoderConfig(), rngs=nnx.Rngs(0)))
+  trained = sum(v.size for p, v in nnx.to_flat_state(nnx.state(encoder, nnx.Param))
+                if p[0] != 'backbone' or str(p[-1]).startswith('lora_'))
+  assert trained == 271_872
+
+
 def test_real_data_needs_the_languages_word_vectors(synthetic_signs_dir, pretrained_dir,
                                                     tmp_path):
   """The prototypes are the language's FastText vectors; vectors trained on the pseudo-glosses

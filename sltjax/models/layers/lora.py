@@ -10,7 +10,8 @@ converted checkpoint still fills them), and A and B are new parameters `lora_a`,
 sharded along W's input and output axes. Freeze the base weights by config
 (optimizer.frozen='^(?!.*lora_)', everything but the adapters): frozen parameters get no
 gradient, no optimizer state, no place in the clipping norm (sltjax/optim.py). `merge_lora` folds the
-adapters into W for export. LoRA dropout runs when the caller passes `rngs` (training).
+adapters into W for export. `fused` names sibling layers that share one A (a LoRA on their fused
+projection: A [in, rank] once, B [rank, sum of outs] split among them). LoRA dropout runs when the caller passes `rngs` (training).
 """
 import dataclasses
 import re
@@ -26,6 +27,10 @@ class LoRAConfig:
   alpha: float = 4.0
   dropout: float = 0.0
   init_std: float = 0.02  # A's initial standard deviation
+  # Sibling layers (by name) that read the same input and share one A, each with its slice of
+  # B: a LoRA on their fused projection, e.g. ('q_proj', 'k_proj', 'v_proj') for a model whose
+  # release fuses them (DINOv2's qkv). Each member still draws its own dropout mask.
+  fused: tuple[str, ...] = ()
 
   @property
   def scale(self) -> float:
@@ -101,8 +106,12 @@ def add_lora(model: nnx.Module, cfg: LoRAConfig, rngs: nnx.Rngs) -> list[str]:
   if not targets:
     raise ValueError(f'LoRA targets {cfg.targets!r} match no Linear layer; paths look like '
                      f'{layers[0][2] if layers else "(none)"!r}.')
+  shared_a = {}  # id(parent) -> the A of its first fused member
   for parent, key, _, layer in targets:
-    _replace(parent, key, LoRALinear(layer, cfg, rngs=rngs))
+    wrapped = LoRALinear(layer, cfg, rngs=rngs)
+    if key in cfg.fused:
+      wrapped.lora_a = shared_a.setdefault(id(parent), wrapped.lora_a)
+    _replace(parent, key, wrapped)
   return [path for _, _, path, _ in targets]
 
 

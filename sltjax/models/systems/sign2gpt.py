@@ -1,7 +1,7 @@
 """Sign2GPT (Wong, Camgoz, Bowden, ICLR 2024): the frame encoder, the sign encoder, the
 prototype head of pseudo-gloss pretraining, and the adapted XGLM that translates.
 
-  frames [B, T, H, W, 3] -> DINOv2 (frozen; LoRA rank 4 on its last 3 blocks' q, k, v, o, fc1,
+  frames [B, T, H, W, 3] -> DINOv2 (frozen; LoRA rank 4 on its last 3 blocks' fused qkv, o, fc1,
     fc2) per frame -> its CLS feature -> Linear -> 512 -> BatchNorm (valid frames)   (FrameEncoder)
   frame features [B, T, 512] + sinusoidal positions
     -> stage 1: 2 post-LN blocks of local self-attention (|i - j| <= 3, rotary q/k, padded keys
@@ -77,10 +77,12 @@ class FrameEncoder(nnx.Module):
     if cfg.lora_last_layers:
       layers = len(self.backbone.layers)
       blocks = '|'.join(str(i) for i in range(max(layers - cfg.lora_last_layers, 0), layers))
+      # The release's LoRA is on DINOv2's fused qkv (one A for q, k and v), proj, fc1 and fc2:
+      # 271,872 trainable spatial parameters with the projection and norm, the paper's count.
       lora.add_lora(self.backbone, lora.LoRAConfig(
           rf'^layers/({blocks})/(attention/(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)$',
           rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-          init_std=cfg.lora_init_std), rngs)
+          init_std=cfg.lora_init_std, fused=('q_proj', 'k_proj', 'v_proj')), rngs)
     width = backbones.output_dim(cfg.backbone, cfg.backbone_options)
     self.projection = _xavier_dense(width, cfg.dim, ('conv_in', 'embed'), cfg, rngs)
     self.norm = BatchNorm(cfg.dim, momentum=0.9, **kw)
