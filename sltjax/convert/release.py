@@ -17,9 +17,23 @@ MMTLB (https://github.com/FangyunWei/SLRT, TwoStreamNetwork's SingleStream-SLT):
 
 Not variables in sltjax: the head's fixed sinusoidal table (visual_head.pe.pe) and BatchNorm's
 batch counters.
+
+Sign2GPT (https://github.com/ryanwongsa/Sign2GPT), stage 1 (models/trial_models/
+test_pretraining.py); stage counted over the MetaFormer's network list, where a pooling layer
+without weights sits between the two stages (network.0, pool network.1, network.2):
+
+  sign_model.encoder.network_block.network.{2 s}.{b}.{token_mixer.in_proj_container.{q,k,v}_proj,
+      token_mixer.proj, mlp.mlp.0 / .3, norm1, norm2, layer_scale_1 / _2}
+                                        -> sign_encoder.stages.{s}.{b}.{attention.{q,k,v}_proj,
+                                           attention.out_proj, fc1 / fc2, norm1, norm2,
+                                           layer_scale1 / 2}
+  post_model.{fc_hidden, class_temperature, time_temperature}
+                                        -> head.{projection, class_temperature, time_temperature}
+  post_model.vocab_embedding [dim, V, 1] -> head.prototypes [V, dim] (rows unit-normalised)
 """
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -66,3 +80,60 @@ def mmtlb_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State, dt
                     problems=problems, what="MMTLB's release (SignLanguageModel's state dict)",
                     ignored=lambda n: (n.endswith(('num_batches_tracked', '.pe.pe'))
                                        or ignored(n)))
+
+
+_SIGN2GPT_BLOCK = {'attention': 'token_mixer.in_proj_container', 'fc1': 'mlp.mlp.0',
+                   'fc2': 'mlp.mlp.3', 'layer_scale1': 'layer_scale_1',
+                   'layer_scale2': 'layer_scale_2'}
+
+
+def sign2gpt_release_name(path: tuple) -> str:
+  """The release's stage-1 tensor name of an sltjax sign-encoder or prototype-head path, e.g.
+  ('sign_encoder', 'stages', 1, 0, 'attention', 'out_proj', 'kernel') ->
+  'sign_model.encoder.network_block.network.2.0.token_mixer.proj.weight'."""
+  if path[0] == 'head':
+    module = {'projection': 'fc_hidden.'}.get(path[1], '')
+    leaf = TORCH_LEAF_NAMES[path[-1]] if module else path[1]
+    return f'post_model.{module}{leaf}'
+  if path[:2] != ('sign_encoder', 'stages'):
+    raise ValueError(f'Sign2GPT stage 1 has no released counterpart of {"/".join(map(str, path))}.')
+  stage, block, module, *rest = path[2:]
+  prefix = f'sign_model.encoder.network_block.network.{2 * int(stage)}.{block}'
+  if module == 'attention' and rest[0] == 'out_proj':
+    return f'{prefix}.token_mixer.proj.{TORCH_LEAF_NAMES[rest[-1]]}'
+  if module.startswith('layer_scale'):
+    return f'{prefix}.{_SIGN2GPT_BLOCK[module]}'
+  name = _SIGN2GPT_BLOCK.get(module, module)
+  return '.'.join([prefix, name, *map(str, rest[:-1]), TORCH_LEAF_NAMES[rest[-1]]])
+
+
+def _sign2gpt_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
+  if path[-1] in ('class_temperature', 'time_temperature'):
+    return tensor.reshape(())  # the release keeps [1]
+  return torch_layout(path, tensor)
+
+
+def sign2gpt_stage1_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State, dtype,
+                          *, ignored: Callable[[str], bool] = lambda name: False) -> nnx.State:
+  """`abstract_state` of sltjax's sign encoder and prototype head (paths starting 'sign_encoder'
+  and 'head') filled from the release's stage-1 state dict: the head's prototypes are its
+  vocab_embedding's columns, unit-normalised. Raises ValueError listing every missing, unused
+  or mis-shaped tensor."""
+  state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+  vocab = state_dict.pop('post_model.vocab_embedding', None)
+  flat, problems = [], []
+  for path, variable in nnx.to_flat_state(abstract_state):
+    if path == ('head', 'prototypes'):
+      if vocab is None:
+        problems.append('missing post_model.vocab_embedding (the word vectors)')
+        continue
+      vectors = np.asarray(vocab)[..., 0].T  # [V, dim]
+      vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+      flat.append((path, variable.replace(jnp.asarray(vectors, jnp.float32))))
+  rest = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(abstract_state)
+                              if p != ('head', 'prototypes')])
+  filled = fill_state(rest, state_dict, sign2gpt_release_name, dtype, layout=_sign2gpt_layout,
+                      problems=problems, what="Sign2GPT's release (stage 1's state dict)",
+                      ignored=lambda n: (n.endswith(('.pos', 'inv_freq', 'zero_embedding'))
+                                         or ignored(n)))
+  return nnx.from_flat_state(list(nnx.to_flat_state(filled)) + flat)
