@@ -26,6 +26,9 @@ import types
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests import release_golden_files  # pylint: disable=wrong-import-position
+
 GOLDEN_FILE = pathlib.Path(__file__).with_name('cico_release_golden.npz')
 RELEASE_COMMIT = '38a4f7b00da7a858d59b7fabe5093876a84db8e0'
 VIDEO_LENGTHS = (6, 4, 5, 2)  # four videos of up to 6 frames
@@ -78,8 +81,7 @@ def main(release_dir: str):
 
 
 def load_golden() -> dict:
-  with np.load(GOLDEN_FILE) as data:
-    return {k: data[k] for k in data.files}
+  return release_golden_files.load(GOLDEN_FILE)
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests import release_golden_files  # pylint: disable=wrong-import-position
 from tests.s3d_golden import seeded_clip, seeded_weights  # pylint: disable=wrong-import-position
 
 GOLDEN_FILE = pathlib.Path(__file__).with_name('mmtlb_release_golden.npz')
@@ -232,13 +233,12 @@ def main(release_dir: str):
 
 
 def load_golden() -> dict:
-  """The golden file's arrays (JSON-held fields decoded): {'s3d_shapes': {key: shape}, ...}."""
-  with np.load(GOLDEN_FILE) as data:
-    golden = {k: data[k] for k in data.files}
+  """The golden file's arrays (JSON-held fields decoded): {'s3d_shapes': {key: shape},
+  's2t_state' and 's2t_grad': {release name: array}, ...}."""
+  golden = release_golden_files.load(GOLDEN_FILE)
   golden['s3d_shapes'] = {k: tuple(v) for k, v in json.loads(str(golden['s3d_shapes'])).items()}
-  golden['s2t_state'] = {k: golden[f's2t_param/{k}'] for k in json.loads(str(golden['s2t_state']))}
-  golden['s2t_grad'] = {k.removeprefix('s2t_grad/'): v for k, v in golden.items()
-                        if k.startswith('s2t_grad/')}
+  golden['s2t_state'] = release_golden_files.named(golden, 's2t_param', 's2t_state')
+  golden['s2t_grad'] = release_golden_files.named(golden, 's2t_grad')
   return golden
 
 

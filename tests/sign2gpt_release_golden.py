@@ -30,6 +30,9 @@ import types
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests import release_golden_files  # pylint: disable=wrong-import-position
+
 GOLDEN_FILE = pathlib.Path(__file__).with_name('sign2gpt_release_golden.npz')
 RELEASE_COMMIT = '5555935'
 DIM, HEADS, HIDDEN, CLASSES, FRAMES = 32, 4, 12, 10, 12
@@ -159,11 +162,10 @@ def main(release_dir: str):
 
 
 def load_golden() -> dict:
-  with np.load(GOLDEN_FILE) as data:
-    golden = {k: data[k] for k in data.files}
-  golden['state'] = {k: golden[f'param/{k}'] for k in json.loads(str(golden['state']))}
-  golden['grad'] = {k.removeprefix('grad/'): v for k, v in golden.items()
-                    if k.startswith('grad/')}
+  """The golden file's arrays, with 'state' and 'grad': {release name: array}."""
+  golden = release_golden_files.load(GOLDEN_FILE)
+  golden['state'] = release_golden_files.named(golden, 'param', 'state')
+  golden['grad'] = release_golden_files.named(golden, 'grad')
   return golden
 
 

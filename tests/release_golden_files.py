@@ -1,0 +1,20 @@
+"""Reading the release-parity golden files (tests/*_release_golden.npz): named tensors are
+stored flat as '<prefix>/<name>' entries, with a JSON list of a state dict's names."""
+import json
+
+import numpy as np
+
+
+def load(path) -> dict[str, np.ndarray]:
+  """Every array of the .npz file at `path`."""
+  with np.load(path) as data:
+    return {k: data[k] for k in data.files}
+
+
+def named(golden: dict, prefix: str, names_key: str | None = None) -> dict[str, np.ndarray]:
+  """{name: array} of the entries '<prefix>/<name>'; only the names listed (JSON) under
+  golden[names_key] when given."""
+  if names_key is not None:
+    return {k: golden[f'{prefix}/{k}'] for k in json.loads(str(golden[names_key]))}
+  return {k.removeprefix(f'{prefix}/'): v for k, v in golden.items()
+          if k.startswith(f'{prefix}/')}
