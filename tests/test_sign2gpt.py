@@ -134,6 +134,11 @@ def test_recipe_pieces_decay_only_matrices_clip_values_and_warm_up_from_a_fracti
   assert (config.eval.num_beams, config.eval.max_new_tokens, config.label_smoothing,
           config.model.dtype) == (4, 64, 0.1, 'bfloat16')
   assert get_config('pseudo_gloss,dataset=csl_daily').pseudo_glosses.language == 'zh'
+  # After stage 1, the started encoders go on at the release's 3e-4 (0.1 x runlocal's 3e-3).
+  assert dict(get_config('translation,runlocal').optimizer.param_groups) == {
+      'visual_adaptor/gate': 10.0, '^(frames|sign_encoder)/': 0.1}
+  assert dict(get_config('scratch,runlocal').optimizer.param_groups) == {
+      'visual_adaptor/gate': 10.0}
   data = config.data  # the release's frames (albumentations, strength 0.2)
   assert (data.eval_crop, data.random_crop_scale, data.random_crop_ratio, data.rotation_degrees,
           data.rotation_prob, data.hflip_prob, data.colour_jitter_prob, data.brightness,
