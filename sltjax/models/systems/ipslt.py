@@ -19,11 +19,16 @@ network (`initial_copies`): E2's layers of E1's last layers (the cross-attention
 self-attention), D2 of D1, whenever a start (a pretrained mBART, a base-system workdir) fills E1
 and D1 but not them. K = 0 is the base system: `translation_network` then builds a plain MBart.
 
-Not in the paper (its full text was not available; REFERENCE.md section 3) and so config values,
-defaulting to an unofficial reimplementation's: K 3, the layer mix 0.5 * self-attention + 0.5 *
-cross-attention ('parallel'), LM losses on Y^0 and Y^K, KL distillation. The distillation weight
-defaults to 1 (that reimplementation's 15 and 3 weigh a differently normalised KL); E2's depth
-to 1 layer.
+From the paper's Fig. 2 (its overview; the method section's text was not reachable, see
+below): E1 makes E^0, which D1 decodes to Y^0 in training only (D1 is removed at inference);
+E2 takes E^{k-1} and F; D2 decodes every E^k; iterative distillation runs from Y^K into Y^1 .. Y^{K-1} (not Y^0:
+`distill_initial` off by default); at inference only D2 decodes E^K, once.
+
+Not settled by the figure, and so config values defaulting to an unofficial reimplementation's:
+K 3, the layer mix 0.5 * self-attention + 0.5 * cross-attention ('parallel'), LM losses on Y^0
+and Y^K, KL distillation. The distillation weight defaults to 1 (that reimplementation's 15 and 3
+weigh a differently normalised KL); E2's depth to 1 layer. The paper's Sec. 3 would settle
+them; no copy of it was reachable (the stored copies give their abstracts only).
 """
 import dataclasses
 
