@@ -243,6 +243,4 @@ def load_golden() -> dict:
 
 
 if __name__ == '__main__':
-  if len(sys.argv) != 2:
-    sys.exit(f'usage: python {sys.argv[0]} /path/to/SLRT/TwoStreamNetwork')
-  main(sys.argv[1])
+  release_golden_files.run_from_command_line(main, 'SLRT/TwoStreamNetwork')

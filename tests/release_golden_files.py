@@ -1,6 +1,7 @@
 """Reading the release-parity golden files (tests/*_release_golden.npz): named tensors are
 stored flat as '<prefix>/<name>' entries, with a JSON list of a state dict's names."""
 import json
+import sys
 
 import numpy as np
 
@@ -18,3 +19,10 @@ def named(golden: dict, prefix: str, names_key: str | None = None) -> dict[str, 
     return {k: golden[f'{prefix}/{k}'] for k in json.loads(str(golden[names_key]))}
   return {k.removeprefix(f'{prefix}/'): v for k, v in golden.items()
           if k.startswith(f'{prefix}/')}
+
+
+def run_from_command_line(main, release_folder: str) -> None:
+  """Calls main(path) with the one argument a golden script takes: the release's folder."""
+  if len(sys.argv) != 2:
+    sys.exit(f'usage: python {sys.argv[0]} /path/to/{release_folder}')
+  main(sys.argv[1])

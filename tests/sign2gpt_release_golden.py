@@ -170,6 +170,4 @@ def load_golden() -> dict:
 
 
 if __name__ == '__main__':
-  if len(sys.argv) != 2:
-    sys.exit(f'usage: python {sys.argv[0]} /path/to/Sign2GPT')
-  main(sys.argv[1])
+  release_golden_files.run_from_command_line(main, 'Sign2GPT')
