@@ -104,6 +104,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.mapper = 'gloss_probs' if dataset == 'csl_daily' else 'mlp'
   c.model.mapper_init = 'gloss_embeddings' if dataset == 'csl_daily' else ''
   c.model.mapper_hidden = 1024
+  # What follows the mapped frames: 'text' (the text embedding's </s> and tokenizer.src_lang) or
+  # 'own' (two vectors of its own: the release's gloss-embedding rows of </s> and de_DGS, which
+  # python -m sltjax.convert.release sets for a released Sign2Text checkpoint).
+  c.model.suffix = 'text'
   c.model.dtype = 'float32'
   c.model.param_dtype = 'float32'
   # From scratch unless init.translation is a converted mBART (then only dropout/dtypes apply).

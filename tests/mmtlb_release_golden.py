@@ -70,6 +70,11 @@ def batch() -> dict[str, np.ndarray]:
 
 
 def _stub_logging_imports():
+  """Empty modules for the release's logging imports that are absent, after loading what
+  looks their packages' specs up (transformers' models and generation, torch's compiler)."""
+  for module in ('transformers.models.mbart.modeling_mbart', 'transformers.generation.utils',
+                 'torch._dynamo'):
+    importlib.import_module(module)
   for name in ('wandb', 'tensorflow', 'torchvision'):
     try:
       __import__(name)
@@ -95,9 +100,6 @@ def _no_dropout(module):
 def main(release_dir: str):
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  # Loaded before the stubs: transformers and torch's compiler look up their packages' specs.
-  for module in ('transformers.models.mbart.modeling_mbart', 'torch._dynamo'):
-    importlib.import_module(module)
   sys.path.insert(0, release_dir)
   _stub_logging_imports()
   from modelling.recognition import RecognitionNetwork  # pylint: disable=import-outside-toplevel

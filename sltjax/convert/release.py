@@ -1,5 +1,12 @@
-"""The state-dict layouts of the systems' released PyTorch code, mapped to sltjax's parameters in
-one place.
+r"""The state-dict layouts of the systems' released PyTorch code, mapped to sltjax's parameters in
+one place; and, run as a program, a released MMTLB checkpoint written as an sltjax workdir
+(sltjax/convert/release_workdir.py says which files):
+
+  python -m sltjax.convert.release --system=mmtlb --config=configs/mmtlb.py:sign2text \
+      --checkpoint=phoenix-2014t_s2t/ckpts/best.ckpt \
+      --backbone_checkpoint=phoenix-2014t_s2g/ckpts/best.ckpt \
+      --glosses=data/phoenix-2014t/gloss2ids_old.pkl --mbart_dir=pretrained_models/mBart_de \
+      --output=workdirs/mmtlb_release_s2t
 
 MMTLB (https://github.com/FangyunWei/SLRT, TwoStreamNetwork's SingleStream-SLT): the
 `SignLanguageModel` state dict its training writes (`torch.save({'model_state': ...})`):
@@ -14,6 +21,8 @@ MMTLB (https://github.com/FangyunWei/SLRT, TwoStreamNetwork's SingleStream-SLT):
                                                           -> mapper.fc1 / fc2, mapper.linear
   translation_network.model.*  (Hugging Face MBartForConditionalGeneration)
                                                           -> translation (sltjax.convert.hf)
+  translation_network.gloss_embedding.weight, the rows of `</s>` and the sign-language code
+                                                          -> suffix (MMTLB's suffix='own')
 
 Not variables in sltjax: the head's fixed sinusoidal table (visual_head.pe.pe) and BatchNorm's
 batch counters.
@@ -31,17 +40,21 @@ without weights sits between the two stages (network.0, pool network.1, network.
                                         -> head.{projection, class_temperature, time_temperature}
   post_model.vocab_embedding [dim, V, 1] -> head.prototypes [V, dim] (rows unit-normalised)
 """
+import sys
 from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
 from sltjax.convert.backbones import s3d_release_name
 from sltjax.convert.hf import drop_tied_copies, hf_layout, hf_name
 from sltjax.convert.state_dict import TORCH_LEAF_NAMES, fill_state, torch_layout
+from sltjax.errors import UserError, exit_with_user_error
 
 MMTLB_TRANSLATION = 'translation_network.model.'
+MMTLB_GLOSS_EMBEDDING = 'translation_network.gloss_embedding.weight'
 _MMTLB_HEAD = {'projection': 'fc1', 'projection_bn': 'bn1.norm', 'norm': 'feedforward.layer_norm',
                'conv1': 'feedforward.pwff_layer.0', 'conv2': 'feedforward.pwff_layer.3',
                'final_norm': 'layer_norm', 'classifier': 'gloss_output_layer'}
@@ -61,6 +74,8 @@ def mmtlb_release_name(path: tuple) -> str:
     return f'vl_mapper.{_MMTLB_MAPPER[rest[0]]}.{TORCH_LEAF_NAMES[rest[-1]]}'
   if top == 'translation':
     return MMTLB_TRANSLATION + hf_name(tuple(rest))
+  if top == 'suffix':
+    return MMTLB_GLOSS_EMBEDDING
   raise ValueError(f'MMTLB has no released counterpart of {"/".join(map(str, path))}.')
 
 
@@ -69,12 +84,17 @@ def _mmtlb_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
 
 
 def mmtlb_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State, dtype, *,
-                ignored: Callable[[str], bool] = lambda name: False) -> nnx.State:
+                ignored: Callable[[str], bool] = lambda name: False,
+                suffix_rows: tuple[int, int] | None = None) -> nnx.State:
   """`abstract_state` (of an sltjax MMTLB) filled from the release's SignLanguageModel state dict
-  (a DataParallel 'module.' prefix removed), cast to dtype. `ignored` names further release
-  tensors the caller accounts for. Raises ValueError listing every missing, unused or mis-shaped
-  tensor at once."""
+  (a DataParallel 'module.' prefix removed), cast to dtype. `suffix_rows`: the gloss-embedding
+  rows of `</s>` and the sign-language code, for a model with suffix='own'. `ignored` names
+  further release tensors the caller accounts for. Raises ValueError listing every missing,
+  unused or mis-shaped tensor at once."""
   state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+  if suffix_rows is not None and MMTLB_GLOSS_EMBEDDING in state_dict:
+    state_dict[MMTLB_GLOSS_EMBEDDING] = np.asarray(state_dict[MMTLB_GLOSS_EMBEDDING])[
+        list(suffix_rows)]
   state_dict, problems = drop_tied_copies(state_dict, prefix=MMTLB_TRANSLATION)
   return fill_state(abstract_state, state_dict, mmtlb_release_name, dtype, layout=_mmtlb_layout,
                     problems=problems, what="MMTLB's release (SignLanguageModel's state dict)",
@@ -137,3 +157,50 @@ def sign2gpt_stage1_state(state_dict: dict[str, np.ndarray], abstract_state: nnx
                       ignored=lambda n: (n.endswith(('.pos', 'inv_freq', 'zero_embedding'))
                                          or ignored(n)))
   return nnx.from_flat_state(list(nnx.to_flat_state(filled)) + flat)
+
+
+def main(argv):
+  """python -m sltjax.convert.release: see FLAGS below and sltjax/convert/release_workdir.py."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Imported here: release_workdir reads this module's name maps.
+  from sltjax.convert.release_workdir import write_mmtlb_workdir  # pylint: disable=import-outside-toplevel
+  config = flags.FLAGS.config
+  try:
+    settings = write_mmtlb_workdir(
+        config, flags.FLAGS.output, flags.FLAGS.checkpoint, glosses_file=flags.FLAGS.glosses,
+        mbart_dir=flags.FLAGS.mbart_dir or '', sign_language=flags.FLAGS.sign_language,
+        backbone_checkpoint=flags.FLAGS.backbone_checkpoint or '')
+  except UserError as e:
+    exit_with_user_error(str(e))
+  given = ' '.join(a for a in sys.argv[1:] if a.startswith('--config'))
+  overrides = ' '.join(f'--config.{k}={v}' for k, v in settings.items())
+  print(f'Wrote {flags.FLAGS.output} ({config.stage}, {config.model.backbone}). It was built with '
+        f'these settings from the checkpoint:\n  {overrides}\nEvaluate it with\n  python -m '
+        f'sltjax.main {given} {overrides} --workdir={flags.FLAGS.output} --mode=eval')
+  if config.model.backbone != 'features':
+    print(f'Translate videos with\n  python -m sltjax.translate --workdir={flags.FLAGS.output} '
+          'VIDEO...')
+
+
+if __name__ == '__main__':
+  # Defined only when run as a program: importing the name maps must not claim flag names.
+  from ml_collections import config_flags  # pylint: disable=ungrouped-imports
+  config_flags.DEFINE_config_file('config', None, 'The sltjax config of the stage, e.g. '
+                                  'configs/mmtlb.py:sign2text[,dataset=csl_daily], with its '
+                                  '--config.data.* overrides.', lock_config=False)
+  flags.DEFINE_enum('system', 'mmtlb', ['mmtlb'], 'The release: mmtlb (SLRT TwoStreamNetwork).')
+  flags.DEFINE_string('checkpoint', None, 'The release\'s Sign2Gloss or Sign2Text checkpoint '
+                      '(ckpts/best.ckpt).')
+  flags.DEFINE_string('backbone_checkpoint', None, 'With a Sign2Text checkpoint: the Sign2Gloss '
+                      'checkpoint whose S3D made its features, for a workdir that reads videos '
+                      '(without it: one that reads those features, data.features_dir).')
+  flags.DEFINE_string('glosses', None, 'The release\'s recognition glosses '
+                      '(data/phoenix-2014t/gloss2ids_old.pkl).')
+  flags.DEFINE_string('mbart_dir', None, 'Sign2Text: the release\'s pruned mBART folder '
+                      '(pretrained_models/mBart_de).')
+  flags.DEFINE_string('sign_language', 'de_DGS', 'Sign2Text: the sign-language code of the '
+                      'release\'s gloss vocabulary (zh_CSL for CSL-Daily).')
+  flags.DEFINE_string('output', None, 'The workdir to write (new or empty).')
+  flags.mark_flags_as_required(['config', 'checkpoint', 'glosses', 'output'])
+  app.run(main)

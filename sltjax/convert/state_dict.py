@@ -5,6 +5,7 @@ layout; `fill_state` uses every source tensor exactly once and reports every mis
 or mis-shaped tensor in one error.
 """
 import os
+import pickle
 from collections.abc import Callable, Iterable
 
 import jax
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sltjax.errors import MissingInputError
+from sltjax.errors import MissingInputError, UserError
 
 # The PyTorch name of an sltjax leaf variable (Linear/Conv/Embedding weight, norm scale, BatchNorm
 # running statistics).
@@ -93,8 +94,13 @@ def read_torch_weights(path: str) -> dict[str, np.ndarray]:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
       raise ImportError(f'{path} is a PyTorch checkpoint: install torch to read it.') from e
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    for wrapper in ('state_dict', 'model'):
+    try:
+      state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise UserError(f'{path} holds pickled objects other than tensors and plain values, which '
+                      'sltjax does not run (torch.load weights_only): re-save its state dict '
+                      f'alone with torch.save. ({str(e).splitlines()[0][:200]})') from None
+    for wrapper in ('state_dict', 'model', 'model_state'):  # model_state: the SLRT release's
       if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
         state = state[wrapper]
     state = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}

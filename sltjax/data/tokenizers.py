@@ -18,9 +18,11 @@ from sltjax.errors import MissingInputError, UserError
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ('<s>', '<pad>', '</s>', '<unk>')
-# What a pretrained tokenizer directory holds that sltjax reads (id_map.json: a trimmed mBART's).
+# What a pretrained tokenizer directory holds that sltjax reads (id_map.json: a trimmed mBART's;
+# PRUNED_IDS_FILE: the id map of an SLT release's pruned mBART, PrunedMBartTokenizer).
 SENTENCEPIECE_FILE = 'sentencepiece.bpe.model'
-TOKENIZER_FILES = (SENTENCEPIECE_FILE, 'tokenizer_config.json', 'id_map.json')
+PRUNED_IDS_FILE = 'pruned_ids.json'
+TOKENIZER_FILES = (SENTENCEPIECE_FILE, 'tokenizer_config.json', 'id_map.json', PRUNED_IDS_FILE)
 
 # mBART-large-cc25's language codes, in the order their ids follow the SentencePiece pieces.
 MBART_CC25_LANGUAGE_CODES = (
@@ -101,6 +103,54 @@ class MBartTokenizer(SentencePieceTokenizer):
     self.vocab_size = self.mask_id + 1
 
 
+class PrunedMBartTokenizer(Tokenizer):
+  """An SLT release's pruned mBART vocabulary (MMTLB's mBart_de / mBart_zh): mBART's full
+  SentencePiece model, then its ids mapped to the pruned model's rows by PRUNED_IDS_FILE
+  (`{"old_to_new": {mBART id: row}, "separate_final_period": bool}`, written by
+  `python -m sltjax.convert.release` from the release's map_ids.pkl). As the release's
+  TextTokenizer: a piece without a row is <unk>, decoding leaves <unk> out (transformers'
+  skip_special_tokens), and with separate_final_period (the release does it for German) a
+  decoded sentence ending in a '.' glued to its last word gets ' .' instead.
+  """
+
+  def __init__(self, directory: str):
+    self.full = MBartTokenizer(directory)
+    saved = json.loads(storage.read_text(storage.join(directory, PRUNED_IDS_FILE)))
+    self.old_to_new = {int(old): int(new) for old, new in saved['old_to_new'].items()}
+    self.separate_final_period = bool(saved.get('separate_final_period', False))
+    self.new_to_old = {new: old for old, new in self.old_to_new.items()}
+    self.vocab_size = len(self.old_to_new)
+    if sorted(self.new_to_old) != list(range(self.vocab_size)) or any(
+        self.old_to_new.get(i) != i for i in range(len(SPECIAL_TOKENS))):
+      raise UserError(f'{storage.join(directory, PRUNED_IDS_FILE)} is not a pruned mBART id map: '
+                      f'its rows must be 0..{self.vocab_size - 1}, each once, with '
+                      f'{", ".join(SPECIAL_TOKENS)} kept at 0-3. Write it again with '
+                      'python -m sltjax.convert.release.')
+    self.lang_code_to_id = {code: self.old_to_new[old]
+                            for code, old in self.full.lang_code_to_id.items()
+                            if old in self.old_to_new}
+
+  def _piece_ids(self, text: str) -> list[int]:
+    return [self.old_to_new.get(i, UNK_ID) for i in self.full.encode(text)]
+
+  def _piece_text(self, ids: Sequence[int]) -> str:
+    return self.full._piece_text([self.new_to_old[i] for i in ids])  # pylint: disable=protected-access
+
+  def decode(self, ids: Iterable[int]) -> str:
+    text = super().decode(i for i in ids if int(i) != UNK_ID)
+    if self.separate_final_period and len(text) > 2 and text[-1] == '.' and text[-2] != ' ':
+      text = text[:-1] + ' .'
+    return text
+
+
+def mbart_tokenizer(directory: str) -> Tokenizer:
+  """The mBART tokenizer a directory holds: pruned (PrunedMBartTokenizer) when it has
+  PRUNED_IDS_FILE, else MBartTokenizer."""
+  if (storage.path(directory) / PRUNED_IDS_FILE).is_file():
+    return PrunedMBartTokenizer(directory)
+  return MBartTokenizer(directory)
+
+
 class XGLMTokenizer(SentencePieceTokenizer):
   """The pieces, then XGLM's 7 <madeupwordN> tokens; no language codes: XGLM reads every text as
   `</s> X`, so </s> stands where mBART's sequences hold the language code (a target is
@@ -173,7 +223,7 @@ def copy_tokenizer_files(source: str, target: str) -> None:
 
 # tokenizer.kind -> the class reading a pretrained tokenizer directory (config.tokenizer.path);
 # the other kinds build their vocabulary from the training texts.
-PRETRAINED_TOKENIZERS = {'mbart': MBartTokenizer, 'xglm': XGLMTokenizer}
+PRETRAINED_TOKENIZERS = {'mbart': mbart_tokenizer, 'xglm': XGLMTokenizer}
 
 
 def load_tokenizer(config, directory: str, train_texts: Iterable[str]) -> Tokenizer:

@@ -123,6 +123,7 @@ class MMTLBExperiment(VideoExperiment):
         backbone_frozen_layers=m.get('backbone_frozen_layers', 0),
         head_dim=m.head_dim, head_ffn_dim=m.head_ffn_dim, head_kernel=m.head_kernel,
         head_dropout=m.head_dropout, mapper=m.mapper, mapper_hidden=m.mapper_hidden,
+        suffix=m.get('suffix', 'text'),
         translation=translation, prototype=self.prototype, dtype=m.dtype,
         param_dtype=m.param_dtype)
     self.set_model(lambda rngs: MMTLB(self.model_config, rngs=rngs))
@@ -190,20 +191,32 @@ class Translating(MMTLBExperiment):
   METRICS = METRIC_NAMES + GLOSS_METRIC_NAMES
 
   def init_variables(self):
-    """config.init's starts; then, with model.mapper_init='gloss_embeddings' (CSL-Daily), the
-    gloss-probability mapper's row of every gloss set to the mean embedding of its lowercased
-    subwords in the started translation model (blank and <unk> rows zero)."""
+    """config.init's starts; then the parts started from the translation model's embeddings:
+    with model.mapper_init='gloss_embeddings' (CSL-Daily), the gloss-probability mapper's row of
+    every gloss set to the mean embedding of its lowercased subwords (blank and <unk> rows zero);
+    with model.suffix='own', the two suffix vectors set to the embeddings of `</s>` and
+    tokenizer.src_lang (as the release starts its gloss-embedding rows from mBART's)."""
     params, rest = super().init_variables()
-    if self.config.model.get('mapper_init') != 'gloss_embeddings':
+    m = self.config.model
+    if m.get('mapper_init') != 'gloss_embeddings' and m.get('suffix', 'text') != 'own':
       return params, rest
     flat = dict(nnx.to_flat_state(params))
-    kernel_path = ('mapper', 'linear', 'kernel')
-    embeddings = gloss_embeddings(np.asarray(flat[('translation', 'shared', 'embedding')].value),
-                                  self.tokenizer, self.glosses.glosses)  # [glosses, d]
-    kernel = np.zeros(flat[kernel_path].shape, np.float32)  # [blank, <unk>, glosses..., d]
-    kernel[len(self.glosses.SPECIALS):] = embeddings
-    flat[kernel_path] = flat[kernel_path].replace(jnp.asarray(kernel, flat[kernel_path].dtype))
-    log(f'init: mapper <- the mBART embeddings of {len(self.glosses.glosses)} glosses')
+    embedding = np.asarray(flat[('translation', 'shared', 'embedding')].value)  # [vocab, d]
+
+    def replace(path, value):
+      flat[path] = flat[path].replace(jnp.asarray(value, flat[path].dtype))
+
+    if m.get('mapper_init') == 'gloss_embeddings':
+      kernel = np.zeros(flat[('mapper', 'linear', 'kernel')].shape, np.float32)  # [K, d]
+      kernel[len(self.glosses.SPECIALS):] = gloss_embeddings(embedding, self.tokenizer,
+                                                             self.glosses.glosses)
+      replace(('mapper', 'linear', 'kernel'), kernel)  # blank and <unk> rows zero
+      log(f'init: mapper <- the mBART embeddings of {len(self.glosses.glosses)} glosses')
+    if m.get('suffix', 'text') == 'own':
+      rows = [self.tokenizer.eos_id, self.tokenizer.lang_id(self.config.tokenizer.src_lang)]
+      replace(('suffix',), embedding[rows])
+      log('init: suffix <- the mBART embeddings of </s> and '
+          f'{self.config.tokenizer.src_lang}')
     return jax.device_put(nnx.from_flat_state(list(flat.items())), self.param_shardings), rest
 
 

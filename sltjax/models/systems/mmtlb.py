@@ -4,6 +4,8 @@
     -> VisualHead: gloss representation Z [B, T', 512] and gloss logits [B, T', K]   (Sign2Gloss)
     -> V-L mapper (MLP on Z; or the CSL-Daily variant on gloss probabilities) [B, T', d]
     -> * sqrt(d), then `</s>` and the sign-language code appended after the valid frames
+       (their text embeddings; or, with suffix='own', two vectors of their own, as the release's
+       Sign2Text takes them from its gloss embedding)
     -> mBART encoder `inputs_embeds` -> decoder                                      (Sign2Text)
 
 Dropout runs when `rngs` is given (training), which also switches BatchNorm to batch statistics
@@ -23,6 +25,7 @@ from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.ipslt import PrototypeConfig, translation_network
 
 MAPPERS = ('mlp', 'gloss_probs')
+SUFFIXES = ('text', 'own')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,9 @@ class MMTLBConfig:
   head_dropout: float = 0.1
   mapper: str = 'mlp'  # MAPPERS
   mapper_hidden: int = 1024
+  # What follows the mapped frames: 'text' (the translation embedding's `</s>` and sign-language
+  # code rows) or 'own' (a [2, d] parameter: the release's gloss-embedding rows of both).
+  suffix: str = 'text'
   translation: MBartConfig | None = None  # None: Sign2Gloss only
   prototype: PrototypeConfig | None = None  # IP-SLT's refinement of the translation encoder
   dtype: str = 'float32'
@@ -49,6 +55,8 @@ class MMTLBConfig:
     backbones.get(self.backbone)  # raises naming the registered ones
     if self.mapper not in MAPPERS:
       raise ValueError(f'model.mapper={self.mapper!r}; expected one of {MAPPERS}.')
+    if self.suffix not in SUFFIXES:
+      raise ValueError(f'model.suffix={self.suffix!r}; expected one of {SUFFIXES}.')
 
   @property
   def backbone_options(self) -> backbones.BackboneOptions:
@@ -137,6 +145,9 @@ class MMTLB(nnx.Module):
                    GlossProbabilityMapper(cfg.num_glosses, d, cfg, rngs=rngs))
     self.translation = (translation_network(cfg.translation, cfg.prototype, rngs=rngs)
                         if translates else None)
+    if translates and cfg.suffix == 'own':  # [`</s>`, sign-language code] x d
+      init = nnx.with_partitioning(nnx.initializers.normal(0.02), (None, 'embed'))
+      self.suffix = nnx.Param(init(rngs.params(), (2, d), jnp.dtype(cfg.param_dtype)))
 
   def visual(self, frames, frame_mask, rngs=None):
     """frames [B, T, H, W, 3] normalised (or features [B, T', C] for backbone='features'),
@@ -149,13 +160,16 @@ class MMTLB(nnx.Module):
   def encoder_inputs(self, visual, eos_id: int, sign_lang_id: int):
     """mBART `inputs_embeds` [B, T'+2, d] and mask: the mapped frames scaled by sqrt(d) (as the
     release does), then the embeddings of `</s>` and the sign-language code right after each
-    row's valid frames."""
+    row's valid frames (the model's own two with suffix='own'), scaled alike."""
     mapped = self.mapper(visual['z'], visual['gloss_logits']) * self.translation.embed_scale
     batch, length, d = mapped.shape
     mapped = jnp.concatenate([mapped, jnp.zeros((batch, 2, d), mapped.dtype)], axis=1)
     valid = jnp.sum(visual['gloss_mask'], axis=1).astype(jnp.int32)[:, None]  # [B, 1]
     position = jnp.arange(length + 2)[None]  # [1, T'+2]
-    specials = self.translation.embed_tokens(jnp.array([eos_id, sign_lang_id]))  # [2, d]
+    if self.config.suffix == 'own':
+      specials = self.suffix.value * self.translation.embed_scale  # [2, d]
+    else:
+      specials = self.translation.embed_tokens(jnp.array([eos_id, sign_lang_id]))  # [2, d]
     embeds = jnp.where((position == valid)[..., None], specials[0].astype(mapped.dtype), mapped)
     embeds = jnp.where((position == valid + 1)[..., None], specials[1].astype(mapped.dtype),
                        embeds)
