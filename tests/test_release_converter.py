@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 
 from sltjax import train, workdirs
+from sltjax.checkpointing import read_best_variables
+from sltjax.convert.release import mmtlb_release_name
+from sltjax.convert.state_dict import torch_layout
 from sltjax.convert.release_workdir import read_pickled_mapping, write_pruned_tokenizer
 from sltjax.data.tokenizers import EOS_ID, PAD_ID, UNK_ID, PrunedMBartTokenizer, mbart_tokenizer
 from sltjax.errors import UserError
 from tests.conftest import REPO, subprocess_xla_flags
 from tests.mmtlb_release_checkpoint import FOLDER, FRAMES, SENTENCES
+from tests.mmtlb_release_golden import load_golden
+from tests.s3d_golden import seeded_weights
 
 pytest.importorskip('torch')  # the converter reads PyTorch checkpoints
 
@@ -123,3 +128,29 @@ def test_pickled_code_is_refused(tmp_path):
   path.write_bytes(pickle.dumps({1: pathlib.PurePosixPath('x')}))
   with pytest.raises(UserError, match='names pathlib.PurePosixPath.*does not run pickled code'):
     read_pickled_mapping(str(path), 'map_ids')
+
+
+@pytest.mark.slow
+def test_sign2gloss_backbone_makes_a_video_workdir(tmp_path):
+  """--backbone_checkpoint: the S3D of a release-named Sign2Gloss checkpoint (the golden's S3D
+  names and shapes, seeded weights) joins the Sign2Text checkpoint; every backbone tensor lands
+  where the release's naming says."""
+  import torch  # pylint: disable=import-outside-toplevel
+  weights = {'recognition_network.visual_backbone.' + k: v
+             for k, v in seeded_weights(load_golden()['s3d_shapes']).items()}
+  torch.save({'global_step': 1, 'model_state': {k: torch.from_numpy(np.asarray(v))
+                                                for k, v in weights.items()}},
+             tmp_path / 's2g.ckpt')
+  result = convert(tmp_path / 'video', f'--backbone_checkpoint={tmp_path / "s2g.ckpt"}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'python -m sltjax.translate' in result.stdout
+  assert workdirs.load_config(str(tmp_path / 'video')).model.backbone == 's3d'
+  checked = 0
+  for path, value in read_best_variables(str(tmp_path / 'video')).items():
+    if path[1] != 'backbone':
+      continue
+    sltjax_path = tuple(int(p) if p.isdigit() else p for p in path[1:])
+    expected = torch_layout(sltjax_path, weights[mmtlb_release_name(sltjax_path)])
+    np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7)
+    checked += 1
+  assert checked == len([k for k in weights if not k.endswith('num_batches_tracked')])
