@@ -69,7 +69,7 @@ def inputs() -> dict[str, np.ndarray]:
           'word_vectors': rng.standard_normal((CLASSES, HIDDEN)).astype(np.float32)}
 
 
-def _stand_ins(torch):
+def stand_ins(torch):
   """Modules the release imports but that cannot or need not run here (see the docstring)."""
   layers = types.ModuleType('timm.models.layers')
 
@@ -99,7 +99,7 @@ def _stand_ins(torch):
 def main(release_dir: str):
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, release_dir)
-  _stand_ins(torch)
+  stand_ins(torch)
   meta_model = importlib.import_module('models.metaformer.meta_model')
   head_module = importlib.import_module('models.metaformer.post.zero_fasttext_prototype_head')
   loss_module = importlib.import_module('losses.loss_functions.bce_loss')
@@ -161,9 +161,9 @@ def main(release_dir: str):
         f'{torch.__version__}')
 
 
-def load_golden() -> dict:
+def load_golden(path=GOLDEN_FILE) -> dict:
   """The golden file's arrays, with 'state' and 'grad': {release name: array}."""
-  golden = release_golden_files.load(GOLDEN_FILE)
+  golden = release_golden_files.load(path)
   golden['state'] = release_golden_files.named(golden, 'param', 'state')
   golden['grad'] = release_golden_files.named(golden, 'grad')
   return golden

@@ -1,25 +1,36 @@
-"""Sign2GPT's stage 1 against its authors' released code (tests/sign2gpt_release_golden.py): the
-sign encoder, the prototype head and the pseudo-gloss loss, their outputs and every gradient,
-from the release's own state dict (sltjax.convert.release).
+"""Sign2GPT against its authors' released code, from the release's own state dicts
+(sltjax.convert.release): stage 1 (tests/sign2gpt_release_golden.py: the sign encoder, the
+prototype head and the pseudo-gloss loss) and stage 2 (tests/sign2gpt_stage2_release_golden.py:
+the sign encoder, the visual projection and the frozen XGLM with its LoRAs and zero-gated
+cross-attention, and the label-smoothed translation loss), their outputs and every gradient.
 
 Deliberate difference: the release's temporal pooling averages padded frames' features into the
 last valid window; sltjax zeroes padded frames first, so a video's features do not depend on its
-batch's padding. The encoder golden therefore uses full-length rows; the head, which masks time
-itself, is checked on rows of different lengths.
+batch's padding. The encoder goldens therefore use full-length rows; the head and the XGLM, which
+mask their inputs themselves, are checked on rows of different lengths.
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from sltjax.convert.release import sign2gpt_release_name, sign2gpt_stage1_state
-from sltjax.convert.state_dict import torch_layout
-from sltjax.models.systems.sign2gpt import (PrototypeHead, SignEncoder, SignEncoderConfig,
+from configs.sign2gpt import FROZEN
+from sltjax.convert.release import (SIGN2GPT_LM, sign2gpt_layout, sign2gpt_release_name,
+                                    sign2gpt_state)
+from sltjax.losses import mean_cross_entropy
+from sltjax.models.layers.dense import dense
+from sltjax.models.systems.sign2gpt import (AdaptorConfig, PrototypeHead, SignEncoder,
+                                            SignEncoderConfig, Sign2GPTTranslator, adapt_xglm,
                                             pseudo_gloss_loss)
+from sltjax.models.xglm import XGLM, XGLMConfig
+from tests import sign2gpt_stage2_release_golden as stage2_golden
 from tests.sign2gpt_release_golden import CLASSES, DIM, HEADS, HIDDEN, load_golden
 
 GOLDEN = load_golden()
+GOLDEN2 = stage2_golden.load_golden()
 
 
 class Stage1(nnx.Module):
@@ -32,7 +43,8 @@ class Stage1(nnx.Module):
 
 def release_stage1() -> Stage1:
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Stage1(rngs=nnx.Rngs(0))))
-  return nnx.merge(graphdef, sign2gpt_stage1_state(GOLDEN['state'], abstract, jnp.float32))
+  return nnx.merge(graphdef, sign2gpt_state(GOLDEN['state'], abstract, jnp.float32,
+                                            stage='pseudo_gloss'))
 
 
 def assert_close(actual, expected, rtol=1e-5):
@@ -59,10 +71,7 @@ def test_encoder_head_loss_and_every_gradient_match_the_release():
     if path == ('head', 'prototypes'):
       continue  # fixed word vectors, as the release's trainable_emb=False
     name = sign2gpt_release_name(path)
-    expected = GOLDEN['grad'][name]
-    expected = expected.reshape(()) if path[-1].endswith('temperature') else torch_layout(
-        path, expected)
-    assert_close(grad.get_value(), expected, rtol=2e-5)
+    assert_close(grad.get_value(), sign2gpt_layout(path, GOLDEN['grad'][name]), rtol=2e-5)
     compared.add(name)
   assert compared == set(GOLDEN['grad'])  # every trained tensor of the release
 
@@ -89,9 +98,92 @@ def test_a_stage1_state_dict_missing_or_extra_tensors_lists_them_all():
   state['sign_model.encoder.network_block.network.2.1.norm3.bias'] = np.zeros(DIM, np.float32)
   abstract = nnx.state(nnx.eval_shape(lambda: Stage1(rngs=nnx.Rngs(0))))
   with pytest.raises(ValueError) as error:
-    sign2gpt_stage1_state(state, abstract, jnp.float32)
+    sign2gpt_state(state, abstract, jnp.float32, stage='pseudo_gloss')
   message = str(error.value)
   assert "Sign2GPT's release" in message
   assert 'missing post_model.vocab_embedding' in message
   assert 'missing sign_model.encoder.network_block.network.2.1.norm2.bias' in message
   assert 'unexpected sign_model.encoder.network_block.network.2.1.norm3.bias' in message
+
+
+class Stage2(Sign2GPTTranslator):
+  """sltjax's translator without its frame encoder, which the golden replaces (it feeds the
+  sign encoder frame features): the parts the golden covers, under their attribute names."""
+
+  def __init__(self, *, rngs: nnx.Rngs):  # pylint: disable=super-init-not-called
+    lm = stage2_golden.LM
+    self.sign_encoder = SignEncoder(SignEncoderConfig(dim=DIM, heads=HEADS), rngs=rngs)
+    self.visual_projection = dense(DIM, lm['d_model'], ('conv_in', 'embed'), dtype='float32',
+                                   param_dtype='float32', rngs=rngs)
+    self.lm = XGLM(XGLMConfig(**lm), rngs=rngs)
+    adapt_xglm(self.lm, AdaptorConfig(), rngs)
+
+
+def release_stage2() -> Stage2:
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Stage2(rngs=nnx.Rngs(0))))
+  return nnx.merge(graphdef, sign2gpt_state(GOLDEN2['state'], abstract, jnp.float32,
+                                            stage='translation'))
+
+
+def text_batch():
+  """sltjax's Sign2GPT batch of the golden's `</s> X </s>` rows: decoder inputs (the row), their
+  attention mask, labels (the row shifted by one) and the label weights."""
+  text = jnp.asarray(GOLDEN2['text'])
+  valid = (text != stage2_golden.LM['pad_token_id']).astype(jnp.int32)
+  labels = jnp.concatenate([text[:, 1:], jnp.zeros_like(text[:, :1])], axis=1)
+  weights = jnp.concatenate([valid[:, 1:], jnp.zeros_like(valid[:, :1])], axis=1)
+  return text, valid, labels, weights.astype(jnp.float32)
+
+
+def assert_trained_gradients_match(grads, expected: dict, prefix: tuple = ()):
+  """Every gradient the release computes (of its trainable tensors) equals sltjax's, and sltjax's
+  translation config freezes exactly the tensors the release freezes. `prefix`: the path of
+  `grads` in the translator."""
+  frozen = re.compile(FROZEN['translation'])
+  compared = set()
+  for path, grad in nnx.to_flat_state(grads):
+    path = prefix + path
+    name = sign2gpt_release_name(path, 'translation')
+    trained = not frozen.search('/'.join(map(str, path)))
+    assert trained == (name in expected), (path, name)
+    if trained:
+      assert_close(grad.get_value(), sign2gpt_layout(path, expected[name]), rtol=2e-5)
+      compared.add(name)
+  assert compared == set(expected)
+
+
+def test_stage2_logits_loss_and_every_trained_gradient_match_the_release():
+  model = release_stage2()
+  features = jnp.asarray(GOLDEN2['features'])
+  text, valid, labels, weights = text_batch()
+
+  def loss(m):
+    visual = m.visual_tokens_of_features(features, jnp.ones(features.shape[:2]))
+    logits = m.lm(text[:, :-1], valid[:, :-1], visual=visual)
+    return mean_cross_entropy(logits, labels[:, :-1], weights[:, :-1], 0.1)[0], logits
+  (value, logits), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+  target = np.asarray(weights[:, :-1]) > 0  # the release's logits at padding are not compared
+  assert_close(np.asarray(logits)[target], GOLDEN2['logits'][target])
+  assert_close(value, GOLDEN2['loss'])
+  gates = [layer.visual_adaptor.gate[...] for layer in model.lm.layers]
+  np.testing.assert_array_equal(np.stack(gates), GOLDEN2['gates'].reshape(len(gates), -1))
+  assert_trained_gradients_match(grads, GOLDEN2['grad'])
+
+
+def test_the_adapted_xglm_masks_visual_tokens_and_text_as_the_release():
+  model = release_stage2()
+  text, valid, labels, weights = text_batch()
+  visual_mask = jnp.asarray(GOLDEN2['visual_mask'], jnp.int32)
+
+  def loss(lm, visual):
+    logits = lm(text[:, :-1], valid[:, :-1], visual=(visual, visual_mask))
+    return mean_cross_entropy(logits, labels[:, :-1], weights[:, :-1], 0.1)[0], logits
+  (value, logits), (grads, grad_visual) = nnx.value_and_grad(
+      loss, argnums=(0, 1), has_aux=True)(model.lm, jnp.asarray(GOLDEN2['visual']))
+  target = np.asarray(weights[:, :-1]) > 0
+  assert_close(np.asarray(logits)[target], GOLDEN2['lm_logits'][target])
+  assert_close(value, GOLDEN2['lm_loss'])
+  assert_close(grad_visual, GOLDEN2['lm_grad_visual'], rtol=2e-5)
+  assert np.all(GOLDEN2['lm_grad_visual'][~GOLDEN2['visual_mask']] == 0)  # padding: nothing
+  expected = {SIGN2GPT_LM + k: v for k, v in GOLDEN2['lm_grad'].items()}
+  assert_trained_gradients_match(grads, expected, prefix=('lm',))

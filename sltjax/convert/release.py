@@ -51,6 +51,7 @@ from flax import nnx
 from sltjax.convert.backbones import s3d_release_name
 from sltjax.convert.hf import drop_tied_copies, hf_layout, hf_name
 from sltjax.convert.state_dict import TORCH_LEAF_NAMES, fill_state, torch_layout
+from sltjax.convert.xglm import hf_name as xglm_hf_name
 from sltjax.errors import UserError, exit_with_user_error
 
 MMTLB_TRANSLATION = 'translation_network.model.'
@@ -105,20 +106,55 @@ def mmtlb_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State, dt
 _SIGN2GPT_BLOCK = {'attention': 'token_mixer.in_proj_container', 'fc1': 'mlp.mlp.0',
                    'fc2': 'mlp.mlp.3', 'layer_scale1': 'layer_scale_1',
                    'layer_scale2': 'layer_scale_2'}
+_XGLM_LORA = {'q_proj': 'wq', 'k_proj': 'wk', 'v_proj': 'wv', 'out_proj': 'wo'}
+_ADAPTOR_LORA = {'query': 'wq', 'key': 'wk', 'value': 'wv'}
+_LORA_FACTOR = {'a': 'l1', 'b': 'l2'}  # A [in, rank] <-> l1 [rank, in]; B [rank, out] <-> l2
+SIGN2GPT_STAGES = ('pseudo_gloss', 'translation')
+SIGN2GPT_LM = 'lang_model.'
 
 
-def sign2gpt_release_name(path: tuple) -> str:
-  """The release's stage-1 tensor name of an sltjax sign-encoder or prototype-head path, e.g.
-  ('sign_encoder', 'stages', 1, 0, 'attention', 'out_proj', 'kernel') ->
-  'sign_model.encoder.network_block.network.2.0.token_mixer.proj.weight'."""
-  if path[0] == 'head':
+def _sign2gpt_prefix(stage: str) -> str:
+  """Where the stage's model keeps stage 1's sign model: stage 2 holds all of stage 1's model
+  as its `sign_model`."""
+  if stage not in SIGN2GPT_STAGES:
+    raise ValueError(f'stage={stage!r}: expected one of {SIGN2GPT_STAGES}.')
+  return 'sign_model.' if stage == 'translation' else ''
+
+
+def _sign2gpt_lm_name(path: tuple) -> str:
+  """The release XGLM's tensor name (models/huggingface/modeling_xglm.py) of an sltjax path
+  inside `lm`: HF's names plus the LoRAs and the visual adaptor of every layer."""
+  if path[0] == 'layers' and path[2] == 'visual_adaptor':
+    attention = f'{SIGN2GPT_LM}model.layers.{path[1]}.self_attn'
+    if path[3] == 'gate':
+      return f'{attention}.adaptor_gate'
+    projection, factor = path[3].split('_')
+    return f'{attention}.adaptor_lora_{_ADAPTOR_LORA[projection]}_{_LORA_FACTOR[factor]}.weight'
+  if path[-1] in ('lora_a', 'lora_b'):
+    return (f'{SIGN2GPT_LM}model.layers.{path[1]}.self_attn.lora_{_XGLM_LORA[path[-2]]}_'
+            f'{_LORA_FACTOR[path[-1][-1]]}.weight')
+  return SIGN2GPT_LM + xglm_hf_name(path)
+
+
+def sign2gpt_release_name(path: tuple, stage: str = 'pseudo_gloss') -> str:
+  """The release's tensor name of an sltjax Sign2GPT parameter path in the model of `stage`
+  ('pseudo_gloss' or 'translation'), e.g. ('sign_encoder', 'stages', 1, 0, 'attention',
+  'out_proj', 'kernel') -> 'sign_model.encoder.network_block.network.2.0.token_mixer.proj.weight'
+  in stage 1, 'sign_model.sign_model.encoder...' in stage 2."""
+  prefix = _sign2gpt_prefix(stage)
+  if path[0] == 'head' and stage == 'pseudo_gloss':
     module = {'projection': 'fc_hidden.'}.get(path[1], '')
     leaf = TORCH_LEAF_NAMES[path[-1]] if module else path[1]
     return f'post_model.{module}{leaf}'
+  if path[0] == 'visual_projection' and stage == 'translation':
+    return f'post_model.fc.{TORCH_LEAF_NAMES[path[-1]]}'
+  if path[0] == 'lm' and stage == 'translation':
+    return _sign2gpt_lm_name(path[1:])
   if path[:2] != ('sign_encoder', 'stages'):
-    raise ValueError(f'Sign2GPT stage 1 has no released counterpart of {"/".join(map(str, path))}.')
-  stage, block, module, *rest = path[2:]
-  prefix = f'sign_model.encoder.network_block.network.{2 * int(stage)}.{block}'
+    raise ValueError(f'Sign2GPT ({stage}) has no released counterpart of '
+                     f'{"/".join(map(str, path))}.')
+  stage_index, block, module, *rest = path[2:]
+  prefix = f'{prefix}sign_model.encoder.network_block.network.{2 * int(stage_index)}.{block}'
   if module == 'attention' and rest[0] == 'out_proj':
     return f'{prefix}.token_mixer.proj.{TORCH_LEAF_NAMES[rest[-1]]}'
   if module.startswith('layer_scale'):
@@ -127,21 +163,35 @@ def sign2gpt_release_name(path: tuple) -> str:
   return '.'.join([prefix, name, *map(str, rest[:-1]), TORCH_LEAF_NAMES[rest[-1]]])
 
 
-def _sign2gpt_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
-  if path[-1] in ('class_temperature', 'time_temperature'):
+def sign2gpt_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
+  """A release tensor in the layout of the sltjax parameter at `path`."""
+  leaf = path[-1]
+  if leaf in ('class_temperature', 'time_temperature'):
     return tensor.reshape(())  # the release keeps [1]
+  if leaf == 'gate':
+    return tensor.reshape(-1)  # the release's [1, heads, 1, 1]
+  if leaf.endswith(('_a', '_b')) and tensor.ndim == 2:
+    return tensor.T  # LoRA factors, Linear weights in the release
   return torch_layout(path, tensor)
 
 
-def sign2gpt_stage1_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State, dtype,
-                          *, ignored: Callable[[str], bool] = lambda name: False) -> nnx.State:
-  """`abstract_state` of sltjax's sign encoder and prototype head (paths starting 'sign_encoder'
-  and 'head') filled from the release's stage-1 state dict: the head's prototypes are its
-  vocab_embedding's columns, unit-normalised. Raises ValueError listing every missing, unused
-  or mis-shaped tensor."""
+def sign2gpt_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State, dtype, *,
+                   stage: str, ignored: Callable[[str], bool] = lambda name: False
+                   ) -> nnx.State:
+  """`abstract_state` (parts of an sltjax Sign2GPT model of `stage`) filled from the release's
+  state dict of that stage (test_pretraining.Model's or test_stage2_model.Model's). Stage 1's
+  prototypes are its vocab_embedding's columns, unit-normalised; stage 2's tied lm_head must
+  equal the token embeddings. Raises ValueError listing every missing, unused or mis-shaped
+  tensor."""
   state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+  problems = []
+  head = state_dict.pop(f'{SIGN2GPT_LM}lm_head.weight', None)
+  embedding = state_dict.get(f'{SIGN2GPT_LM}model.embed_tokens.weight')
+  if head is not None and embedding is not None and not np.array_equal(head, embedding):
+    problems.append(f'{SIGN2GPT_LM}lm_head.weight differs from the token embeddings (the '
+                    'release ties them)')
   vocab = state_dict.pop('post_model.vocab_embedding', None)
-  flat, problems = [], []
+  flat = []
   for path, variable in nnx.to_flat_state(abstract_state):
     if path == ('head', 'prototypes'):
       if vocab is None:
@@ -152,10 +202,11 @@ def sign2gpt_stage1_state(state_dict: dict[str, np.ndarray], abstract_state: nnx
       flat.append((path, variable.replace(jnp.asarray(vectors, jnp.float32))))
   rest = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(abstract_state)
                               if p != ('head', 'prototypes')])
-  filled = fill_state(rest, state_dict, sign2gpt_release_name, dtype, layout=_sign2gpt_layout,
-                      problems=problems, what="Sign2GPT's release (stage 1's state dict)",
-                      ignored=lambda n: (n.endswith(('.pos', 'inv_freq', 'zero_embedding'))
-                                         or ignored(n)))
+  fixed_tables = ('.pos', 'inv_freq', 'zero_embedding', 'embed_positions.weights')
+  filled = fill_state(rest, state_dict, lambda path: sign2gpt_release_name(path, stage), dtype,
+                      layout=sign2gpt_layout, problems=problems,
+                      what=f"Sign2GPT's release ({stage}'s state dict)",
+                      ignored=lambda n: n.endswith(fixed_tables) or ignored(n))
   return nnx.from_flat_state(list(nnx.to_flat_state(filled)) + flat)
 
 

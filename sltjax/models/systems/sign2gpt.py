@@ -377,7 +377,12 @@ class Sign2GPTTranslator(nnx.Module):
 
   def visual_tokens(self, frames, frame_mask, rngs=None):
     """(tokens [B, T', d_LM], mask [B, T']) of a batch of clips."""
-    x, mask = self.sign_encoder(self.frames(frames, frame_mask, rngs), frame_mask, rngs)
+    return self.visual_tokens_of_features(self.frames(frames, frame_mask, rngs), frame_mask,
+                                          rngs)
+
+  def visual_tokens_of_features(self, features, frame_mask, rngs=None):
+    """(tokens [B, T', d_LM], mask [B, T']) of FrameEncoder's features [B, T, dim]."""
+    x, mask = self.sign_encoder(features, frame_mask, rngs)
     x = x + sinusoidal_positions(x.shape[1], x.shape[2]).astype(x.dtype)[None]
     return self.visual_projection(x), mask
 

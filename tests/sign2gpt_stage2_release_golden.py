@@ -1,0 +1,180 @@
+r"""Golden outputs of Sign2GPT's released stage 2 (translation), for
+tests/test_sign2gpt_release_parity.py: the sign encoder, the visual projection and the frozen XGLM
+with its LoRAs and zero-gated cross-attention, its logits, its loss and every trained gradient.
+
+Release: https://github.com/ryanwongsa/Sign2GPT, commit 5555935 (as
+tests/sign2gpt_release_golden.py). Regenerate where the release, torch and xformers 0.0.28 are
+present:
+
+  PYTHONPATH=/path/to/xformers-0.0.28 python tests/sign2gpt_stage2_release_golden.py \
+      /path/to/Sign2GPT
+
+Run as released, in evaluation mode: models/trial_models/test_stage2_model.py's Model and its
+forward (teacher forcing), holding stage 1's model (models/trial_models/test_pretraining.py,
+basic_sign_encoder's MetaFormer at stage 1's golden width) with its prototype head removed, the
+post model of configs/phoenix2014t/phoenix_stage2_configs/PHX_example_s2_dyn_config.py
+(models.post_models.linear_pos_head, sine positions before the Linear), and the release's
+models/huggingface/modeling_xglm.py at a small width (48, 4 heads, 2 layers) with that config's
+adaptor: every layer adapted and with LoRA, rank 4, alpha 4, clamped gates, no feed-forward LoRA.
+The loss is losses/loss_functions/ce_loss.py (label smoothing 0.1, mean over the target tokens)
+on the trainer's text layout (complete_translation_trainer.py: `</s> X </s>` right-padded, the
+input without its last token, the targets without the first).
+
+Stand-ins: the stage-1 golden's (xformers' attention by its definition, timm's DropPath and
+trunc_normal_, fasttext and ignite); DINOv2 and its projection (the spatial model) are replaced
+by one that returns the given frame features, all frames valid. Every weight is random (the
+gates drawn in [-0.3, 1.3] so that the clamp acts both ways, every LoRA B non-zero), computed in
+float64 and stored in float32. A second part runs the XGLM alone on visual tokens and text of
+different lengths (padded visual tokens and padded text), with the gradient of its visual input.
+"""
+import importlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# pylint: disable=wrong-import-position
+from tests import release_golden_files
+from tests import sign2gpt_release_golden as stage1
+from tests.sign2gpt_release_golden import DIM, FRAMES, RELEASE_COMMIT, encoder_params, stand_ins
+
+GOLDEN_FILE = pathlib.Path(__file__).with_name('sign2gpt_stage2_release_golden.npz')
+LM = {'vocab_size': 60, 'd_model': 48, 'num_layers': 2, 'attention_heads': 4, 'ffn_dim': 96,
+      'max_position_embeddings': 64, 'pad_token_id': 1, 'bos_token_id': 0, 'eos_token_id': 2}
+ADAPTOR = {'adapt_layers': [0, 1], 'lora_layers': [0, 1], 'w_lora_ff': False, 'lora_rank': 4,
+           'lora_drop': 0.1, 'gate_type': 'clamp', 'lora_a': 4.0, 'adapt_tokens': False}
+VISUAL_LENGTHS = (5, 3)  # the XGLM-alone part: visual tokens per row
+
+
+def inputs() -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(7)
+  # `</s> X </s>` (ids 3.. are words), right-padded with <pad> = 1, as the XGLM tokenizer writes
+  sentences = [[2, 14, 9, 33, 57, 21, 2], [2, 40, 6, 18, 2, 1, 1]]
+  visual_mask = np.arange(5)[None] < np.array(VISUAL_LENGTHS)[:, None]
+  return {'features': rng.standard_normal((2, FRAMES, DIM)).astype(np.float32),
+          'text': np.array(sentences),
+          'visual': rng.standard_normal((2, 5, LM['d_model'])).astype(np.float32),
+          'visual_mask': visual_mask}
+
+
+def text_batch(torch, text: np.ndarray) -> dict:
+  """complete_translation_trainer's model input and targets of token rows [batch, length]."""
+  ids = torch.from_numpy(text)
+  attention = ids != LM['pad_token_id']
+  return {'text_ids': ids[:, :-1], 'text_mask': attention[:, :-1],
+          'gt_ids': ids[:, 1:], 'gt_text_mask': attention[:, 1:]}
+
+
+def release_model(torch):
+  """The release's stage-2 Model at the golden's sizes (weights random; see the docstring)."""
+  stage2 = importlib.import_module('models.trial_models.test_stage2_model')
+  stage1 = importlib.import_module('models.trial_models.test_pretraining')
+  sign = importlib.import_module('models.model_sign_encoder.basic_sign_encoder')
+  meta_model = importlib.import_module('models.metaformer.meta_model')
+  post = importlib.import_module('models.post_models.linear_pos_head')
+  xglm = importlib.import_module('models.huggingface.modeling_xglm')
+
+  class Features(torch.nn.Module):
+    """Stands in for DINOv2 + projection + BatchNorm: the frame features, all frames valid."""
+
+    def forward(self, frame_features, max_len):
+      del max_len
+      return frame_features, torch.ones(frame_features.shape[:2], dtype=torch.bool), {}
+
+  def bare(cls):  # a module of `cls` whose attributes are set below, as its __init__ would
+    module = cls.__new__(cls)
+    torch.nn.Module.__init__(module)
+    return module
+
+  model = bare(stage2.Model)
+  model.sign_model = bare(stage1.Model)
+  model.sign_model.sign_model = bare(sign.Model)
+  model.sign_model.sign_model.spatial_model = Features()
+  model.sign_model.sign_model.encoder = meta_model.MetaFormer(**encoder_params())
+  model.sign_model.post_model = None  # as stage 2's __init__ sets it
+  model.sign_model.dim = DIM
+  model.lang_model = xglm.XGLMForCausalLM(xglm.XGLMConfig(**LM))
+  # transformers 4.31 (the release's environment.yml) ties lm_head to the token embeddings in
+  # post_init; 5.x does not for this class (it names no _tied_weights_keys): tied as it ran.
+  model.lang_model.lm_head.weight = model.lang_model.model.embed_tokens.weight
+  for param in model.lang_model.parameters():
+    param.requires_grad = False
+  model.lang_model.init_adaptor(**ADAPTOR)
+  model.post_model = post.Model(pos_type='sine', pre_pos=True, in_dim=DIM,
+                                out_dim=LM['d_model'])
+  model.pretext_length = 1  # the config's empty pretext: the tokenizer's leading </s>
+  return model
+
+
+def randomise(torch, model) -> None:
+  """Every weight drawn so that no path is hidden (see the docstring)."""
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith('adaptor_gate'):
+        p.copy_(torch.rand(p.shape) * 1.6 - 0.3)
+      elif 'layer_scale' in name:
+        p.copy_(torch.rand(p.shape) * 0.5 + 0.25)
+      elif 'norm' in name and name.endswith('weight'):
+        p.copy_(1.0 + 0.2 * torch.randn(p.shape))
+      elif name.startswith('lang_model'):
+        p.copy_(0.3 * torch.randn(p.shape) if p.dim() > 1 else 0.1 * torch.randn(p.shape))
+      elif name.startswith('post_model'):
+        p.copy_(0.2 * torch.randn(p.shape))
+
+
+def main(release_dir: str):
+  import torch  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, release_dir)
+  stand_ins(torch)
+  torch.set_default_dtype(torch.float64)
+  torch.manual_seed(0)
+  loss_fn = importlib.import_module('losses.loss_functions.ce_loss').Loss(
+      src_name='logits', tgt_name='gt_ids', mask_name='gt_text_mask', label_smoothing=0.1)
+  data = inputs()
+  model = release_model(torch)
+  randomise(torch, model)
+  model.double().eval()
+
+  text = text_batch(torch, data['text'])
+  features = torch.from_numpy(data['features']).double()
+  frame_mask = torch.ones(features.shape[:2], dtype=torch.bool)
+  out = model(text['text_ids'], text['text_mask'], features, frame_mask, max_len=FRAMES)
+  loss = loss_fn(out, text)
+  loss.backward()
+  state = {k: v for k, v in model.state_dict().items()
+           if not k.endswith(('.pos', 'inv_freq', 'embed_positions.weights'))}
+  golden = {'state': json.dumps(sorted(state))}
+  golden.update({f'param/{k}': v.float().numpy() for k, v in state.items()})
+  golden.update({f'grad/{k}': p.grad.float().numpy() for k, p in model.named_parameters()
+                 if p.grad is not None})
+  golden.update(logits=out['logits'].detach().float().numpy(), loss=loss.item(),
+                gates=out['gates'].detach().float().numpy())
+
+  model.zero_grad()
+  visual = torch.from_numpy(data['visual']).double().requires_grad_()
+  lm_out = model.lang_model(input_ids=text['text_ids'], inputs_adaptors=visual,
+                            adaptor_mask=torch.from_numpy(data['visual_mask']),
+                            attention_mask=text['text_mask'], use_cache=False)
+  lm_loss = loss_fn({'logits': lm_out.logits}, text)
+  lm_loss.backward()
+  golden.update({f'lm_grad/{k}': p.grad.float().numpy()
+                 for k, p in model.lang_model.named_parameters() if p.grad is not None})
+  golden.update(lm_logits=lm_out.logits.detach().float().numpy(), lm_loss=lm_loss.item(),
+                lm_grad_visual=visual.grad.float().numpy(), release_commit=RELEASE_COMMIT,
+                torch=torch.__version__)
+  np.savez_compressed(GOLDEN_FILE, **data, **golden)
+  print(f'{GOLDEN_FILE}: loss {loss.item():.6f}, XGLM-alone loss {lm_loss.item():.6f}; '
+        f'{len(golden) - 6} arrays; torch {torch.__version__}')
+
+
+def load_golden() -> dict:
+  """The golden file's arrays, with 'state', 'grad' and 'lm_grad': {release name: array}."""
+  golden = stage1.load_golden(GOLDEN_FILE)
+  golden['lm_grad'] = release_golden_files.named(golden, 'lm_grad')
+  return golden
+
+
+if __name__ == '__main__':
+  release_golden_files.run_from_command_line(main, 'Sign2GPT')
