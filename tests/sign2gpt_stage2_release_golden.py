@@ -10,23 +10,29 @@ present:
       /path/to/Sign2GPT
 
 Run as released, in evaluation mode: models/trial_models/test_stage2_model.py's Model and its
-forward (teacher forcing), holding stage 1's model (models/trial_models/test_pretraining.py,
-basic_sign_encoder's MetaFormer at stage 1's golden width) with its prototype head removed, the
-post model of configs/phoenix2014t/phoenix_stage2_configs/PHX_example_s2_dyn_config.py
-(models.post_models.linear_pos_head, sine positions before the Linear), and the release's
-models/huggingface/modeling_xglm.py at a small width (48, 4 heads, 2 layers) with that config's
-adaptor: every layer adapted and with LoRA, rank 4, alpha 4, clamped gates, no feed-forward LoRA.
-The loss is losses/loss_functions/ce_loss.py (label smoothing 0.1, mean over the target tokens)
-on the trainer's text layout (complete_translation_trainer.py: `</s> X </s>` right-padded, the
-input without its last token, the targets without the first).
+forward (teacher forcing) from frames, holding stage 1's model (test_pretraining.py: the frame
+model models/spatial_models/frame_models/dino_adaptor_model.py, i.e. DINOv2 with LoRA on its last
+block's fused qkv, proj, fc1 and fc2 as configs/standards/standard_meta_model_zero_config.py,
+Linear and BatchNorm; basic_sign_encoder's MetaFormer at stage 1's golden width) with its
+prototype head removed, the post model of configs/phoenix2014t/phoenix_stage2_configs/
+PHX_example_s2_dyn_config.py (linear_pos_head: sine positions before the Linear), and the
+release's models/huggingface/modeling_xglm.py at a small width (48, 4 heads, 2 layers) with that
+config's adaptor: every layer adapted and with LoRA, rank 4, alpha 4, clamped gates, no
+feed-forward LoRA. DINOv2 is small too (width 32, 2 blocks, 28 x 28 frames: no position
+interpolation). The loss is losses/loss_functions/ce_loss.py (label smoothing 0.1, mean over the
+target tokens) on the trainer's text layout (complete_translation_trainer.py: `</s> X </s>`
+right-padded, the input without its last token, the targets without the first).
 
 Stand-ins: the stage-1 golden's (xformers' attention by its definition, timm's DropPath and
-trunc_normal_, fasttext and ignite); DINOv2 and its projection (the spatial model) are replaced
-by one that returns the given frame features, all frames valid. Every weight is random (the
-gates drawn in [-0.3, 1.3] so that the clamp acts both ways, every LoRA B non-zero), computed in
-float64 and stored in float32. A second part runs the XGLM alone on visual tokens and text of
-different lengths (padded visual tokens and padded text), with the gradient of its visual input.
+trunc_normal_, fasttext and ignite), and DINOv2's MemEffAttention runs its parent's plain
+attention (xformers has no CPU kernel). The frame model is built as its __init__ builds it, less
+the download of Meta's weights. Every weight is random (the gates drawn in [-0.3, 1.3] so that
+the clamp acts both ways, every LoRA B non-zero, BatchNorm's running statistics too), computed in
+float64 and stored in float32; the clips are full length (see the stage-1 golden on padding). A
+second part runs the XGLM alone on visual tokens and text of different lengths (padded visual
+tokens and padded text), with the gradient of its visual input.
 """
+import functools
 import importlib
 import json
 import pathlib
@@ -45,6 +51,11 @@ LM = {'vocab_size': 60, 'd_model': 48, 'num_layers': 2, 'attention_heads': 4, 'f
       'max_position_embeddings': 64, 'pad_token_id': 1, 'bos_token_id': 0, 'eos_token_id': 2}
 ADAPTOR = {'adapt_layers': [0, 1], 'lora_layers': [0, 1], 'w_lora_ff': False, 'lora_rank': 4,
            'lora_drop': 0.1, 'gate_type': 'clamp', 'lora_a': 4.0, 'adapt_tokens': False}
+DINO = {'hidden_size': 32, 'num_layers': 2, 'num_heads': 2}
+# standard_meta_model_zero_config.py's spatial adapt_params (there on blocks 9-11 of 12)
+DINO_LORA = {'w_lora': True, 'w_lora_ff': True, 'lora_rank': 4, 'lora_drop': 0.1, 'lora_a': 4.0,
+             'rng_init': False}
+IMAGE = 28  # frames of 2 x 2 patches, DINOv2's position grid (no interpolation)
 VISUAL_LENGTHS = (5, 3)  # the XGLM-alone part: visual tokens per row
 
 
@@ -53,7 +64,7 @@ def inputs() -> dict[str, np.ndarray]:
   # `</s> X </s>` (ids 3.. are words), right-padded with <pad> = 1, as the XGLM tokenizer writes
   sentences = [[2, 14, 9, 33, 57, 21, 2], [2, 40, 6, 18, 2, 1, 1]]
   visual_mask = np.arange(5)[None] < np.array(VISUAL_LENGTHS)[:, None]
-  return {'features': rng.standard_normal((2, FRAMES, DIM)).astype(np.float32),
+  return {'frames': rng.standard_normal((2, FRAMES, IMAGE, IMAGE, 3)).astype(np.float32),
           'text': np.array(sentences),
           'visual': rng.standard_normal((2, 5, LM['d_model'])).astype(np.float32),
           'visual_mask': visual_mask}
@@ -67,6 +78,26 @@ def text_batch(torch, text: np.ndarray) -> dict:
           'gt_ids': ids[:, 1:], 'gt_text_mask': attention[:, 1:]}
 
 
+def release_frame_model(torch, bare):
+  """dino_adaptor_model.Model (DINOv2 with the stage configs' LoRAs on its last block's fused
+  qkv, proj, fc1 and fc2; Linear; BatchNorm) at the golden's DINOv2 size, built as its __init__
+  builds it without the download: the DINOv2 frozen but for the LoRAs (the tensors the Meta
+  checkpoint lacks)."""
+  frames = importlib.import_module('models.spatial_models.frame_models.dino_adaptor_model')
+  vit = importlib.import_module('models.dinov2.model.vision_transformer')
+  model = bare(frames.Model)
+  model.spatial_model = vit.DinoVisionTransformer(
+      img_size=IMAGE, patch_size=14, embed_dim=DINO['hidden_size'], depth=DINO['num_layers'],
+      num_heads=DINO['num_heads'], mlp_ratio=4, init_values=1.0, block_chunks=0,
+      block_fn=functools.partial(vit.Block, attn_class=vit.MemEffAttention),
+      adaptor_layers=[DINO['num_layers'] - 1], adapt_params=DINO_LORA)
+  for name, param in model.spatial_model.named_parameters():
+    param.requires_grad = 'lora_' in name
+  model.lin = torch.nn.Linear(DINO['hidden_size'], DIM)
+  model.bn = torch.nn.BatchNorm1d(DIM)
+  return model
+
+
 def release_model(torch):
   """The release's stage-2 Model at the golden's sizes (weights random; see the docstring)."""
   stage2 = importlib.import_module('models.trial_models.test_stage2_model')
@@ -76,13 +107,6 @@ def release_model(torch):
   post = importlib.import_module('models.post_models.linear_pos_head')
   xglm = importlib.import_module('models.huggingface.modeling_xglm')
 
-  class Features(torch.nn.Module):
-    """Stands in for DINOv2 + projection + BatchNorm: the frame features, all frames valid."""
-
-    def forward(self, frame_features, max_len):
-      del max_len
-      return frame_features, torch.ones(frame_features.shape[:2], dtype=torch.bool), {}
-
   def bare(cls):  # a module of `cls` whose attributes are set below, as its __init__ would
     module = cls.__new__(cls)
     torch.nn.Module.__init__(module)
@@ -91,7 +115,7 @@ def release_model(torch):
   model = bare(stage2.Model)
   model.sign_model = bare(stage1.Model)
   model.sign_model.sign_model = bare(sign.Model)
-  model.sign_model.sign_model.spatial_model = Features()
+  model.sign_model.sign_model.spatial_model = release_frame_model(torch, bare)
   model.sign_model.sign_model.encoder = meta_model.MetaFormer(**encoder_params())
   model.sign_model.post_model = None  # as stage 2's __init__ sets it
   model.sign_model.dim = DIM
@@ -120,14 +144,22 @@ def randomise(torch, model) -> None:
         p.copy_(1.0 + 0.2 * torch.randn(p.shape))
       elif name.startswith('lang_model'):
         p.copy_(0.3 * torch.randn(p.shape) if p.dim() > 1 else 0.1 * torch.randn(p.shape))
-      elif name.startswith('post_model'):
+      elif name.startswith('post_model') or 'spatial_model' in name:
         p.copy_(0.2 * torch.randn(p.shape))
+    for name, buffer in model.named_buffers():
+      if name.endswith('running_mean'):
+        buffer.copy_(0.3 * torch.randn(buffer.shape))
+      elif name.endswith('running_var'):
+        buffer.copy_(0.5 + torch.rand(buffer.shape))
 
 
 def main(release_dir: str):
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, release_dir)
   stand_ins(torch)
+  # xformers' fused attention has no CPU kernel: DINOv2's MemEffAttention falls back to its
+  # parent's plain attention, softmax(q k^T / sqrt(head_dim)) v.
+  importlib.import_module('models.dinov2.layers.attention').XFORMERS_AVAILABLE = False
   torch.set_default_dtype(torch.float64)
   torch.manual_seed(0)
   loss_fn = importlib.import_module('losses.loss_functions.ce_loss').Loss(
@@ -138,13 +170,14 @@ def main(release_dir: str):
   model.double().eval()
 
   text = text_batch(torch, data['text'])
-  features = torch.from_numpy(data['features']).double()
-  frame_mask = torch.ones(features.shape[:2], dtype=torch.bool)
-  out = model(text['text_ids'], text['text_mask'], features, frame_mask, max_len=FRAMES)
+  clips = [torch.from_numpy(clip).double().permute(0, 3, 1, 2) for clip in data['frames']]
+  frame_mask = torch.ones(len(clips), FRAMES, dtype=torch.bool)
+  out = model(text['text_ids'], text['text_mask'], clips, frame_mask, max_len=FRAMES)
   loss = loss_fn(out, text)
   loss.backward()
   state = {k: v for k, v in model.state_dict().items()
-           if not k.endswith(('.pos', 'inv_freq', 'embed_positions.weights'))}
+           if not k.endswith(('.pos', 'inv_freq', 'embed_positions.weights',
+                              'num_batches_tracked'))}
   golden = {'state': json.dumps(sorted(state))}
   golden.update({f'param/{k}': v.float().numpy() for k, v in state.items()})
   golden.update({f'grad/{k}': p.grad.float().numpy() for k, p in model.named_parameters()

@@ -102,9 +102,13 @@ def test_meta_checkpoint_converts_from_its_shapes_alone(hf_model, tmp_path):
                                rtol=1e-4, atol=1e-4)
   broken = meta_state_dict(model)
   del broken['blocks.1.attn.proj.weight']
+  broken['blocks.0.attn.qkv.bias'] = broken['blocks.0.attn.qkv.bias'][:-1]
   torch.save(broken, path)
-  with pytest.raises(ValueError, match='missing encoder.layer.1.attention.o_proj.weight'):
+  with pytest.raises(ValueError) as error:  # named as in the checkpoint, the fused qkv by part
     load_dinov2(str(path))
+  assert 'missing blocks.1.attn.proj.weight (for layers/1/attention/out_proj/kernel' in str(
+      error.value)
+  assert 'blocks.0.attn.qkv.bias[v] has shape (127,)' in str(error.value)
 
 
 @pytest.mark.parametrize('in_size,out_size', [(37, 16), (4, 7), (5, 3), (4, 4)])

@@ -1,8 +1,9 @@
 """Sign2GPT against its authors' released code, from the release's own state dicts
 (sltjax.convert.release): stage 1 (tests/sign2gpt_release_golden.py: the sign encoder, the
 prototype head and the pseudo-gloss loss) and stage 2 (tests/sign2gpt_stage2_release_golden.py:
-the sign encoder, the visual projection and the frozen XGLM with its LoRAs and zero-gated
-cross-attention, and the label-smoothed translation loss), their outputs and every gradient.
+the whole translator from frames: DINOv2 with its LoRAs, projection and BatchNorm, the sign
+encoder, the visual projection and the frozen XGLM with its LoRAs and zero-gated cross-attention,
+and the label-smoothed translation loss), their outputs and every gradient.
 
 Deliberate difference: the release's temporal pooling averages padded frames' features into the
 last valid window; sltjax zeroes padded frames first, so a video's features do not depend on its
@@ -19,13 +20,13 @@ from flax import nnx
 
 from configs.sign2gpt import FROZEN
 from sltjax.convert.release import (SIGN2GPT_LM, sign2gpt_layout, sign2gpt_release_name,
-                                    sign2gpt_state)
+                                    sign2gpt_release_tensors, sign2gpt_state)
 from sltjax.losses import mean_cross_entropy
-from sltjax.models.layers.dense import dense
-from sltjax.models.systems.sign2gpt import (AdaptorConfig, PrototypeHead, SignEncoder,
-                                            SignEncoderConfig, Sign2GPTTranslator, adapt_xglm,
+from sltjax.models.backbones.registry import BackboneOptions
+from sltjax.models.systems.sign2gpt import (AdaptorConfig, FrameEncoderConfig, PrototypeHead,
+                                            SignEncoder, SignEncoderConfig, Sign2GPTTranslator,
                                             pseudo_gloss_loss)
-from sltjax.models.xglm import XGLM, XGLMConfig
+from sltjax.models.xglm import XGLMConfig
 from tests import sign2gpt_stage2_release_golden as stage2_golden
 from tests.sign2gpt_release_golden import CLASSES, DIM, HEADS, HIDDEN, load_golden
 
@@ -106,21 +107,15 @@ def test_a_stage1_state_dict_missing_or_extra_tensors_lists_them_all():
   assert 'unexpected sign_model.encoder.network_block.network.2.1.norm3.bias' in message
 
 
-class Stage2(Sign2GPTTranslator):
-  """sltjax's translator without its frame encoder, which the golden replaces (it feeds the
-  sign encoder frame features): the parts the golden covers, under their attribute names."""
-
-  def __init__(self, *, rngs: nnx.Rngs):  # pylint: disable=super-init-not-called
-    lm = stage2_golden.LM
-    self.sign_encoder = SignEncoder(SignEncoderConfig(dim=DIM, heads=HEADS), rngs=rngs)
-    self.visual_projection = dense(DIM, lm['d_model'], ('conv_in', 'embed'), dtype='float32',
-                                   param_dtype='float32', rngs=rngs)
-    self.lm = XGLM(XGLMConfig(**lm), rngs=rngs)
-    adapt_xglm(self.lm, AdaptorConfig(), rngs)
-
-
-def release_stage2() -> Stage2:
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Stage2(rngs=nnx.Rngs(0))))
+def release_translator() -> Sign2GPTTranslator:
+  """sltjax's stage-2 model at the golden's sizes, filled from the release's state dict."""
+  lm, dino = stage2_golden.LM, stage2_golden.DINO
+  architecture = BackboneOptions(architecture=(*dino.items(),
+                                               ('image_size', stage2_golden.IMAGE)))
+  frames = FrameEncoderConfig(backbone_options=architecture, lora_last_layers=1, dim=DIM)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Sign2GPTTranslator(
+      frames, SignEncoderConfig(dim=DIM, heads=HEADS), XGLMConfig(**lm), AdaptorConfig(),
+      rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, sign2gpt_state(GOLDEN2['state'], abstract, jnp.float32,
                                             stage='translation'))
 
@@ -140,6 +135,7 @@ def assert_trained_gradients_match(grads, expected: dict, prefix: tuple = ()):
   translation config freezes exactly the tensors the release freezes. `prefix`: the path of
   `grads` in the translator."""
   frozen = re.compile(FROZEN['translation'])
+  expected = sign2gpt_release_tensors(expected)
   compared = set()
   for path, grad in nnx.to_flat_state(grads):
     path = prefix + path
@@ -153,13 +149,12 @@ def assert_trained_gradients_match(grads, expected: dict, prefix: tuple = ()):
 
 
 def test_stage2_logits_loss_and_every_trained_gradient_match_the_release():
-  model = release_stage2()
-  features = jnp.asarray(GOLDEN2['features'])
+  model = release_translator()
+  frames = jnp.asarray(GOLDEN2['frames'])
   text, valid, labels, weights = text_batch()
 
   def loss(m):
-    visual = m.visual_tokens_of_features(features, jnp.ones(features.shape[:2]))
-    logits = m.lm(text[:, :-1], valid[:, :-1], visual=visual)
+    logits = m(frames, jnp.ones(frames.shape[:2]), text[:, :-1], valid[:, :-1])
     return mean_cross_entropy(logits, labels[:, :-1], weights[:, :-1], 0.1)[0], logits
   (value, logits), grads = nnx.value_and_grad(loss, has_aux=True)(model)
   target = np.asarray(weights[:, :-1]) > 0  # the release's logits at padding are not compared
@@ -171,7 +166,7 @@ def test_stage2_logits_loss_and_every_trained_gradient_match_the_release():
 
 
 def test_the_adapted_xglm_masks_visual_tokens_and_text_as_the_release():
-  model = release_stage2()
+  model = release_translator()
   text, valid, labels, weights = text_batch()
   visual_mask = jnp.asarray(GOLDEN2['visual_mask'], jnp.int32)
 

@@ -33,17 +33,6 @@ _OLD_HF_NAMES = (  # hub snapshots -> transformers 5 names
     (r'\.attention\.attention\.value\.', '.attention.v_proj.'),
     (r'\.attention\.output\.dense\.', '.attention.o_proj.'),
 )
-_META_NAMES = (  # Meta's release -> transformers 5 names (qkv is split first)
-    (r'^cls_token$', 'embeddings.cls_token'), (r'^pos_embed$', 'embeddings.position_embeddings'),
-    (r'^mask_token$', 'embeddings.mask_token'),
-    (r'^patch_embed\.proj\.', 'embeddings.patch_embeddings.projection.'),
-    (r'^blocks\.(\d+)\.attn\.proj\.', r'encoder.layer.\1.attention.o_proj.'),
-    (r'^blocks\.(\d+)\.attn\.([qkv])_proj\.', r'encoder.layer.\1.attention.\2_proj.'),
-    (r'^blocks\.(\d+)\.ls(\d)\.gamma$', r'encoder.layer.\1.layer_scale\2.lambda1'),
-    (r'^blocks\.(\d+)\.', r'encoder.layer.\1.'), (r'^norm\.', 'layernorm.'),
-)
-
-
 def hf_name(path: tuple) -> str:
   """Hugging Face (transformers 5) name of an sltjax DINOv2 parameter path."""
   names = [str(p) for p in path]
@@ -72,16 +61,46 @@ def _rename(state_dict: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]:
   return out
 
 
-def _split_qkv(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Meta's fused `blocks.N.attn.qkv` [3D, D] -> separate q/k/v projections."""
+def meta_name(path: tuple) -> str:
+  """Meta's (facebookresearch/dinov2) tensor name of an sltjax DINOv2 parameter path; q, k and v
+  are row blocks of the fused `blocks.N.attn.qkv`, named as `split_fused` names them:
+  ('layers', 3, 'attention', 'k_proj', 'kernel') -> 'blocks.3.attn.qkv.weight[k]'."""
+  names = [str(p) for p in path]
+  if names[0] in ('cls_token', 'position_embeddings'):
+    return {'cls_token': 'cls_token', 'position_embeddings': 'pos_embed'}[names[0]]
+  leaf = TORCH_LEAF_NAMES.get(names[-1])
+  if names[0] == 'patch_embeddings':
+    return f'patch_embed.proj.{leaf}'
+  if names[0] == 'layernorm':
+    return f'norm.{leaf}'
+  _, index, module, *rest = names  # ('layers', i, 'attention', 'q_proj', 'kernel'), ...
+  block = f'blocks.{index}'
+  if module in ('layer_scale1', 'layer_scale2'):
+    return f'{block}.ls{module[-1]}.gamma'
+  if module == 'attention' and rest[0] == 'out_proj':
+    return f'{block}.attn.proj.{leaf}'
+  if module == 'attention':
+    return f'{block}.attn.qkv.{leaf}[{rest[0][0]}]'
+  if module in ('fc1', 'fc2'):
+    return f'{block}.mlp.{module}.{leaf}'
+  return f'{block}.{module}.{leaf}'  # norm1, norm2
+
+
+FUSED_QKV = r'\.attn\.qkv\.(weight|bias)$'
+
+
+def split_fused(state_dict: dict[str, np.ndarray], fused: str = FUSED_QKV
+                ) -> dict[str, np.ndarray]:
+  """state_dict with every tensor whose name matches the regex `fused` (a q/k/v projection fused
+  along its rows, [3 x out, ...]) replaced by its thirds 'NAME[q]', 'NAME[k]', 'NAME[v]' (of
+  unequal rows if it is mis-shaped, for the loader to report)."""
   out = {}
   for name, value in state_dict.items():
-    match = re.match(r'^(blocks\.\d+\.attn\.)qkv\.(weight|bias)$', name)
-    if not match:
+    if re.search(fused, name):
+      out.update({f'{name}[{part}]': chunk
+                  for part, chunk in zip('qkv', np.array_split(np.asarray(value), 3, axis=0))})
+    else:
       out[name] = value
-      continue
-    for part, chunk in zip('qkv', np.split(value, 3, axis=0)):
-      out[f'{match[1]}{part}_proj.{match[2]}'] = chunk
   return out
 
 
@@ -119,10 +138,10 @@ def dinov2_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
   """DINOv2 variables from a Hugging Face (either generation) or Meta state dict."""
   state_dict = {k.removeprefix('dinov2.'): v for k, v in state_dict.items()}
   if 'pos_embed' in state_dict:
-    state_dict = _rename(_split_qkv(state_dict), _META_NAMES)
-  state_dict = _rename(state_dict, _OLD_HF_NAMES)
-  return fill_state(abstract_state, state_dict, hf_name, dtype, what='sltjax DINOv2',
-                    ignored=lambda n: n == 'embeddings.mask_token')
+    return fill_state(abstract_state, split_fused(state_dict), meta_name, dtype,
+                      what="sltjax DINOv2 (Meta's names)", ignored=lambda n: n == 'mask_token')
+  return fill_state(abstract_state, _rename(state_dict, _OLD_HF_NAMES), hf_name, dtype,
+                    what='sltjax DINOv2', ignored=lambda n: n == 'embeddings.mask_token')
 
 
 def load_dinov2(path: str, dtype: str = 'float32', param_dtype: str | None = None,

@@ -49,6 +49,8 @@ from absl import app, flags
 from flax import nnx
 
 from sltjax.convert.backbones import s3d_release_name
+from sltjax.convert.dinov2 import meta_name as dinov2_meta_name
+from sltjax.convert.dinov2 import split_fused
 from sltjax.convert.hf import drop_tied_copies, hf_layout, hf_name
 from sltjax.convert.state_dict import TORCH_LEAF_NAMES, fill_state, torch_layout
 from sltjax.convert.xglm import hf_name as xglm_hf_name
@@ -109,6 +111,11 @@ _SIGN2GPT_BLOCK = {'attention': 'token_mixer.in_proj_container', 'fc1': 'mlp.mlp
 _XGLM_LORA = {'q_proj': 'wq', 'k_proj': 'wk', 'v_proj': 'wv', 'out_proj': 'wo'}
 _ADAPTOR_LORA = {'query': 'wq', 'key': 'wk', 'value': 'wv'}
 _LORA_FACTOR = {'a': 'l1', 'b': 'l2'}  # A [in, rank] <-> l1 [rank, in]; B [rank, out] <-> l2
+# DINOv2's LoRAs in the release (models/dinov2/layers): one on the fused qkv, one per other Linear
+_DINOV2_LORA = {'q_proj': 'attn.lora_w1', 'k_proj': 'attn.lora_w1', 'v_proj': 'attn.lora_w1',
+                'out_proj': 'attn.lora_w2', 'fc1': 'mlp.lora_w1', 'fc2': 'mlp.lora_w2'}
+_FRAME_MODULES = {'projection': 'lin', 'norm': 'bn'}
+_DINOV2_FUSED = r'\.attn\.(qkv\.(weight|bias)|lora_w1_l2\.weight)$'  # rows of q, k, v
 SIGN2GPT_STAGES = ('pseudo_gloss', 'translation')
 SIGN2GPT_LM = 'lang_model.'
 
@@ -119,6 +126,21 @@ def _sign2gpt_prefix(stage: str) -> str:
   if stage not in SIGN2GPT_STAGES:
     raise ValueError(f'stage={stage!r}: expected one of {SIGN2GPT_STAGES}.')
   return 'sign_model.' if stage == 'translation' else ''
+
+
+def _sign2gpt_frames_name(path: tuple, prefix: str) -> str:
+  """The release frame model's tensor name (dino_adaptor_model.py: DINOv2 in Meta's names with
+  its LoRAs, `lin`, `bn`) of an sltjax path inside `frames`; q, k and v rows of fused tensors
+  as dinov2.split_fused names them."""
+  model = f'{prefix}sign_model.spatial_model.'
+  if path[0] != 'backbone':
+    return f'{model}{_FRAME_MODULES[path[0]]}.{TORCH_LEAF_NAMES[path[-1]]}'
+  if path[-1] not in ('lora_a', 'lora_b'):
+    return f'{model}spatial_model.{dinov2_meta_name(path[1:])}'
+  module, factor = path[-2], path[-1][-1]
+  name = f'{model}spatial_model.blocks.{path[2]}.{_DINOV2_LORA[module]}_{_LORA_FACTOR[factor]}'
+  fused = factor == 'b' and _DINOV2_LORA[module] == 'attn.lora_w1'
+  return f'{name}.weight[{module[0]}]' if fused else f'{name}.weight'
 
 
 def _sign2gpt_lm_name(path: tuple) -> str:
@@ -142,6 +164,8 @@ def sign2gpt_release_name(path: tuple, stage: str = 'pseudo_gloss') -> str:
   'out_proj', 'kernel') -> 'sign_model.encoder.network_block.network.2.0.token_mixer.proj.weight'
   in stage 1, 'sign_model.sign_model.encoder...' in stage 2."""
   prefix = _sign2gpt_prefix(stage)
+  if path[0] == 'frames':
+    return _sign2gpt_frames_name(path[1:], prefix)
   if path[0] == 'head' and stage == 'pseudo_gloss':
     module = {'projection': 'fc_hidden.'}.get(path[1], '')
     leaf = TORCH_LEAF_NAMES[path[-1]] if module else path[1]
@@ -175,6 +199,13 @@ def sign2gpt_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:
   return torch_layout(path, tensor)
 
 
+def sign2gpt_release_tensors(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A release state dict (or its gradients) under the names sign2gpt_release_name gives: a
+  DataParallel 'module.' prefix removed, DINOv2's fused q/k/v tensors split into their rows."""
+  return split_fused({k.removeprefix('module.'): v for k, v in state_dict.items()},
+                     _DINOV2_FUSED)
+
+
 def sign2gpt_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State, dtype, *,
                    stage: str, ignored: Callable[[str], bool] = lambda name: False
                    ) -> nnx.State:
@@ -183,7 +214,7 @@ def sign2gpt_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
   prototypes are its vocab_embedding's columns, unit-normalised; stage 2's tied lm_head must
   equal the token embeddings. Raises ValueError listing every missing, unused or mis-shaped
   tensor."""
-  state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+  state_dict = sign2gpt_release_tensors(state_dict)
   problems = []
   head = state_dict.pop(f'{SIGN2GPT_LM}lm_head.weight', None)
   embedding = state_dict.get(f'{SIGN2GPT_LM}model.embed_tokens.weight')
@@ -202,7 +233,8 @@ def sign2gpt_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
       flat.append((path, variable.replace(jnp.asarray(vectors, jnp.float32))))
   rest = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(abstract_state)
                               if p != ('head', 'prototypes')])
-  fixed_tables = ('.pos', 'inv_freq', 'zero_embedding', 'embed_positions.weights')
+  fixed_tables = ('.pos', 'inv_freq', 'zero_embedding', 'embed_positions.weights', 'mask_token',
+                  'num_batches_tracked')
   filled = fill_state(rest, state_dict, lambda path: sign2gpt_release_name(path, stage), dtype,
                       layout=sign2gpt_layout, problems=problems,
                       what=f"Sign2GPT's release ({stage}'s state dict)",
