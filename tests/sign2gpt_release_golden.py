@@ -39,23 +39,23 @@ DIM, HEADS, HIDDEN, CLASSES, FRAMES = 32, 4, 12, 10, 12
 HEAD_LENGTHS = (6, 4)  # the head-alone part: two rows of 6 positions
 
 
-def encoder_params() -> dict:
-  """The release's stage-1 sign encoder config at width DIM."""
+def encoder_params(dim: int = DIM, heads: int = HEADS) -> dict:
+  """The release's stage-1 sign encoder config at width `dim` (the golden's DIM)."""
   return {
       'emb_name': 'models.metaformer.emb.sine_pos',
-      'emb_params': {'in_dim': DIM, 'd_model': DIM,
-                     'pos_config': {'name': 'my_sine', 'dim_model': DIM}},
+      'emb_params': {'in_dim': dim, 'd_model': dim,
+                     'pos_config': {'name': 'my_sine', 'dim_model': dim}},
       'net_name': 'models.metaformer.net.downsampler_net',
       'net_params': {
           'drop_path_rate': 0.1, 'use_layer_scale': True, 'layer_scale_init_value': 1e-5,
           'layer_norm_type': 'post', 'layers': [2, 2], 'downsamples': [True],
-          'embed_dims': [DIM, DIM],
-          'mixer_params': {'residual_dropout': 0.1, 'num_heads': HEADS,
+          'embed_dims': [dim, dim],
+          'mixer_params': {'residual_dropout': 0.1, 'num_heads': heads,
                            'use_rotary_embeddings': True},
           'attention_params': {'name': 'local_mask', 'dropout': 0.1, 'window_size': 7},
           'mlp_params': {'name': 'MLP', 'hidden_layer_multiplier': 4, 'activation': 'gelu',
                          'dropout': 0.1}},
-      'post_name': 'models.metaformer.post.identity_head', 'post_params': {'d_model': DIM},
+      'post_name': 'models.metaformer.post.identity_head', 'post_params': {'d_model': dim},
       'inits': 'xavier'}
 
 

@@ -32,6 +32,7 @@ float64 and stored in float32; the clips are full length (see the stage-1 golden
 second part runs the XGLM alone on visual tokens and text of different lengths (padded visual
 tokens and padded text), with the gradient of its visual input.
 """
+import dataclasses
 import functools
 import importlib
 import json
@@ -44,19 +45,34 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
 from tests import release_golden_files
 from tests import sign2gpt_release_golden as stage1
-from tests.sign2gpt_release_golden import DIM, FRAMES, RELEASE_COMMIT, encoder_params, stand_ins
+from tests.sign2gpt_release_golden import (DIM, FRAMES, HEADS, RELEASE_COMMIT, encoder_params,
+                                           stand_ins)
 
 GOLDEN_FILE = pathlib.Path(__file__).with_name('sign2gpt_stage2_release_golden.npz')
 LM = {'vocab_size': 60, 'd_model': 48, 'num_layers': 2, 'attention_heads': 4, 'ffn_dim': 96,
       'max_position_embeddings': 64, 'pad_token_id': 1, 'bos_token_id': 0, 'eos_token_id': 2}
-ADAPTOR = {'adapt_layers': [0, 1], 'lora_layers': [0, 1], 'w_lora_ff': False, 'lora_rank': 4,
-           'lora_drop': 0.1, 'gate_type': 'clamp', 'lora_a': 4.0, 'adapt_tokens': False}
+# PHX_example_s2_dyn_config.py's adaptor_params, on every layer
+ADAPTOR = {'w_lora_ff': False, 'lora_rank': 4, 'lora_drop': 0.1, 'gate_type': 'clamp',
+           'lora_a': 4.0, 'adapt_tokens': False}
 DINO = {'hidden_size': 32, 'num_layers': 2, 'num_heads': 2}
 # standard_meta_model_zero_config.py's spatial adapt_params (there on blocks 9-11 of 12)
 DINO_LORA = {'w_lora': True, 'w_lora_ff': True, 'lora_rank': 4, 'lora_drop': 0.1, 'lora_a': 4.0,
              'rng_init': False}
 IMAGE = 28  # frames of 2 x 2 patches, DINOv2's position grid (no interpolation)
 VISUAL_LENGTHS = (5, 3)  # the XGLM-alone part: visual tokens per row
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  """The sizes of a release stage-2 Model."""
+  lm: dict  # the XGLM's config.json fields
+  dino: dict  # DINOv2's hidden_size, num_layers, num_heads
+  dino_image: int  # the image size DINOv2's position grid covers
+  dim: int  # the sign encoder's width
+  heads: int  # and heads
+
+
+GOLDEN_SIZES = Sizes(LM, DINO, IMAGE, DIM, HEADS)
 
 
 def inputs() -> dict[str, np.ndarray]:
@@ -78,28 +94,29 @@ def text_batch(torch, text: np.ndarray) -> dict:
           'gt_ids': ids[:, 1:], 'gt_text_mask': attention[:, 1:]}
 
 
-def release_frame_model(torch, bare):
+def release_frame_model(torch, bare, sizes: Sizes):
   """dino_adaptor_model.Model (DINOv2 with the stage configs' LoRAs on its last block's fused
-  qkv, proj, fc1 and fc2; Linear; BatchNorm) at the golden's DINOv2 size, built as its __init__
-  builds it without the download: the DINOv2 frozen but for the LoRAs (the tensors the Meta
-  checkpoint lacks)."""
+  qkv, proj, fc1 and fc2; Linear; BatchNorm), built as its __init__ builds it without the
+  download: the DINOv2 frozen but for the LoRAs (the tensors the Meta checkpoint lacks)."""
   frames = importlib.import_module('models.spatial_models.frame_models.dino_adaptor_model')
   vit = importlib.import_module('models.dinov2.model.vision_transformer')
   model = bare(frames.Model)
   model.spatial_model = vit.DinoVisionTransformer(
-      img_size=IMAGE, patch_size=14, embed_dim=DINO['hidden_size'], depth=DINO['num_layers'],
-      num_heads=DINO['num_heads'], mlp_ratio=4, init_values=1.0, block_chunks=0,
+      img_size=sizes.dino_image, patch_size=14, embed_dim=sizes.dino['hidden_size'],
+      depth=sizes.dino['num_layers'], num_heads=sizes.dino['num_heads'], mlp_ratio=4,
+      init_values=1.0, block_chunks=0,
       block_fn=functools.partial(vit.Block, attn_class=vit.MemEffAttention),
-      adaptor_layers=[DINO['num_layers'] - 1], adapt_params=DINO_LORA)
+      adaptor_layers=[sizes.dino['num_layers'] - 1], adapt_params=DINO_LORA)
   for name, param in model.spatial_model.named_parameters():
     param.requires_grad = 'lora_' in name
-  model.lin = torch.nn.Linear(DINO['hidden_size'], DIM)
-  model.bn = torch.nn.BatchNorm1d(DIM)
+  model.lin = torch.nn.Linear(sizes.dino['hidden_size'], sizes.dim)
+  model.bn = torch.nn.BatchNorm1d(sizes.dim)
   return model
 
 
-def release_model(torch):
-  """The release's stage-2 Model at the golden's sizes (weights random; see the docstring)."""
+def release_model(torch, sizes: Sizes = GOLDEN_SIZES):
+  """The release's stage-2 Model at `sizes`, with the XGLM's initial weights and the adaptor
+  of the release's stage-2 config on every layer."""
   stage2 = importlib.import_module('models.trial_models.test_stage2_model')
   stage1 = importlib.import_module('models.trial_models.test_pretraining')
   sign = importlib.import_module('models.model_sign_encoder.basic_sign_encoder')
@@ -115,19 +132,21 @@ def release_model(torch):
   model = bare(stage2.Model)
   model.sign_model = bare(stage1.Model)
   model.sign_model.sign_model = bare(sign.Model)
-  model.sign_model.sign_model.spatial_model = release_frame_model(torch, bare)
-  model.sign_model.sign_model.encoder = meta_model.MetaFormer(**encoder_params())
+  model.sign_model.sign_model.spatial_model = release_frame_model(torch, bare, sizes)
+  model.sign_model.sign_model.encoder = meta_model.MetaFormer(**encoder_params(sizes.dim,
+                                                                               sizes.heads))
   model.sign_model.post_model = None  # as stage 2's __init__ sets it
-  model.sign_model.dim = DIM
-  model.lang_model = xglm.XGLMForCausalLM(xglm.XGLMConfig(**LM))
+  model.sign_model.dim = sizes.dim
+  model.lang_model = xglm.XGLMForCausalLM(xglm.XGLMConfig(**sizes.lm))
   # transformers 4.31 (the release's environment.yml) ties lm_head to the token embeddings in
   # post_init; 5.x does not for this class (it names no _tied_weights_keys): tied as it ran.
   model.lang_model.lm_head.weight = model.lang_model.model.embed_tokens.weight
   for param in model.lang_model.parameters():
     param.requires_grad = False
-  model.lang_model.init_adaptor(**ADAPTOR)
-  model.post_model = post.Model(pos_type='sine', pre_pos=True, in_dim=DIM,
-                                out_dim=LM['d_model'])
+  every_layer = list(range(sizes.lm['num_layers']))
+  model.lang_model.init_adaptor(**ADAPTOR, adapt_layers=every_layer, lora_layers=every_layer)
+  model.post_model = post.Model(pos_type='sine', pre_pos=True, in_dim=sizes.dim,
+                                out_dim=sizes.lm['d_model'])
   model.pretext_length = 1  # the config's empty pretext: the tokenizer's leading </s>
   return model
 
@@ -146,6 +165,11 @@ def randomise(torch, model) -> None:
         p.copy_(0.3 * torch.randn(p.shape) if p.dim() > 1 else 0.1 * torch.randn(p.shape))
       elif name.startswith('post_model') or 'spatial_model' in name:
         p.copy_(0.2 * torch.randn(p.shape))
+  randomise_batch_norm_statistics(torch, model)
+
+
+def randomise_batch_norm_statistics(torch, model) -> None:
+  with torch.no_grad():
     for name, buffer in model.named_buffers():
       if name.endswith('running_mean'):
         buffer.copy_(0.3 * torch.randn(buffer.shape))
@@ -153,13 +177,18 @@ def randomise(torch, model) -> None:
         buffer.copy_(0.5 + torch.rand(buffer.shape))
 
 
-def main(release_dir: str):
-  import torch  # pylint: disable=import-outside-toplevel
+def import_release(torch, release_dir: str) -> None:
+  """Makes the release importable, with the stand-ins the docstring lists."""
   sys.path.insert(0, release_dir)
   stand_ins(torch)
   # xformers' fused attention has no CPU kernel: DINOv2's MemEffAttention falls back to its
   # parent's plain attention, softmax(q k^T / sqrt(head_dim)) v.
   importlib.import_module('models.dinov2.layers.attention').XFORMERS_AVAILABLE = False
+
+
+def main(release_dir: str):
+  import torch  # pylint: disable=import-outside-toplevel
+  import_release(torch, release_dir)
   torch.set_default_dtype(torch.float64)
   torch.manual_seed(0)
   loss_fn = importlib.import_module('losses.loss_functions.ce_loss').Loss(

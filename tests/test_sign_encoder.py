@@ -54,12 +54,12 @@ def torch_encoder(model: SignEncoder, x: np.ndarray, mask: np.ndarray) -> tuple:
     return linear(block.attention.out_proj, out)
 
   for index, stage in enumerate(model.stages):
-    if index:  # Downsampler (padded frames zeroed first: see sign2gpt.py)
+    if index:  # Downsampler, on each clip as alone (see sign2gpt.py): pads zeroed, and the
+      # positions of a clip of n frames alone, ceil(n / 2)
       x = F.avg_pool1d((x * mask[..., None]).permute(0, 2, 1), 3, stride=2,
                        padding=1).permute(0, 2, 1)
-      mask = F.avg_pool1d(mask.double(), 3, stride=2, padding=1, count_include_pad=False)
-      mask[:, 0] = 1.0
-      mask = mask > 0
+      lengths = mask.sum(1)
+      mask = torch.arange(x.shape[1])[None] < (lengths[:, None] + 1) // 2
     for block in stage:
       ln1 = lambda h: F.layer_norm(h, (d,), t(block.norm1.scale[...]), t(block.norm1.bias[...]))
       ln2 = lambda h: F.layer_norm(h, (d,), t(block.norm2.scale[...]), t(block.norm2.bias[...]))
@@ -80,30 +80,37 @@ def test_matches_the_release_formulation_in_eval_mode():
   expected, expected_mask = torch_encoder(model, x, mask)
   assert ours.shape == (3, 7, 32)
   np.testing.assert_array_equal(np.asarray(ours_mask).astype(bool), expected_mask)
-  np.testing.assert_array_equal(expected_mask.sum(1), [7, 5, 2])  # n // 2 + 1 windows
+  np.testing.assert_array_equal(expected_mask.sum(1), [7, 5, 1])  # ceil(n / 2) windows
   valid = expected_mask
   np.testing.assert_allclose(np.asarray(ours)[valid], expected[valid], rtol=2e-4, atol=2e-4)
 
 
-def test_a_clip_gives_the_same_output_alone_and_padded():
+@pytest.mark.parametrize('frames', [9, 8])
+def test_a_clip_gives_the_same_output_alone_and_padded(frames):
   model = SignEncoder(CFG, rngs=nnx.Rngs(1))
   rng = np.random.default_rng(1)
-  clip = rng.normal(size=(1, 9, 32)).astype(np.float32)
-  alone, alone_mask = encode(model, jnp.asarray(clip), jnp.ones((1, 9), jnp.int32))
-  padded = np.concatenate([clip, rng.normal(size=(1, 7, 32)).astype(np.float32) * 50], axis=1)
+  clip = rng.normal(size=(1, frames, 32)).astype(np.float32)
+  alone, alone_mask = encode(model, jnp.asarray(clip), jnp.ones((1, frames), jnp.int32))
+  padded = np.concatenate(
+      [clip, rng.normal(size=(1, 16 - frames, 32)).astype(np.float32) * 50], axis=1)
   mask = np.zeros((1, 16), np.int32)
-  mask[0, :9] = 1
+  mask[0, :frames] = 1
   out, out_mask = encode(model, jnp.asarray(padded), jnp.asarray(mask))
-  assert int(out_mask.sum()) == int(alone_mask.sum()) == 5
-  np.testing.assert_allclose(np.asarray(out)[0, :5], np.asarray(alone)[0], rtol=1e-5, atol=1e-5)
+  positions = (frames + 1) // 2
+  assert int(out_mask.sum()) == int(alone_mask.sum()) == alone.shape[1] == positions
+  np.testing.assert_allclose(np.asarray(out)[0, :positions], np.asarray(alone)[0], rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_pooling_counts_windows_as_the_release_does():
   x = jnp.arange(1, 6, dtype=jnp.float32)[None, :, None]  # frames 1..5
   pooled, mask = pool_in_time(x, jnp.array([[1, 1, 1, 1, 0]]))
-  # windows (pad, 1, 2), (2, 3, 4), (4, pad-frame, pad): zero padding counted in the average
+  # windows (pad, 1, 2), (2, 3, 4), (4, pad-frame, pad): zero padding counted in the average;
+  # the last is not a window of the 4 frames alone (its centre is padding)
   np.testing.assert_allclose(np.asarray(pooled)[0, :, 0], [1.0, 3.0, 4 / 3])
-  np.testing.assert_array_equal(mask, [[1, 1, 1]])
+  np.testing.assert_array_equal(mask, [[1, 1, 0]])
+  _, mask = pool_in_time(x, jnp.array([[1, 1, 1, 1, 1]]))
+  np.testing.assert_array_equal(mask, [[1, 1, 1]])  # (4, 5, pad): 5 frames alone have 3
   _, mask = pool_in_time(x, jnp.array([[0, 0, 0, 0, 0]]))
   np.testing.assert_array_equal(mask, [[1, 0, 0]])  # position 0 always valid
 

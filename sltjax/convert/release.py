@@ -1,12 +1,15 @@
 r"""The state-dict layouts of the systems' released PyTorch code, mapped to sltjax's parameters in
-one place; and, run as a program, a released MMTLB checkpoint written as an sltjax workdir
-(sltjax/convert/release_workdir.py says which files):
+one place; and, run as a program, a released MMTLB or Sign2GPT checkpoint written as an sltjax
+workdir (sltjax/convert/release_workdir.py says which files):
 
   python -m sltjax.convert.release --system=mmtlb --config=configs/mmtlb.py:sign2text \
       --checkpoint=phoenix-2014t_s2t/ckpts/best.ckpt \
       --backbone_checkpoint=phoenix-2014t_s2g/ckpts/best.ckpt \
       --glosses=data/phoenix-2014t/gloss2ids_old.pkl --mbart_dir=pretrained_models/mBart_de \
       --output=workdirs/mmtlb_release_s2t
+  python -m sltjax.convert.release --system=sign2gpt --config=configs/sign2gpt.py:translation \
+      --checkpoint=PHX_example_s2_dyn_config/best_checkpoint_..._result_checkpoint_....pt \
+      --lm_dir=facebook/xglm-1.7B --output=workdirs/sign2gpt_release
 
 MMTLB (https://github.com/FangyunWei/SLRT, TwoStreamNetwork's SingleStream-SLT): the
 `SignLanguageModel` state dict its training writes (`torch.save({'model_state': ...})`):
@@ -56,6 +59,7 @@ from sltjax.convert.state_dict import TORCH_LEAF_NAMES, fill_state, torch_layout
 from sltjax.convert.xglm import hf_name as xglm_hf_name
 from sltjax.errors import UserError, exit_with_user_error
 
+FLAGS = flags.FLAGS
 MMTLB_TRANSLATION = 'translation_network.model.'
 MMTLB_GLOSS_EMBEDDING = 'translation_network.gloss_embedding.weight'
 _MMTLB_HEAD = {'projection': 'fc1', 'projection_bn': 'bn1.norm', 'norm': 'feedforward.layer_norm',
@@ -247,23 +251,35 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported here: release_workdir reads this module's name maps.
-  from sltjax.convert.release_workdir import write_mmtlb_workdir  # pylint: disable=import-outside-toplevel
-  config = flags.FLAGS.config
+  from sltjax.convert import release_workdir  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config
   try:
-    settings = write_mmtlb_workdir(
-        config, flags.FLAGS.output, flags.FLAGS.checkpoint, glosses_file=flags.FLAGS.glosses,
-        mbart_dir=flags.FLAGS.mbart_dir or '', sign_language=flags.FLAGS.sign_language,
-        backbone_checkpoint=flags.FLAGS.backbone_checkpoint or '')
+    if FLAGS.system == 'mmtlb':
+      if not FLAGS.glosses:
+        raise UserError('--system=mmtlb needs --glosses, the release\'s recognition glosses '
+                        '(data/phoenix-2014t/gloss2ids_old.pkl).')
+      settings = release_workdir.write_mmtlb_workdir(
+          config, FLAGS.output, FLAGS.checkpoint, glosses_file=FLAGS.glosses,
+          mbart_dir=FLAGS.mbart_dir or '', sign_language=FLAGS.sign_language,
+          backbone_checkpoint=FLAGS.backbone_checkpoint or '')
+    else:
+      settings = release_workdir.write_sign2gpt_workdir(config, FLAGS.output, FLAGS.checkpoint,
+                                                        lm_dir=FLAGS.lm_dir or '')
   except UserError as e:
     exit_with_user_error(str(e))
   given = ' '.join(a for a in sys.argv[1:] if a.startswith('--config'))
-  overrides = ' '.join(f'--config.{k}={v}' for k, v in settings.items())
-  print(f'Wrote {flags.FLAGS.output} ({config.stage}, {config.model.backbone}). It was built with '
+  overrides = ' '.join(f'--config.{k}={_flag_value(v)}' for k, v in settings.items())
+  print(f'Wrote {FLAGS.output} ({config.stage}, {config.model.backbone}). It was built with '
         f'these settings from the checkpoint:\n  {overrides}\nEvaluate it with\n  python -m '
-        f'sltjax.main {given} {overrides} --workdir={flags.FLAGS.output} --mode=eval')
+        f'sltjax.main {given} {overrides} --workdir={FLAGS.output} --mode=eval')
   if config.model.backbone != 'features':
-    print(f'Translate videos with\n  python -m sltjax.translate --workdir={flags.FLAGS.output} '
+    print(f'Translate videos with\n  python -m sltjax.translate --workdir={FLAGS.output} '
           'VIDEO...')
+
+
+def _flag_value(value) -> str:
+  """A config value as a --config.KEY= flag takes it (a tuple as '(2,2)')."""
+  return f'({",".join(map(str, value))})' if isinstance(value, tuple) else str(value)
 
 
 if __name__ == '__main__':
@@ -272,18 +288,21 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'The sltjax config of the stage, e.g. '
                                   'configs/mmtlb.py:sign2text[,dataset=csl_daily], with its '
                                   '--config.data.* overrides.', lock_config=False)
-  flags.DEFINE_enum('system', 'mmtlb', ['mmtlb'], 'The release: mmtlb (SLRT TwoStreamNetwork).')
-  flags.DEFINE_string('checkpoint', None, 'The release\'s Sign2Gloss or Sign2Text checkpoint '
-                      '(ckpts/best.ckpt).')
+  flags.DEFINE_enum('system', 'mmtlb', ['mmtlb', 'sign2gpt'], 'The release: mmtlb (SLRT '
+                    'TwoStreamNetwork) or sign2gpt (ryanwongsa/Sign2GPT).')
+  flags.DEFINE_string('checkpoint', None, 'The release\'s checkpoint: MMTLB\'s Sign2Gloss or '
+                      'Sign2Text ckpts/best.ckpt; Sign2GPT\'s stage-2 best checkpoint (.pt).')
   flags.DEFINE_string('backbone_checkpoint', None, 'With a Sign2Text checkpoint: the Sign2Gloss '
                       'checkpoint whose S3D made its features, for a workdir that reads videos '
                       '(without it: one that reads those features, data.features_dir).')
-  flags.DEFINE_string('glosses', None, 'The release\'s recognition glosses '
+  flags.DEFINE_string('glosses', None, 'MMTLB: the release\'s recognition glosses '
                       '(data/phoenix-2014t/gloss2ids_old.pkl).')
   flags.DEFINE_string('mbart_dir', None, 'Sign2Text: the release\'s pruned mBART folder '
                       '(pretrained_models/mBart_de).')
   flags.DEFINE_string('sign_language', 'de_DGS', 'Sign2Text: the sign-language code of the '
                       'release\'s gloss vocabulary (zh_CSL for CSL-Daily).')
+  flags.DEFINE_string('lm_dir', None, 'Sign2GPT: the Hugging Face XGLM folder the release '
+                      'adapted (facebook/xglm-1.7B): its config.json and tokenizer.')
   flags.DEFINE_string('output', None, 'The workdir to write (new or empty).')
-  flags.mark_flags_as_required(['config', 'checkpoint', 'glosses', 'output'])
+  flags.mark_flags_as_required(['config', 'checkpoint', 'output'])
   app.run(main)

@@ -21,14 +21,18 @@ Pickled files are read without running pickled code: only dicts of strings and i
 import json
 import os
 import pickle
+import re
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from sltjax import storage
 from sltjax.checkpointing import Checkpointer
-from sltjax.convert.release import MMTLB_GLOSS_EMBEDDING, mmtlb_state
+from sltjax.convert.dinov2 import meta_config as dinov2_meta_config
+from sltjax.convert.release import (MMTLB_GLOSS_EMBEDDING, SIGN2GPT_LM, mmtlb_state,
+                                    sign2gpt_state)
 from sltjax.convert.state_dict import read_torch_weights
 from sltjax.data.tokenizers import PRUNED_IDS_FILE, SENTENCEPIECE_FILE, GlossVocabulary
 from sltjax.errors import MissingInputError, UserError
@@ -38,6 +42,9 @@ _HEAD = 'recognition_network.visual_head.'
 _CLASSIFIER = _HEAD + 'gloss_output_layer.'
 _BACKBONE = 'recognition_network.visual_backbone.'
 _TRANSLATION = 'translation_network.'
+_SIGN2GPT_FRAMES = 'sign_model.sign_model.spatial_model.'
+_SIGN2GPT_DINOV2 = _SIGN2GPT_FRAMES + 'spatial_model.'
+_SIGN2GPT_BLOCKS = 'sign_model.sign_model.encoder.network_block.network.'
 # mBART's architecture fields that config.model.translation takes from the release's config.json.
 MBART_ARCHITECTURE = ('d_model', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads',
                       'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim',
@@ -155,15 +162,58 @@ def stage_of(state_dict: dict) -> str:
   return 'sign2text' if any(k.startswith(_TRANSLATION) for k in state_dict) else 'sign2gloss'
 
 
+def _refuse_existing(workdir: str) -> None:
+  if storage.path(workdir).exists() and any(storage.path(workdir).iterdir()):
+    raise UserError(f'{workdir} exists and is not empty: converting writes a new workdir; pass '
+                    'another --output (nothing was changed).')
+
+
+def _apply_settings(config, settings: dict) -> None:
+  """Sets each dotted key of `settings` in config."""
+  for key, value in settings.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+
+
+def _write_workdir(config, workdir: str, fill, converted_from: list, what: str,
+                   write_files=lambda staging: None) -> None:
+  """Writes `workdir` through a staging folder, so that it appears complete or not at all:
+  write_files(staging), config.json, then the best checkpoint of fill(abstract variables of the
+  config's model) (ValueError -> UserError naming `what`)."""
+  staging = storage.staging_folder(workdir)
+  if storage.path(staging).exists():
+    storage.path(staging).rmtree()  # left by an interrupted conversion
+  storage.make_folder(staging)
+  write_files(staging)
+  storage.write_text(storage.join(staging, 'config.json'),
+                     config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  from sltjax import experiments  # pylint: disable=import-outside-toplevel  (imports every system)
+  try:
+    exp = experiments.create(config, staging)
+    try:
+      filled = fill(nnx.merge_state(exp.abstract_params, exp.abstract_rest))
+    except ValueError as e:
+      raise UserError(f'{what}: {e}') from None
+  except BaseException:
+    storage.path(staging).rmtree()
+    raise
+  params, rest = nnx.split_state(filled, nnx.Param, ...)
+  checkpointer = Checkpointer(staging, keep=1)
+  checkpointer.save_best(0, {'params': params, 'rest': rest},
+                         {'step': 0, 'converted_from': converted_from})
+  checkpointer.close()
+  storage.replace_folder(workdir)
+
+
 def write_mmtlb_workdir(config, workdir: str, checkpoint: str, *, glosses_file: str,
                         mbart_dir: str = '', backbone_checkpoint: str = '',
                         sign_language: str = 'de_DGS') -> dict:
   """Writes `workdir` from the release's checkpoint(s); returns the config settings it applied
-  (config is changed in place). Refuses an existing non-empty workdir; written through a staging
-  folder, so it appears complete or not at all."""
-  if storage.path(workdir).exists() and any(storage.path(workdir).iterdir()):
-    raise UserError(f'{workdir} exists and is not empty: converting writes a new workdir; pass '
-                    'another --output (nothing was changed).')
+  (config is changed in place). Refuses an existing non-empty workdir."""
+  _refuse_existing(workdir)
   state_dict = read_torch_weights(checkpoint)
   stage = stage_of(state_dict)
   if config.get('system') != 'mmtlb' or config.get('stage') != stage:
@@ -196,37 +246,91 @@ def write_mmtlb_workdir(config, workdir: str, checkpoint: str, *, glosses_file: 
                       'PHOENIX-2014T, zh_CSL for CSL-Daily).')
     suffix_rows = (translation_glosses['</s>'], translation_glosses[sign_language])
   settings = mmtlb_settings(state_dict, video=video, glosses=glosses, hf_config=hf_config)
-  for key, value in settings.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  _apply_settings(config, settings)
 
-  staging = storage.staging_folder(workdir)
-  if storage.path(staging).exists():
-    storage.path(staging).rmtree()  # left by an interrupted conversion
-  storage.make_folder(staging)
-  GlossVocabulary(glosses).save(storage.join(staging, GLOSS_FILE))
-  if stage == 'sign2text':
-    write_pruned_tokenizer(mbart_dir, map_ids, storage.join(staging, TOKENIZER_DIR),
-                           separate_final_period='de' in config.tokenizer.tgt_lang)
-  storage.write_text(storage.join(staging, 'config.json'),
-                     config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  from sltjax import experiments  # pylint: disable=import-outside-toplevel  (imports every system)
-  exp = experiments.create(config, staging)
+  def write_files(staging):
+    GlossVocabulary(glosses).save(storage.join(staging, GLOSS_FILE))
+    if stage == 'sign2text':
+      write_pruned_tokenizer(mbart_dir, map_ids, storage.join(staging, TOKENIZER_DIR),
+                             separate_final_period='de' in config.tokenizer.tgt_lang)
+  _write_workdir(
+      config, workdir,
+      lambda abstract: mmtlb_state(
+          reorder_classes(state_dict, order), abstract, jnp.float32, suffix_rows=suffix_rows,
+          ignored=lambda n: n == MMTLB_GLOSS_EMBEDDING and suffix_rows is None),
+      [checkpoint, backbone_checkpoint or None], checkpoint, write_files)
+  return settings
+
+
+def sign2gpt_settings(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
+  """({dotted config key: value}, DINOv2Config fields) that the release's stage-2 checkpoint
+  decides: the sizes of DINOv2's LoRAs and projection, of the sign encoder and of the LM's
+  adaptors; DINOv2's architecture from its tensors, with Meta's position interpolation (the
+  release runs Meta's DINOv2 code). The sign encoder's heads are not in the tensors: the config's
+  (8, as released) are kept."""
+  def shape(name):
+    if name not in state_dict:
+      raise UserError(f'The checkpoint has no {name}: it is not a Sign2GPT stage-2 (translation) '
+                      'checkpoint of the release (models/trial_models/test_stage2_model.py).')
+    return np.shape(state_dict[name])
+
+  shape(f'{SIGN2GPT_LM}model.embed_tokens.weight')
+  dinov2 = {k.removeprefix(_SIGN2GPT_DINOV2): v for k, v in state_dict.items()
+            if k.startswith(_SIGN2GPT_DINOV2) and 'lora_' not in k}
   try:
-    filled = mmtlb_state(reorder_classes(state_dict, order),
-                         nnx.merge_state(exp.abstract_params, exp.abstract_rest), jnp.float32,
-                         suffix_rows=suffix_rows,
-                         ignored=lambda n: n == MMTLB_GLOSS_EMBEDDING and suffix_rows is None)
-  except ValueError as e:
-    storage.path(staging).rmtree()
-    raise UserError(f'{checkpoint}: {e}') from None
-  params, rest = nnx.split_state(filled, nnx.Param, ...)
-  checkpointer = Checkpointer(staging, keep=1)
-  checkpointer.save_best(0, {'params': params, 'rest': rest},
-                         {'step': 0, 'converted_from': [checkpoint, backbone_checkpoint or None]})
-  checkpointer.close()
-  storage.replace_folder(workdir)
+    architecture = dinov2_meta_config(dinov2)
+  except (KeyError, ValueError) as e:
+    raise UserError(f'The checkpoint\'s DINOv2 ({_SIGN2GPT_DINOV2}*) is not Meta\'s ViT: '
+                    f'{e}') from None
+  adapted = sorted({int(m[1]) for m in (re.match(_SIGN2GPT_DINOV2 + r'blocks\.(\d+)\.attn\.lora_',
+                                                 k) for k in state_dict) if m})
+  layers = architecture.num_layers
+  if adapted != list(range(layers - len(adapted), layers)):
+    raise UserError(f'The checkpoint\'s DINOv2 has LoRA on blocks {adapted}: sltjax adapts the '
+                    'last blocks (model.frames.lora_last_layers).')
+  stage_depths = tuple(len({m[1] for m in (re.match(rf'{_SIGN2GPT_BLOCKS}{2 * s}\.(\d+)\.', k)
+                                              for k in state_dict) if m}) for s in range(2))
+  lm_layer = f'{SIGN2GPT_LM}model.layers.0.self_attn.'
+  settings = {
+      'model.frames.lora_last_layers': len(adapted),
+      'model.frames.lora_rank': shape(f'{_SIGN2GPT_DINOV2}blocks.{layers - 1}.attn.'
+                                      'lora_w1_l1.weight')[0] if adapted else 4,
+      'model.frames.dim': shape(f'{_SIGN2GPT_FRAMES}lin.weight')[0],
+      'model.signs.dim': shape(f'{_SIGN2GPT_BLOCKS}0.0.norm1.weight')[0],
+      'model.signs.stage_depths': stage_depths,
+      'model.adaptor.rank': shape(f'{lm_layer}adaptor_lora_wq_l1.weight')[0],
+      'eval.max_new_tokens': 63}  # the release's generate: max_length 64 with the `</s>` prompt
+  fields = {k: getattr(architecture, k) for k in ('hidden_size', 'num_layers', 'num_heads',
+                                                  'mlp_ratio', 'patch_size', 'image_size',
+                                                  'layer_norm_eps')}
+  return settings, {**fields, 'interpolation': 'meta'}
+
+
+def write_sign2gpt_workdir(config, workdir: str, checkpoint: str, *, lm_dir: str) -> dict:
+  """Writes `workdir` from the release's stage-2 checkpoint and the XGLM folder it adapted
+  (config.json and tokenizer: the weights are in the checkpoint); returns the config settings
+  it applied (config is changed in place). Refuses an existing non-empty workdir."""
+  _refuse_existing(workdir)
+  if config.get('system') != 'sign2gpt' or config.get('stage') != 'translation':
+    raise UserError('A Sign2GPT checkpoint converts with --config=configs/sign2gpt.py:'
+                    'translation (with the dataset, e.g. :translation,dataset=csl_daily).')
+  if not lm_dir:
+    raise UserError('A Sign2GPT checkpoint needs --lm_dir, the XGLM folder the release loaded '
+                    '(facebook/xglm-1.7B: its config.json and tokenizer).')
+  if not os.path.isfile(os.path.join(lm_dir, 'config.json')):
+    raise MissingInputError(f'{lm_dir}/config.json not found: --lm_dir is the Hugging Face XGLM '
+                            'folder the release loaded (facebook/xglm-1.7B).')
+  state_dict = read_torch_weights(checkpoint)
+  if 'post_model.vocab_embedding' in state_dict:
+    raise UserError(f'{checkpoint} is a stage-1 (pseudo-gloss) checkpoint: convert the stage-2 '
+                    'checkpoint trained from it, which holds its frame and sign encoders.')
+  settings, frames_architecture = sign2gpt_settings(state_dict)
+  settings.update({'model.lm_weights': lm_dir, 'tokenizer.path': lm_dir})
+  _apply_settings(config, settings)
+  config.model.backbone_weights = ''  # DINOv2 is in the checkpoint; its shape:
+  config.model.frames_architecture = ml_collections.ConfigDict(frames_architecture)
+  _write_workdir(config, workdir,
+                 lambda abstract: sign2gpt_state(state_dict, abstract, jnp.float32,
+                                                 stage='translation'),
+                 [checkpoint], checkpoint)
   return settings

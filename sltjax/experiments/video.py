@@ -18,7 +18,8 @@ from jax.experimental import multihost_utils
 from sltjax import storage
 from sltjax.data import augmentation, batching, features, video
 from sltjax.decoding import encoder_decoder_search
-from sltjax.data.tokenizers import GlossVocabulary, Tokenizer, load_tokenizer
+from sltjax.data.tokenizers import (PRETRAINED_TOKENIZERS, GlossVocabulary, Tokenizer,
+                                    load_tokenizer)
 from sltjax.errors import MissingInputError, UserError
 from sltjax.experiments import warm_start
 from sltjax.experiments.base import EXTRACT_FEATURES, Experiment, log
@@ -140,8 +141,10 @@ class VideoExperiment(Experiment):
     converted mBART holds), else built from the train split's sentences."""
     directory = storage.join(self.workdir, TOKENIZER_DIR)
     config = warm_start.tokenizer_config(self.config.tokenizer, self.start_directory(TOKENIZER_DIR))
-    return load_tokenizer(config, directory, train_texts=[] if storage.path(directory).exists()
-                          else self.train_split.texts)
+    trains_on_texts = (config.kind not in PRETRAINED_TOKENIZERS
+                       and not storage.path(directory).exists())
+    return load_tokenizer(config, directory,
+                          train_texts=self.train_split.texts if trains_on_texts else [])
 
   def record_labels(self, split) -> dict[str, np.ndarray]:
     """Labels the system adds to every batch of `split`: {name: [records, ...] array}."""

@@ -8,12 +8,15 @@ prototype head of pseudo-gloss pretraining, and the adapted XGLM that translates
        masked, every position sees itself) and a 4x GELU MLP, each branch scaled by a learned
        layer scale (init 1e-5) and dropped per sample (drop path rising 0 -> 0.1 over the blocks)
     -> temporal average pooling (k3, s2, p1): [B, ceil(T/2), 512], a pooled position valid when
-       its window holds a valid frame (position 0 always)
+       its window's centre frame is (position 0 always)
     -> stage 2: 2 more blocks                                          -> [B, T', 512], mask
 
-As the release (REFERENCE.md section 4), except that padded frames are zeroed before pooling, so
-a clip's output does not depend on what pads it: it equals the release's output for the clip
-alone, whose pooling also counts the zero padding at its end.
+As the release (REFERENCE.md section 4), except that a clip's output does not depend on what pads
+it: it equals the release's output for the clip alone, whose pooling also counts the zero
+padding at its end. Padded frames are zeroed before pooling, and an n-frame clip keeps its
+ceil(n / 2) pooled positions. (In a padded batch the release averages padded positions' stage-1
+outputs into the last window and, for even n, marks one more position valid, whose window holds
+the last frame and two padded ones.)
 
   sign features [B, T', 512] -> dropout 0.2 -> Linear -> 300 -> cosine with every pseudo-gloss's
     word vector and a zero "blank" prototype: s [B, T', V + 1]
@@ -194,12 +197,12 @@ class SignEncoderBlock(nnx.Module):
 
 def pool_in_time(x, mask):
   """Average pooling k3, s2, p1 of x [B, T, d] (zero padding counted, padded frames zeroed
-  first) -> [B, ceil(T / 2), d], and its mask [B, ceil(T / 2)]: valid where the window holds a
-  valid frame, position 0 always."""
+  first) -> [B, ceil(T / 2), d], and its mask [B, ceil(T / 2)]: valid where the window's centre
+  frame is, position 0 always; so a clip of n frames keeps the ceil(n / 2) positions it has
+  alone, whatever pads it."""
   valid = mask.astype(x.dtype)[..., None]
   pooled = nnx.avg_pool(x * valid, (3,), strides=(2,), padding=((1, 1),), count_include_pad=True)
-  pooled_mask = nnx.max_pool(valid, (3,), strides=(2,), padding=((1, 1),))[..., 0] > 0
-  return pooled, pooled_mask.at[:, 0].set(True).astype(mask.dtype)
+  return pooled, (mask[:, ::2] > 0).at[:, 0].set(True).astype(mask.dtype)
 
 
 class SignEncoder(nnx.Module):
