@@ -34,6 +34,13 @@ Sign2GPT (https://github.com/ryanwongsa/Sign2GPT), stage 1 (models/trial_models/
 test_pretraining.py); stage counted over the MetaFormer's network list, where a pooling layer
 without weights sits between the two stages (network.0, pool network.1, network.2):
 
+  sign_model.spatial_model.spatial_model.*  (DINOv2, Meta's names; qkv rows split into q, k, v)
+                                        -> frames.backbone (sltjax.convert.dinov2.meta_name)
+  sign_model.spatial_model.spatial_model.blocks.N.{attn.lora_w1 (fused qkv: one l1, l2 split
+      into q, k, v), attn.lora_w2, mlp.lora_w1 / _w2}_l1 / _l2
+                                        -> frames.backbone.layers.N.{attention.{q,k,v}_proj,
+                                           attention.out_proj, fc1 / fc2}.lora_a / lora_b
+  sign_model.spatial_model.{lin, bn}    -> frames.{projection, norm}
   sign_model.encoder.network_block.network.{2 s}.{b}.{token_mixer.in_proj_container.{q,k,v}_proj,
       token_mixer.proj, mlp.mlp.0 / .3, norm1, norm2, layer_scale_1 / _2}
                                         -> sign_encoder.stages.{s}.{b}.{attention.{q,k,v}_proj,
@@ -42,6 +49,18 @@ without weights sits between the two stages (network.0, pool network.1, network.
   post_model.{fc_hidden, class_temperature, time_temperature}
                                         -> head.{projection, class_temperature, time_temperature}
   post_model.vocab_embedding [dim, V, 1] -> head.prototypes [V, dim] (rows unit-normalised)
+
+and stage 2 (models/trial_models/test_stage2_model.py), which holds stage 1's model (less its
+head) as `sign_model` (so sign_model.sign_model.* above), its visual projection and the XGLM:
+
+  post_model.fc                         -> visual_projection
+  lang_model.model.*  (Hugging Face XGLM; lm_head.weight is the tied embedding)
+                                        -> lm (sltjax.convert.xglm)
+  lang_model.model.layers.N.self_attn.lora_{wq, wk, wv, wo}_l1 / _l2
+                                        -> lm.layers.N.self_attn.{q,k,v,out}_proj.lora_a / lora_b
+  lang_model.model.layers.N.self_attn.adaptor_lora_{wq, wk, wv}_l1 / _l2, adaptor_gate
+      [1, heads, 1, 1]                  -> lm.layers.N.visual_adaptor.{query, key, value}_a / _b,
+                                           gate [heads]
 """
 import sys
 from collections.abc import Callable
@@ -182,13 +201,13 @@ def sign2gpt_release_name(path: tuple, stage: str = 'pseudo_gloss') -> str:
     raise ValueError(f'Sign2GPT ({stage}) has no released counterpart of '
                      f'{"/".join(map(str, path))}.')
   stage_index, block, module, *rest = path[2:]
-  prefix = f'{prefix}sign_model.encoder.network_block.network.{2 * int(stage_index)}.{block}'
+  block = f'{prefix}sign_model.encoder.network_block.network.{2 * int(stage_index)}.{block}'
   if module == 'attention' and rest[0] == 'out_proj':
-    return f'{prefix}.token_mixer.proj.{TORCH_LEAF_NAMES[rest[-1]]}'
+    return f'{block}.token_mixer.proj.{TORCH_LEAF_NAMES[rest[-1]]}'
   if module.startswith('layer_scale'):
-    return f'{prefix}.{_SIGN2GPT_BLOCK[module]}'
+    return f'{block}.{_SIGN2GPT_BLOCK[module]}'
   name = _SIGN2GPT_BLOCK.get(module, module)
-  return '.'.join([prefix, name, *map(str, rest[:-1]), TORCH_LEAF_NAMES[rest[-1]]])
+  return '.'.join([block, name, *map(str, rest[:-1]), TORCH_LEAF_NAMES[rest[-1]]])
 
 
 def sign2gpt_layout(path: tuple, tensor: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""A released MMTLB checkpoint as an sltjax workdir (what `python -m sltjax.convert.release`
-writes), which --mode=eval, --mode=extract_features and python -m sltjax.translate then use as
-they use a trained one.
+"""A released MMTLB or Sign2GPT checkpoint as an sltjax workdir (what `python -m
+sltjax.convert.release` writes), which --mode=eval, --mode=extract_features and python -m
+sltjax.translate then use as they use a trained one.
 
 What a user downloads from the SLRT release (TwoStreamNetwork) and passes here:
   Sign2Gloss checkpoint    .../phoenix-2014t_s2g/ckpts/best.ckpt: S3D + visual head
@@ -17,6 +17,16 @@ The workdir: config.json (the given sltjax config with what the checkpoint decid
 suffix, lowercase glosses), glosses.json (the release's glosses, classifier columns reordered to
 sltjax's blank, <unk>, glosses...), tokenizer/ (PrunedMBartTokenizer) and best/0 (orbax).
 Pickled files are read without running pickled code: only dicts of strings and ints load.
+
+What a user downloads or has from the Sign2GPT release and passes here:
+  the stage-2 checkpoint   the .pt its ignite Checkpoint writes ({'model': state dict, ...}):
+                           DINOv2 with its LoRAs, projection, sign encoder, visual projection and
+                           the XGLM with its LoRAs, adaptors and gates
+  the XGLM folder          facebook/xglm-1.7B (what the release loads): config.json, tokenizer
+
+The workdir: config.json (the sizes the checkpoint decides), architectures.json (DINOv2's,
+from the checkpoint's tensors, with Meta's position interpolation; XGLM's, from its
+config.json), tokenizer/ (the XGLM's) and best/0.
 """
 import json
 import os
