@@ -1,5 +1,5 @@
-"""--mode=compile: a system's training step compiled ahead of time for a Cloud TPU slice, on any
-machine, and what the compiled program needs per chip.
+"""--mode=compile: a system's training step and evaluation program compiled ahead of time for a
+Cloud TPU slice, on any machine, and what the compiled programs need per chip.
 
   python -m sltjax.main --config=configs/c2rl.py:pretrain --mode=compile --topology=v5e-64
 
@@ -21,8 +21,13 @@ step for the slice (libtpu: `pip install 'sltjax[tpu]'`). The report, per chip:
              bytes on the wire / ICI bandwidth (ring algorithms: an all-reduce puts about twice
              its buffer on each chip's links, the others about once), and the MFU it implies
 
-`compile_report` returns it as a dict; `format_report` prints it. A step that does not fit is
-a `DoesNotFit` error: one line saying what it needs and has and what to change.
+and, beside the step, the program evaluation runs on every batch (the beam search where the
+stage translates; Experiment.evaluation_fn) on eval.batch_size of the longest clips: its HBM,
+FLOPs and collectives per chip (`evaluation_report`).
+
+`compile_report` returns it as a dict; `format_report` prints it. A step or evaluation program
+that does not fit is a `DoesNotFit` error: one line saying what it needs and has and what to
+change.
 """
 import math
 import re
@@ -57,7 +62,8 @@ class DoesNotFit(UserError):
 
 
 def compile_report(config, topology: str) -> dict:
-  """Compiles config's training step for `topology` (Slice.parse's names); the report dict."""
+  """Compiles config's training step and evaluation program for `topology` (Slice.parse's
+  names); the report dict."""
   target = Slice.parse(topology)
   with tempfile.TemporaryDirectory() as workdir:
     exp = shapes_only.create(config, target.devices(), workdir)
@@ -88,27 +94,15 @@ def compile_report(config, topology: str) -> dict:
             if not f)),
         'hbm_capacity_bytes': target.chip.hbm_bytes, 'argument_breakdown': per_chip,
         'chip_source': target.chip.source}
-    try:
-      compiled = step.lower(state, batch).compile()
-    except jax.errors.JaxRuntimeError as e:
-      needed = re.search(r'RESOURCE_EXHAUSTED.*?required for HLO temporaries \(([\d.]+)G\)', str(e))
-      if not needed:
-        raise
-      # XLA refuses to compile a program whose temporaries exceed the chip's HBM.
-      temporaries = int(float(needed[1]) * GiB)
+    compiled = _compile(step.lower(state, batch))
+    if isinstance(compiled, int):
       return {**summary, 'fits': False, 'compiler_refused': True,
-              'hbm_bytes_per_chip': sum(per_chip.values()) + temporaries,
-              'hbm_breakdown': {'temporaries': temporaries}}
+              'hbm_bytes_per_chip': sum(per_chip.values()) + compiled,
+              'hbm_breakdown': {'temporaries': compiled}}
     model_flops = model_flops_per_step(config, target.devices(), workdir)
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  hbm = {
-      'arguments': memory.argument_size_in_bytes, 'outputs': memory.output_size_in_bytes,
-      'aliased': memory.alias_size_in_bytes, 'temporaries': memory.temp_size_in_bytes,
-      'generated_code': memory.generated_code_size_in_bytes}
-  hbm_total = (hbm['arguments'] + hbm['outputs'] - hbm['aliased'] + hbm['temporaries']
-               + hbm['generated_code'])
+    evaluation = evaluation_report(exp, target)
+  hbm, hbm_total = _hbm(compiled)
+  cost = _cost(compiled)
   hlo = compiled.as_text()
   totals = collective_bytes(hlo)
   largest = sorted(collectives(hlo), key=lambda c: -c[1])[:LARGEST_COLLECTIVES]
@@ -121,8 +115,9 @@ def compile_report(config, topology: str) -> dict:
             'interconnect': wire / chip.ici_bandwidth}
   step_seconds = max(bounds.values())
   return {
-      **summary, 'compiler_refused': False,
-      'fits': hbm_total <= chip.hbm_bytes, 'hbm_bytes_per_chip': int(hbm_total),
+      **summary, 'compiler_refused': False, 'evaluation': evaluation,
+      'fits': hbm_total <= chip.hbm_bytes and (evaluation is None or evaluation['fits']),
+      'hbm_bytes_per_chip': int(hbm_total),
       'hbm_breakdown': hbm,
       'flops_per_step': flops_per_chip * target.chips, 'flops_per_chip': flops_per_chip,
       'model_flops_per_step': model_flops,
@@ -137,10 +132,46 @@ def compile_report(config, topology: str) -> dict:
   }
 
 
+def evaluation_report(exp, target: Slice) -> dict | None:
+  """The experiment's evaluation program (Experiment.evaluation_fn: the beam search, where the
+  stage translates) compiled for the slice on one batch of config.eval.batch_size rows (rounded
+  up to the data-parallel width, as evaluation pads it) of the longest clips: its HBM, FLOPs and
+  collectives per chip (XLA's cost analysis counts a loop's body once: a beam search's FLOPs are
+  the encoder's plus one decoding step's). None where the stage has no such program."""
+  program = exp.evaluation_fn()
+  if program is None:
+    return None
+  width = exp.data_parallel_rows()
+  rows = -(-exp.config.eval.batch_size // width) * width
+  batch = {k: v for k, v in shapes_only.batch_shapes(exp, rows).items()
+           if k in ('frames', 'frame_mask')}
+  variables = exp.abstract_variables()
+  compiled = _compile(program.lower(variables['params'], variables['rest'], batch))
+  report = {'program': program.__name__, 'rows': rows}
+  if 'bleu4' in exp.METRICS:  # the program beam-searches the translations
+    report.update(beams=exp.config.eval.num_beams, max_new_tokens=exp.config.eval.max_new_tokens)
+  if isinstance(compiled, int):
+    return {**report, 'fits': False, 'compiler_refused': True, 'hbm_bytes_per_chip': compiled,
+            'hbm_breakdown': {'temporaries': compiled}}
+  hbm, total = _hbm(compiled)
+  return {**report, 'fits': total <= target.chip.hbm_bytes, 'compiler_refused': False,
+          'hbm_bytes_per_chip': int(total), 'hbm_breakdown': hbm,
+          'flops_per_chip': float(_cost(compiled).get('flops', 0.0)),
+          'collective_bytes': collective_bytes(compiled.as_text())}
+
+
 def check_fits(report: dict, config) -> None:
   """DoesNotFit (exit 2) naming what the step needs and has, and what to change."""
   if report['fits']:
     return
+  evaluation = report.get('evaluation')
+  if not report['compiler_refused'] and evaluation is not None and not evaluation['fits']:
+    raise DoesNotFit(
+        f'Does not fit: evaluation ({evaluation["program"]}, {evaluation["rows"]} clips) needs '
+        f'{evaluation["hbm_bytes_per_chip"] / GiB:.1f} GiB per chip on {report["topology"]}, '
+        f'whose chips have {report["hbm_capacity_bytes"] / GiB:.0f} GiB (the training step '
+        f'fits): lower --config.eval.batch_size (now {config.eval.batch_size})'
+        + (' or --config.eval.num_beams' if 'beams' in evaluation else '') + '.')
   mesh, args = report['mesh'], report['argument_breakdown']
   state = args['parameters'] + args['optimizer_state']
   temporaries = report['hbm_breakdown']['temporaries']
@@ -257,6 +288,17 @@ def format_report(report: dict, config_name: str) -> str:
   lines.append('  largest: ' + '; '.join(
       f'{c["kind"]} {c["bytes"] / 2**20:.1f} MiB ({"/".join(c["op"].split("/")[-2:]) or "?"})'
       for c in report['largest_collectives']))
+  evaluation = report.get('evaluation')
+  if evaluation is not None:
+    beams = (f' x {evaluation["beams"]} beams, up to {evaluation["max_new_tokens"]} tokens'
+             if 'beams' in evaluation else '')
+    lines.append(
+        f'Evaluation ({evaluation["program"]}: {evaluation["rows"]} clips{beams}): '
+        f'{g(evaluation["hbm_bytes_per_chip"]).strip()} per chip (temporaries '
+        f'{g(evaluation["hbm_breakdown"]["temporaries"]).strip()}): '
+        f'{"fits" if evaluation["fits"] else "DOES NOT FIT"}'
+        + (f', {evaluation["flops_per_chip"]:.3e} FLOPs per chip (loops counted once)'
+           if not evaluation['compiler_refused'] else ''))
   b = report['bound_seconds']
   lines += [
       f'Roofline: compute {b["compute"] * 1e3:.1f} ms, HBM {b["hbm"] * 1e3:.1f} ms, '
@@ -267,6 +309,34 @@ def format_report(report: dict, config_name: str) -> str:
 
 
 # ------------------------------------------------------------------ helpers
+def _compile(lowered):
+  """The compiled program, or (an int) the temporaries' bytes per chip XLA refused it for:
+  XLA does not compile a program whose temporaries exceed the chip's HBM."""
+  try:
+    return lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    needed = re.search(r'RESOURCE_EXHAUSTED.*?required for HLO temporaries \(([\d.]+)G\)', str(e))
+    if not needed:
+      raise
+    return int(float(needed[1]) * GiB)
+
+
+def _hbm(compiled) -> tuple[dict[str, int], int]:
+  """(XLA's memory analysis per chip, its total: donated buffers counted once)."""
+  memory = compiled.memory_analysis()
+  hbm = {
+      'arguments': memory.argument_size_in_bytes, 'outputs': memory.output_size_in_bytes,
+      'aliased': memory.alias_size_in_bytes, 'temporaries': memory.temp_size_in_bytes,
+      'generated_code': memory.generated_code_size_in_bytes}
+  return hbm, (hbm['arguments'] + hbm['outputs'] - hbm['aliased'] + hbm['temporaries']
+               + hbm['generated_code'])
+
+
+def _cost(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  return cost[0] if isinstance(cost, list) else cost
+
+
 def _array_bytes(match) -> int:
   dims = [int(d) for d in match[2].split(',') if d]
   return _DTYPE_BYTES[match[1]] * math.prod(dims)

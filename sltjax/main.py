@@ -28,8 +28,9 @@ _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'eval', 'extract_features', 'compile'],
     'train (resumes if workdir has checkpoints), eval (best checkpoint), extract_features '
     '(video systems: the backbone\'s features of every split as a dataset in workdir/features) '
-    'or compile (the training step compiled for --topology, a TPU slice, with its memory, FLOPs, '
-    'collectives and roofline per chip; needs no dataset, weights or TPU: sltjax[tpu]).')
+    'or compile (the training step and evaluation program compiled for --topology, a TPU slice, '
+    'with their memory, FLOPs, collectives and roofline per chip; needs no dataset, weights or '
+    'TPU: sltjax[tpu]).')
 _TOPOLOGY = flags.DEFINE_string(
     'topology', None, '--mode=compile: the TPU slice, as Cloud TPU names it (v5e-64, v5p-128, '
     'v6e-256, v4-32) or as JAX does (v5e:8x8, v5p:4x4x4).')

@@ -181,3 +181,32 @@ def test_evaluation_functions_embed_each_chips_own_frames_too(tmp_path):
     flops[axis] = compiled.cost_analysis()['flops']
   # Without the frames' constraint the tensor-parallel chips each embed every frame: ~4x.
   assert flops['tensor'] < 1.25 * flops['data']
+
+
+def test_the_report_compiles_evaluation_beside_the_step(data_parallel_report):
+  """Pretraining's evaluation embeds the dev clips (retrieval): compiled for the slice on
+  eval.batch_size rows rounded up to the four data-parallel chips."""
+  report, config = data_parallel_report
+  evaluation = report['evaluation']
+  assert evaluation['program'] == 'video_embeddings' and 'beams' not in evaluation
+  assert evaluation['rows'] == -(-config.eval.batch_size // 4) * 4
+  assert evaluation['fits'] and evaluation['flops_per_chip'] > 0
+  assert 0 < evaluation['hbm_bytes_per_chip'] < report['hbm_bytes_per_chip']
+  assert 'Evaluation (video_embeddings:' in compile_check.format_report(report, 'c2rl')
+
+
+def test_translating_stages_compile_their_beam_search(tmp_path):
+  """Sign2Text's evaluation program is its beam search, compiled with the config's beams and
+  length; XLA counts the search loop's body once, which more beams make costlier."""
+  from sltjax.experiments import shapes_only  # pylint: disable=import-outside-toplevel
+  target = Slice.parse('v5e:2x2')
+  reports = {}
+  for beams in (1, 4):
+    config = c2rl.get_config('slt,runlocal')
+    config.eval.batch_size, config.eval.num_beams = 6, beams
+    exp = shapes_only.create(config, target.devices(), str(tmp_path / str(beams)))
+    reports[beams] = compile_check.evaluation_report(exp, target)
+  assert reports[4]['program'] == 'translate' and reports[4]['beams'] == 4
+  assert reports[4]['max_new_tokens'] == config.eval.max_new_tokens
+  assert reports[4]['fits'] and reports[4]['rows'] == 8  # 6 clips padded to 4 chips' multiple
+  assert reports[4]['flops_per_chip'] > reports[1]['flops_per_chip'] > 0

@@ -255,10 +255,11 @@ class Experiment:
     if name not in self._jitted:
       rows = sharding.batch_sharding(self.mesh)
 
-      @functools.wraps(fn)  # the jitted program keeps fn's name
+      @functools.wraps(fn)
       def traced(*args):
         with sharding.tracing_mesh(self.mesh):
           return fn(*args)
+      traced.__name__ = traced.__qualname__ = name  # the program's name (jit_<name> in HLO)
 
       self._jitted[name] = jax.jit(
           traced, in_shardings=(self.param_shardings, self.rest_shardings, rows),
@@ -326,6 +327,12 @@ class Experiment:
     """Writes what the last `evaluate` prepared beyond its text predictions (pictures) into
     `directory`, names starting with `prefix`; returns the paths. Called on process 0 only."""
     return []
+
+  def evaluation_fn(self):
+    """The jitted (params, rest, batch of eval-prepared clips) -> outputs program that
+    evaluation runs on every batch (the beam search, where the stage translates), which
+    --mode=compile compiles beside the training step; None where the stage has none."""
+    return None
 
   def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
     """{kind ('text', 'gloss', ...): one string per row} for a batch of eval-prepared clips

@@ -249,6 +249,9 @@ class Translation(Downstream):
       return self.beam_search(model.translation, None, mask, embeds)
     return self.jitted('translate', run)
 
+  def evaluation_fn(self):
+    return self.translate_fn()
+
   def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
     """{'text': translations} of a global batch of clips (all processes call this)."""
     return {'text': self.translations(self.translate_fn(), params, rest, local_batch)}

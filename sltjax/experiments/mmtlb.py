@@ -167,6 +167,9 @@ class MMTLBExperiment(VideoExperiment):
       return out
     return self.jitted('visual', run)
 
+  def evaluation_fn(self):
+    return self.visual_fn()
+
   def decoded(self, params, rest, local_batch) -> tuple[list[str], dict]:
     """(recognised gloss lines, the visual outputs) of every row of a global batch."""
     out = multihost_utils.process_allgather(

@@ -77,15 +77,21 @@ class RetrievalExperiment(VideoExperiment):
     return {'values': values.astype(jnp.float32),
             'lengths': jnp.sum(mask[:, :values.shape[1]], axis=1).astype(jnp.int32)}
 
-  def video_embeddings(self, params, rest, local_batch) -> list[np.ndarray]:
-    """[T_i, d] features of every row of a global batch of clips (all processes call this)."""
+  def video_embeddings_fn(self):
+    """Jitted (params, rest, batch) -> {'values' [B, T', d], 'lengths' [B]}."""
     def run(params, rest, batch):
       values, mask = self.encode_video(self.merge(params, rest), *self.model_inputs(batch))
       return self._with_lengths(values, mask)
+    return self.jitted('video_embeddings', run)
 
+  def evaluation_fn(self):
+    return self.video_embeddings_fn()
+
+  def video_embeddings(self, params, rest, local_batch) -> list[np.ndarray]:
+    """[T_i, d] features of every row of a global batch of clips (all processes call this)."""
     batch = {k: local_batch[k] for k in ('frames', 'frame_mask')}
     out = multihost_utils.process_allgather(
-        self.jitted('video_embeddings', run)(params, rest, self.global_batch(batch)), tiled=True)
+        self.video_embeddings_fn()(params, rest, self.global_batch(batch)), tiled=True)
     return [out['values'][i, :n] for i, n in enumerate(out['lengths'])]
 
   def text_embeddings(self, params, rest, text_ids: np.ndarray) -> list[np.ndarray]:

@@ -90,10 +90,11 @@ def create(config, devices: list, workdir: str) -> VideoExperiment:
   return ShapesOnly(config, workdir)
 
 
-def batch_shapes(exp: VideoExperiment) -> dict[str, jax.ShapeDtypeStruct]:
-  """One global training batch of the longest shapes the config's data reach: the frame bucket
-  of the longest video's sampled frames (config.shapes.longest_video) and the longest label
-  bucket, sharded over the batch axes."""
+def batch_shapes(exp: VideoExperiment, rows: int | None = None
+                 ) -> dict[str, jax.ShapeDtypeStruct]:
+  """One global training batch (of `rows`, else config.batch_size) of the longest shapes the
+  config's data reach: the frame bucket of the longest video's sampled frames
+  (config.shapes.longest_video) and the longest label bucket, sharded over the batch axes."""
   data = exp.config.data
   longest = max(len(sampling.sample_frames(data.sampling, exp.config.shapes.longest_video,
                                            np.random.default_rng(seed), True, data.max_frames))
@@ -104,8 +105,8 @@ def batch_shapes(exp: VideoExperiment) -> dict[str, jax.ShapeDtypeStruct]:
   else:
     frame_dim = (data.crop_size, data.crop_size, 3)
     dtype = np.uint8 if data.normalization == 'none' else np.float32
-  shapes = video.batch_shapes(data, exp.config.batch_size, frames, data.length_buckets[-1],
-                              frame_dim, dtype, exp.record_label_dims())
+  shapes = video.batch_shapes(data, rows or exp.config.batch_size, frames,
+                              data.length_buckets[-1], frame_dim, dtype, exp.record_label_dims())
   batch_sharding = sharding.batch_sharding(exp.mesh)
   return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
           for name, (shape, dtype) in shapes.items()}

@@ -281,16 +281,22 @@ class PseudoGlossPretraining(Sign2GPTExperiment):
     return self.config.pseudo_glosses.loss_weight * bce, {
         'frames': jnp.sum(batch['frame_mask']).astype(jnp.float32), 'bce': bce}
 
-  def presence(self, params, rest, local_batch) -> dict[str, list[np.ndarray]]:
-    """{'scores': [V] per row, 'weights': [T'_i, V] per row} of a global batch of clips."""
+  def presence_fn(self):
+    """Jitted (params, rest, batch) -> {'scores' [B, V], 'weights' [B, T', V], 'lengths' [B]}."""
     def run(params, rest, batch):
       out = self.merge(params, rest)(*self.model_inputs(batch))
       return {'scores': out['scores'], 'weights': out['weights'],
               'lengths': jnp.sum(out['mask'], axis=1).astype(jnp.int32)}
+    return self.jitted('presence', run)
 
+  def evaluation_fn(self):
+    return self.presence_fn()
+
+  def presence(self, params, rest, local_batch) -> dict[str, list[np.ndarray]]:
+    """{'scores': [V] per row, 'weights': [T'_i, V] per row} of a global batch of clips."""
     batch = {k: local_batch[k] for k in ('frames', 'frame_mask')}
     out = multihost_utils.process_allgather(
-        self.jitted('presence', run)(params, rest, self.global_batch(batch)), tiled=True)
+        self.presence_fn()(params, rest, self.global_batch(batch)), tiled=True)
     return {'scores': list(out['scores']),
             'weights': [w[:n] for w, n in zip(out['weights'], out['lengths'])]}
 
@@ -411,6 +417,9 @@ class Translation(Sign2GPTExperiment):
                                  eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
                                  **self.search_options())[:, 0]
     return self.jitted('translate', run)
+
+  def evaluation_fn(self):
+    return self.translate_fn()
 
   def predict(self, params, rest, local_batch) -> dict[str, list[str]]:
     """{'text': translations} of a global batch of clips (all processes call this)."""
