@@ -47,7 +47,7 @@ def point(system: str, generation: str, chips: int, batch: int) -> dict:
   config.mesh = {'data': 1, 'fsdp': -1, 'tensor': tensor}
   target = Slice.parse(f'{generation}-{chips * CHIPS[generation].cores_per_chip}')
   start = time.perf_counter()
-  report = compile_check.compile_report(config, target.jax_name)
+  report = compile_check.compile_report(config, target.jax_name, evaluation=False)
   args = report['argument_breakdown']
   return {
       'system': system, 'slice': report['topology'], 'chips': chips,

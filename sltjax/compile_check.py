@@ -61,9 +61,9 @@ class DoesNotFit(UserError):
   """The compiled step needs more HBM per chip than the slice's chips have."""
 
 
-def compile_report(config, topology: str) -> dict:
-  """Compiles config's training step and evaluation program for `topology` (Slice.parse's
-  names); the report dict."""
+def compile_report(config, topology: str, evaluation: bool = True) -> dict:
+  """Compiles config's training step and (evaluation=True) its evaluation program for
+  `topology` (Slice.parse's names); the report dict."""
   target = Slice.parse(topology)
   with tempfile.TemporaryDirectory() as workdir:
     exp = shapes_only.create(config, target.devices(), workdir)
@@ -100,7 +100,7 @@ def compile_report(config, topology: str) -> dict:
               'hbm_bytes_per_chip': sum(per_chip.values()) + compiled,
               'hbm_breakdown': {'temporaries': compiled}}
     model_flops = model_flops_per_step(config, target.devices(), workdir)
-    evaluation = evaluation_report(exp, target)
+    evaluation = evaluation_report(exp, target) if evaluation else None
   hbm, hbm_total = _hbm(compiled)
   cost = _cost(compiled)
   hlo = compiled.as_text()
