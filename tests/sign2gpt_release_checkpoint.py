@@ -12,9 +12,10 @@ It builds the release's stage-2 Model as tests/sign2gpt_stage2_release_golden.py
 with its LoRAs, Linear, BatchNorm, the MetaFormer sign encoder at the release's 8 heads, the
 sine-position Linear into the LM, its modeling_xglm.py with the stage-2 adaptor), here at sizes
 where the whole chain is exercised: DINOv2's position grid (3 x 3) differs from the frames'
-(2 x 2), so Meta's position interpolation runs. Its XGLM is sltjax's synthetic-German stand-in
-(python -m sltjax.stand_ins' train_xglm, 64 wide), so that the translations are sentences; its
-adapters, gates (0.3-0.9) and sign side are random. Saved into
+(2 x 2), so Meta's position interpolation runs. Its XGLM is sltjax's synthetic-sentence
+stand-in (python -m sltjax.stand_ins' train_xglm, 64 wide), so that the translations are
+sentences; its adapters, gates (0.6-1.0) and sign side are random, the clips tinted apart (the
+seed chosen so that their three translations differ). Saved into
 tests/sign2gpt_release_checkpoint/:
   best_checkpoint.pt   as the release's ignite Checkpoint writes it ({'model': state dict,
                        'optimizer': ...}), float32

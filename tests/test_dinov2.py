@@ -111,6 +111,17 @@ def test_meta_checkpoint_converts_from_its_shapes_alone(hf_model, tmp_path):
   assert 'blocks.0.attn.qkv.bias[v] has shape (127,)' in str(error.value)
 
 
+def test_sign2gpt_keeps_each_checkpoints_own_position_interpolation(hf_model, tmp_path):
+  """Sign2GPT's release runs Meta's DINOv2 code on Meta's checkpoint: its architecture keeps
+  Meta's interpolation (by a scale factor); a Hugging Face directory keeps HF's."""
+  from sltjax.experiments.sign2gpt import backbone_architecture  # pylint: disable=import-outside-toplevel
+  model, directory = hf_model
+  torch.save(meta_state_dict(model), tmp_path / 'dinov2_tiny_pretrain.pth')
+  meta = backbone_architecture(str(tmp_path / 'dinov2_tiny_pretrain.pth'))
+  assert meta == {**backbone_architecture(str(directory)), 'interpolation': 'meta'}
+  assert backbone_architecture(str(directory))['interpolation'] == 'hf'
+
+
 @pytest.mark.parametrize('in_size,out_size', [(37, 16), (4, 7), (5, 3), (4, 4)])
 def test_bicubic_weights_equal_torch_interpolate_by_size_and_by_scale_factor(in_size, out_size):
   grid = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, in_size, in_size)))

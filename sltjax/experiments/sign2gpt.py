@@ -98,13 +98,16 @@ def pseudo_gloss_f1(scores, targets, threshold: float = 0.5) -> dict[str, float]
 
 
 def backbone_architecture(path: str) -> dict:
-  """DINOv2Config fields of a Hugging Face directory or a Meta checkpoint."""
+  """DINOv2Config fields of a Hugging Face directory or a Meta checkpoint; each resizes its
+  position embeddings as its own code does (Meta's, by a scale factor, is what the release
+  runs)."""
   if os.path.isdir(path):
     cfg = dinov2_hf_config(read_config(path))
   else:
-    cfg = dinov2_meta_config(read_torch_weights(path))
+    cfg = dinov2_meta_config(read_torch_weights(path), interpolation='meta')
   return {k: getattr(cfg, k) for k in ('hidden_size', 'num_layers', 'num_heads', 'mlp_ratio',
-                                       'patch_size', 'image_size', 'layer_norm_eps')}
+                                       'patch_size', 'image_size', 'layer_norm_eps',
+                                       'interpolation')}
 
 
 def ordered_by_time(weights: np.ndarray, glosses: list[int]) -> list[int]:
