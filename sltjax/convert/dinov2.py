@@ -104,6 +104,11 @@ def split_fused(state_dict: dict[str, np.ndarray], fused: str = FUSED_QKV
   return out
 
 
+# The DINOv2Config fields a checkpoint decides (what a workdir's architectures.json keeps).
+ARCHITECTURE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'mlp_ratio', 'patch_size',
+                       'image_size', 'layer_norm_eps', 'interpolation')
+
+
 def meta_config(state_dict: dict[str, np.ndarray], **overrides) -> DINOv2Config:
   """The architecture of a Meta checkpoint, from its tensor shapes."""
   if 'register_tokens' in state_dict:

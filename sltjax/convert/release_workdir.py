@@ -40,6 +40,7 @@ from flax import nnx
 
 from sltjax import storage
 from sltjax.checkpointing import Checkpointer
+from sltjax.convert.dinov2 import ARCHITECTURE_FIELDS as DINOV2_FIELDS
 from sltjax.convert.dinov2 import meta_config as dinov2_meta_config
 from sltjax.convert.release import (MMTLB_GLOSS_EMBEDDING, SIGN2GPT_LM, mmtlb_state,
                                     sign2gpt_state)
@@ -288,7 +289,7 @@ def sign2gpt_settings(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
   dinov2 = {k.removeprefix(_SIGN2GPT_DINOV2): v for k, v in state_dict.items()
             if k.startswith(_SIGN2GPT_DINOV2) and 'lora_' not in k}
   try:
-    architecture = dinov2_meta_config(dinov2)
+    architecture = dinov2_meta_config(dinov2, interpolation='meta')
   except (KeyError, ValueError) as e:
     raise UserError(f'The checkpoint\'s DINOv2 ({_SIGN2GPT_DINOV2}*) is not Meta\'s ViT: '
                     f'{e}') from None
@@ -298,22 +299,23 @@ def sign2gpt_settings(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
   if adapted != list(range(layers - len(adapted), layers)):
     raise UserError(f'The checkpoint\'s DINOv2 has LoRA on blocks {adapted}: sltjax adapts the '
                     'last blocks (model.frames.lora_last_layers).')
-  stage_depths = tuple(len({m[1] for m in (re.match(rf'{_SIGN2GPT_BLOCKS}{2 * s}\.(\d+)\.', k)
-                                              for k in state_dict) if m}) for s in range(2))
+  blocks = {}  # the MetaFormer's network index -> its blocks (pooling layers hold none)
+  for m in (re.match(rf'{_SIGN2GPT_BLOCKS}(\d+)\.(\d+)\.', k) for k in state_dict):
+    if m:
+      blocks.setdefault(int(m[1]), set()).add(m[2])
+  stage_depths = tuple(len(blocks[i]) for i in sorted(blocks))
   lm_layer = f'{SIGN2GPT_LM}model.layers.0.self_attn.'
   settings = {
       'model.frames.lora_last_layers': len(adapted),
-      'model.frames.lora_rank': shape(f'{_SIGN2GPT_DINOV2}blocks.{layers - 1}.attn.'
-                                      'lora_w1_l1.weight')[0] if adapted else 4,
       'model.frames.dim': shape(f'{_SIGN2GPT_FRAMES}lin.weight')[0],
       'model.signs.dim': shape(f'{_SIGN2GPT_BLOCKS}0.0.norm1.weight')[0],
       'model.signs.stage_depths': stage_depths,
       'model.adaptor.rank': shape(f'{lm_layer}adaptor_lora_wq_l1.weight')[0],
       'eval.max_new_tokens': 63}  # the release's generate: max_length 64 with the `</s>` prompt
-  fields = {k: getattr(architecture, k) for k in ('hidden_size', 'num_layers', 'num_heads',
-                                                  'mlp_ratio', 'patch_size', 'image_size',
-                                                  'layer_norm_eps')}
-  return settings, {**fields, 'interpolation': 'meta'}
+  if adapted:
+    settings['model.frames.lora_rank'] = shape(
+        f'{_SIGN2GPT_DINOV2}blocks.{layers - 1}.attn.lora_w1_l1.weight')[0]
+  return settings, {k: getattr(architecture, k) for k in DINOV2_FIELDS}
 
 
 def write_sign2gpt_workdir(config, workdir: str, checkpoint: str, *, lm_dir: str) -> dict:

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from sltjax import experiments, storage
+from sltjax.convert.dinov2 import ARCHITECTURE_FIELDS as DINOV2_FIELDS
 from sltjax.convert.dinov2 import hf_config as dinov2_hf_config
 from sltjax.convert.dinov2 import meta_config as dinov2_meta_config
 from sltjax.convert.hf_checkpoint import read_config, read_state_dict
@@ -105,9 +106,7 @@ def backbone_architecture(path: str) -> dict:
     cfg = dinov2_hf_config(read_config(path))
   else:
     cfg = dinov2_meta_config(read_torch_weights(path), interpolation='meta')
-  return {k: getattr(cfg, k) for k in ('hidden_size', 'num_layers', 'num_heads', 'mlp_ratio',
-                                       'patch_size', 'image_size', 'layer_norm_eps',
-                                       'interpolation')}
+  return {k: getattr(cfg, k) for k in DINOV2_FIELDS}
 
 
 def ordered_by_time(weights: np.ndarray, glosses: list[int]) -> list[int]:
