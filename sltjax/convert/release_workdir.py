@@ -293,14 +293,15 @@ def sign2gpt_settings(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
   except (KeyError, ValueError) as e:
     raise UserError(f'The checkpoint\'s DINOv2 ({_SIGN2GPT_DINOV2}*) is not Meta\'s ViT: '
                     f'{e}') from None
-  adapted = sorted({int(m[1]) for m in (re.match(_SIGN2GPT_DINOV2 + r'blocks\.(\d+)\.attn\.lora_',
-                                                 k) for k in state_dict) if m})
+  lora = re.compile(re.escape(_SIGN2GPT_DINOV2) + r'blocks\.(\d+)\.attn\.lora_')
+  adapted = sorted({int(m[1]) for m in map(lora.match, state_dict) if m})
   layers = architecture.num_layers
   if adapted != list(range(layers - len(adapted), layers)):
     raise UserError(f'The checkpoint\'s DINOv2 has LoRA on blocks {adapted}: sltjax adapts the '
                     'last blocks (model.frames.lora_last_layers).')
   blocks = {}  # the MetaFormer's network index -> its blocks (pooling layers hold none)
-  for m in (re.match(rf'{_SIGN2GPT_BLOCKS}(\d+)\.(\d+)\.', k) for k in state_dict):
+  block = re.compile(re.escape(_SIGN2GPT_BLOCKS) + r'(\d+)\.(\d+)\.')
+  for m in map(block.match, state_dict):
     if m:
       blocks.setdefault(int(m[1]), set()).add(m[2])
   stage_depths = tuple(len(blocks[i]) for i in sorted(blocks))
