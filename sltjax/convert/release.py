@@ -245,17 +245,16 @@ def sign2gpt_state(state_dict: dict[str, np.ndarray], abstract_state: nnx.State,
     problems.append(f'{SIGN2GPT_LM}lm_head.weight differs from the token embeddings (the '
                     'release ties them)')
   vocab = state_dict.pop('post_model.vocab_embedding', None)
+  variables = dict(nnx.to_flat_state(abstract_state))
+  prototypes = variables.pop(('head', 'prototypes'), None)
   flat = []
-  for path, variable in nnx.to_flat_state(abstract_state):
-    if path == ('head', 'prototypes'):
-      if vocab is None:
-        problems.append('missing post_model.vocab_embedding (the word vectors)')
-        continue
-      vectors = np.asarray(vocab)[..., 0].T  # [V, dim]
-      vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-      flat.append((path, variable.replace(jnp.asarray(vectors, jnp.float32))))
-  rest = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(abstract_state)
-                              if p != ('head', 'prototypes')])
+  if prototypes is not None and vocab is None:
+    problems.append('missing post_model.vocab_embedding (the word vectors)')
+  elif prototypes is not None:
+    vectors = np.asarray(vocab)[..., 0].T  # [V, dim]
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    flat.append((('head', 'prototypes'), prototypes.replace(jnp.asarray(vectors, jnp.float32))))
+  rest = nnx.from_flat_state(list(variables.items()))
   fixed_tables = ('.pos', 'inv_freq', 'zero_embedding', 'embed_positions.weights', 'mask_token',
                   'num_batches_tracked')
   filled = fill_state(rest, state_dict, lambda path: sign2gpt_release_name(path, stage), dtype,
