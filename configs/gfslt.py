@@ -39,7 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.backbone_weights = ''
   c.model.visual = ml_collections.ConfigDict({
       'backbone': 'resnet18', 'backbone_width': 1.0, 'frozen_bn': False, 'bn_momentum': 0.0,
-      'conv_kernel': 5, 'conv_blocks': 2, 'dtype': 'float32', 'param_dtype': 'float32'})
+      'conv_kernel': 5, 'conv_blocks': 2, 'dtype': 'float32', 'param_dtype': 'float32',
+      # The release's collate: 8 copies of a clip's first frame before it, its last frame
+      # after, to ceil(n / 4) * 4 + 16 frames.
+      'pad_clip_edges': True})
   # The release's "mytran": mBART-shaped, 3 layers, 8 heads, from scratch.
   heads = dict(encoder_attention_heads=8, decoder_attention_heads=8, dropout=0.1,
                attention_dropout=0.0)

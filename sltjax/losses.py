@@ -171,6 +171,22 @@ def clcl_similarity(video, video_mask, text, text_mask, *, temperature: float = 
   return join(v2t), join(t2v)
 
 
+def clip_kl_loss(scores, positives, logit_scale):
+  """GFSLT-VLP's CLIP loss (its release's utils.KLLoss in both directions, halved), on cosine
+  similarities scores [num_videos, num_texts]: per row, KL(softmax(10 x positives) ||
+  softmax(exp(logit_scale) x scores)), averaged over the rows. The target's factor 10 leaves
+  the negatives (B - 1) / (e^10 + B - 1) of a row's mass (1.4e-4 for the release's 4 per GPU).
+  positives [num_videos, num_texts] is 1 where a video shows the text's sentence."""
+  scale = jnp.exp(logit_scale)
+  positives = positives.astype(jnp.float32)
+
+  def kl(logits, targets):  # rows rank their columns
+    targets = jax.nn.softmax(10.0 * targets, axis=1)
+    return jnp.mean(optax.losses.kl_divergence(jax.nn.log_softmax(logits, axis=1), targets))
+
+  return (kl(scale * scores, positives) + kl(scale * scores.T, positives.T)) / 2
+
+
 def contrastive_loss(v2t, t2v, positives, logit_scale, *, label_smoothing: float = 0.0,
                      cico_mix: bool = False):
   """Symmetric InfoNCE over the batch on CLCL similarities [num_videos, num_texts].

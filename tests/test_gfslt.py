@@ -91,7 +91,10 @@ def test_the_loss_is_clip_plus_lambda_times_the_masked_decoders_by_their_formula
   video /= np.linalg.norm(video, axis=1, keepdims=True)
   sentence /= np.linalg.norm(sentence, axis=1, keepdims=True)
   logits = np.exp(float(model.logit_scale[...])) * video @ sentence.T  # [videos, texts]
-  clip = -(np.mean(np.diag(_log_softmax(logits))) + np.mean(np.diag(_log_softmax(logits.T)))) / 2
+  # The release's KLLoss: each row's KL from softmax(10 x identity), averaged over rows.
+  target = _log_softmax(10.0 * np.eye(len(logits)))
+  kl = lambda x: np.mean(np.sum(np.exp(target) * (target - _log_softmax(x)), axis=1))
+  clip = (kl(logits) + kl(logits.T)) / 2
   np.testing.assert_allclose(float(metrics['clip']), clip, rtol=2e-5)
 
   masked = mask_last_words(ids, text_mask, nnx.Rngs(dropout=key).dropout(),

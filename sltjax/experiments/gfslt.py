@@ -1,8 +1,8 @@
 """GFSLT-VLP's visual-language pretraining on a built video dataset (configs/gfslt.py):
-the CLIP loss between the video and sentence embeddings plus loss_lambda times the masked
-self-supervised text decoder's loss (sltjax/models/systems/gfslt.py); scored by sign retrieval on
-the embeddings' cosine similarity, so `python -m sltjax.retrieve` ranks videos and sentences with
-a trained workdir.
+the CLIP loss (its release's KL form) between the video and sentence embeddings plus
+loss_lambda times the masked self-supervised text decoder's loss (sltjax/models/systems/
+gfslt.py); scored by sign retrieval on the embeddings' cosine similarity, so
+`python -m sltjax.retrieve` ranks videos and sentences with a trained workdir.
 """
 import jax.numpy as jnp
 
@@ -13,7 +13,7 @@ from sltjax.errors import UserError
 from sltjax.experiments.retrieval import RetrievalExperiment, same_sentence
 from sltjax.experiments.video import TOKENIZER_DIR
 from sltjax.experiments.warm_start import WarmStart
-from sltjax.losses import contrastive_loss, l2_normalize, mean_cross_entropy
+from sltjax.losses import clip_kl_loss, l2_normalize, mean_cross_entropy
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.gfslt import (VisualConfig, VisualLanguagePretraining,
                                          mask_last_words)
@@ -22,6 +22,26 @@ from sltjax.models.systems.gfslt import (VisualConfig, VisualLanguagePretraining
 # resized to 256 and cropped to 224 (random at train, centre at test), ImageNet statistics.
 DATA_RECIPE = dict(sampling='all', max_frames=300, eval_resize=256, random_crop='fixed',
                    normalization='imagenet')
+
+
+def pretraining_losses(model, frames, frame_mask, text_ids, text_mask, masked_ids,
+                       decoder_input_ids, label_weights, positives, *, label_smoothing: float,
+                       rngs=None):
+  """GFSLT-VLP's two losses on a batch whose masked text is drawn: (the CLIP loss, the masked
+  decoder's label-smoothed cross entropy per token, its tokens).
+
+  frames [B, T, H, W, 3] normalised (or features [B, T, C]), frame_mask [B, T]; text_ids
+  `X </s> lang` [B, L] (text_mask [B, L]), also the decoder's labels (label_weights [B, L]);
+  masked_ids [B, L]: the text with its last tokens masked; decoder_input_ids [B, L];
+  positives [B, B]: 1 where a video shows a text's sentence.
+  """
+  video = l2_normalize(model.visual(frames, frame_mask, rngs))  # [B, d]
+  sentence, _ = model.encode_text(text_ids, text_mask, rngs)
+  scores = video @ l2_normalize(sentence).T  # [videos, texts] cosine similarities
+  clip = clip_kl_loss(scores, positives, model.logit_scale[...])
+  logits = model.masked_text_logits(masked_ids, text_mask, decoder_input_ids, rngs)
+  decoding, tokens = mean_cross_entropy(logits, text_ids, label_weights, label_smoothing)
+  return clip, decoding, tokens
 
 
 @experiments.register('gfslt')
@@ -72,17 +92,14 @@ class GFSLTPretraining(RetrievalExperiment):
     cfg = self.config.loss
     frames, frame_mask = self.model_inputs(batch)
     text_ids, text_mask = self.text_inputs(batch['labels'])
-    video = l2_normalize(model.visual(frames, frame_mask, rngs))  # [B, d]
-    sentence, _ = model.encode_text(text_ids, text_mask, rngs)
-    scores = video @ l2_normalize(sentence).T  # [videos, texts] cosine similarities
     positives = (same_sentence(text_ids) if cfg.same_sentence_positives
                  else jnp.eye(len(text_ids)))
-    clip = contrastive_loss(scores, scores, positives, model.logit_scale[...])
     masked = mask_last_words(text_ids, text_mask, rngs.dropout(), rate=cfg.mask_rate,
                              mask_id=self.mask_id)
-    logits = model.masked_text_logits(masked, text_mask, batch['decoder_input_ids'], rngs)
-    decoding, tokens = mean_cross_entropy(logits, batch['labels'], batch['label_weights'],
-                                          self.config.label_smoothing)
+    clip, decoding, tokens = pretraining_losses(
+        model, frames, frame_mask, text_ids, text_mask, masked, batch['decoder_input_ids'],
+        batch['label_weights'], positives, label_smoothing=self.config.label_smoothing,
+        rngs=rngs)
     return clip + cfg.loss_lambda * decoding, {
         'frames': jnp.sum(batch['frame_mask']).astype(jnp.float32), 'tokens': tokens,
         'clip': clip, 'masked_lm': decoding, 'logit_scale': model.logit_scale[...]}

@@ -1,13 +1,16 @@
 """GFSLT-VLP (Zhou et al., ICCV 2023): gloss-free visual-language pretraining of a sign encoder.
 
-  frames [B, T, H, W, 3] -> ResNet-18 per frame [B, T, 512]
+  frames [B, T, H, W, 3] -> each clip padded as the release's collate pads it: 8 copies of its
+    first frame before, its last frame repeated after, to ceil(n / 4) * 4 + 16 frames
+    -> ResNet-18 per frame [B, T, 512] (or given per-frame features: backbone 'features')
     -> [Conv1d k5 (no padding) -> BatchNorm -> ReLU -> MaxPool 2] x 2   [B, T', d], T' ~ T/4
     -> a learned CLS token prepended -> an mBART-shaped encoder (3 layers, from scratch)
     -> Linear (no bias) of the CLS output: the video embedding [B, d]          (VisualEncoder)
   text `X </s> lang` -> an mBART encoder -> its state at the last real token: the sentence
     embedding [B, d] (the release takes the position of the largest token id, mBART's language
     code, which is the last real token)
-  CLIP loss: cosine similarities x exp(logit scale) -> cross entropy in both directions, halved
+  CLIP loss: cosine similarities x exp(logit scale) -> in both directions, halved, each row's KL
+    from softmax(10 x identity) (the release's KLLoss; sltjax.losses.clip_kl_loss)
   masked self-supervised text decoding: the text with its last words masked -> the text encoder
     (no gradient) -> a separate mBART-shaped decoder (3 layers) writes the whole sentence
 
@@ -16,8 +19,11 @@ the logit scale starts at ln(1/0.07) and is never clamped; masking ('omit_last')
 ceil(n * u) of a sentence's n words, u ~ U(0, 0.15), by <mask>; the decoder's loss is label-smoothed
 (0.2) cross entropy weighted by loss_lambda. Differences here, for one step on one optimizer over a
 sharded global batch: the decoder trains every step with the rest (the release: its own AdamW,
-every 5th step), the contrastive batch is the global batch (the release's: each GPU's), and
-masking is over tokens of the sentence (the release: whitespace words).
+every 5th step), the contrastive batch is the global batch (the release's: each GPU's),
+masking is over tokens of the sentence (the release: whitespace words), the TemporalConv's
+BatchNorm leaves padded positions out of its statistics (the release's takes them in, padded
+with 1.0), and the decoder's output projection stays tied to its embedding (the release's is a
+separate copy). tests/test_gfslt_release_parity.py checks the rest against the release.
 
 Dropout runs when `rngs` is given (training), which also switches BatchNorm to batch statistics
 over the valid positions.
@@ -42,6 +48,8 @@ class VisualConfig:
   backbone_width: float = 1.0
   frozen_bn: bool = False
   bn_momentum: float = 0.0  # backbone running-statistics momentum (Flax's); 0: the released one
+  feature_dim: int = 0  # backbone 'features': the width of the given per-frame features
+  pad_clip_edges: bool = True  # the release's first/last-frame padding (edge_padded_clips)
   conv_kernel: int = 5
   conv_blocks: int = 2  # [conv -> BN -> ReLU -> max pool 2] blocks: T' ~ T / 2**blocks
   dtype: str = 'float32'
@@ -50,8 +58,27 @@ class VisualConfig:
   @property
   def backbone_options(self) -> backbones.BackboneOptions:
     return backbones.BackboneOptions(width=self.backbone_width, frozen_bn=self.frozen_bn,
-                                     bn_momentum=self.bn_momentum, dtype=self.dtype,
-                                     param_dtype=self.param_dtype)
+                                     bn_momentum=self.bn_momentum, feature_dim=self.feature_dim,
+                                     dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+EDGE_FRAMES = 8  # the release's left padding, and the least it adds on the right
+
+
+def edge_padded_clips(clips, lengths):
+  """The release's collate padding of each clip: EDGE_FRAMES copies of its first frame, its n
+  frames, then its last frame repeated to ceil(n / 4) * 4 + 2 * EDGE_FRAMES frames in all (an
+  empty row stays empty).
+
+  clips [B, T, ...] (clip b's frames first), lengths [B] -> ([B, T'', ...], lengths [B]),
+  T'' = ceil(T / 4) * 4 + 2 * EDGE_FRAMES.
+  """
+  padded_frames = -(-clips.shape[1] // 4) * 4 + 2 * EDGE_FRAMES
+  source = jnp.clip(jnp.arange(padded_frames)[None, :] - EDGE_FRAMES, 0,
+                    jnp.maximum(lengths[:, None] - 1, 0))  # [B, T'']
+  index = source.reshape(source.shape + (1,) * (clips.ndim - 2))
+  padded = jnp.take_along_axis(clips, index, axis=1)
+  return padded, jnp.where(lengths > 0, (lengths + 3) // 4 * 4 + 2 * EDGE_FRAMES, 0)
 
 
 def temporal_length(frames, kernel: int, blocks: int):
@@ -107,9 +134,16 @@ class VisualEncoder(nnx.Module):
                                                              ('embed', 'mlp')))
 
   def __call__(self, frames, frame_mask, rngs=None):
-    """frames [B, T, H, W, 3] normalised, frame_mask [B, T] -> [B, d]."""
+    """frames [B, T, H, W, 3] normalised (or features [B, T, C]), frame_mask [B, T] -> [B, d]."""
     train = rngs is not None
-    features, mask = self.backbone(frames.astype(self.config.dtype), frame_mask, train=train)
+    if self.config.pad_clip_edges:
+      frames, lengths = edge_padded_clips(frames, jnp.sum(frame_mask, axis=1))
+      frame_mask = (jnp.arange(frames.shape[1])[None, :] < lengths[:, None]).astype(
+          frame_mask.dtype)
+    if self.backbone is None:  # given per-frame features [B, T, C]
+      features, mask = frames.astype(self.config.dtype), frame_mask
+    else:
+      features, mask = self.backbone(frames.astype(self.config.dtype), frame_mask, train=train)
     features = features * mask[..., None].astype(features.dtype)
     x, lengths = self.temporal_conv(features, jnp.sum(mask, axis=1), train)
     if x.shape[1] == 0:
