@@ -134,6 +134,14 @@ def test_clips_are_padded_as_the_releases_collate_pads_them():
     np.testing.assert_array_equal(clip[8:8 + n], source[:n])
     np.testing.assert_array_equal(clip[8 + n:total], np.repeat(source[n - 1:n], total - 8 - n,
                                                                axis=0))
+  # A batch's empty rows (padding examples) stay empty; one clip alone is padded the same.
+  _, lengths = edge_padded_clips(features[:2], jnp.array([0, 5]))
+  np.testing.assert_array_equal(lengths, [0, 24])
+  n = int(GOLDEN['eval_lengths'][1])
+  alone, alone_length = edge_padded_clips(features[1:2, :n], jnp.array([n]))
+  np.testing.assert_array_equal(alone_length, padded_lengths[1:2])
+  np.testing.assert_array_equal(alone[0, :int(alone_length[0])],
+                                padded[1, :int(alone_length[0])])
 
 
 def test_evaluation_embeddings_equal_the_releases_on_clips_of_different_lengths():
