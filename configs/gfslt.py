@@ -71,7 +71,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.backbone_weights = 'scratch'
     c.batch_size = 16
     c.log_every_steps = 25
-    c.model.visual.update(backbone_width=0.125, bn_momentum=0.9)
+    # Without the release's edge padding: on these 16-32-frame clips it adds 16-19 copies of a
+    # clip's first and last frames, and in 900 steps the CLIP loss stayed at ln(batch) (dev T2V
+    # R@1 0.0), where without it the loss fell to 1.8 by step 250 (docs/systems/gfslt.md).
+    c.model.visual.update(backbone_width=0.125, bn_momentum=0.9, pad_clip_edges=False)
     for block in (c.model.visual_encoder, c.model.text, c.model.decoder):
       layers = {key: min(block[key], 1) for key in ('encoder_layers', 'decoder_layers')}
       block.update(**common.LAPTOP_MBART, max_position_embeddings=64)
