@@ -26,3 +26,11 @@ def run_from_command_line(main, release_folder: str) -> None:
   if len(sys.argv) != 2:
     sys.exit(f'usage: python {sys.argv[0]} /path/to/{release_folder}')
   main(sys.argv[1])
+
+
+def assert_close(actual, expected, rtol: float = 1e-5, least_scale: float = 1e-12) -> None:
+  """Equal to float32 precision relative to the golden's scale (at least `least_scale`): the
+  release-parity tests' comparison of sltjax's float32 against the release's float64."""
+  expected = np.asarray(expected, np.float64)
+  scale = max(np.abs(expected).max(), least_scale)
+  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=rtol * scale)

@@ -20,6 +20,7 @@ Deliberate differences, checked against the corrected form rather than the relea
   and norms (unused, zero gradient); the release's networks have no such tensors.
 """
 import dataclasses
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,7 @@ from sltjax.experiments.gfslt import pretraining_losses
 from sltjax.models.mbart import MBartConfig
 from sltjax.models.systems.gfslt import (VisualConfig, VisualLanguagePretraining,
                                          edge_padded_clips, temporal_length)
+from tests import release_golden_files
 from tests.gfslt_release_golden import (FEATURES, LABEL_SMOOTHING, MBART, load_golden,
                                         release_weights)
 
@@ -101,11 +103,7 @@ def release_model() -> tuple[VisualLanguagePretraining, list[str]]:
   return model, own
 
 
-def assert_close(actual, expected, rtol=2e-5, least_scale=1e-12):
-  """Equal to float32 precision relative to the golden's scale (at least `least_scale`)."""
-  expected = np.asarray(expected, np.float64)
-  scale = max(np.abs(expected).max(), least_scale)
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=rtol * scale)
+assert_close = functools.partial(release_golden_files.assert_close, rtol=2e-5)
 
 
 def test_every_release_tensor_has_one_place_and_the_rest_is_unused_by_design():

@@ -35,17 +35,11 @@ from sltjax.models.backbones.s3d import S3D, S3DConfig
 from sltjax.models.systems.mmtlb import MMTLB, MMTLBConfig
 from tests.mmtlb_release_golden import (FEATURES, FF, GLOSSES, HIDDEN, LENGTHS, MBART,
                                         SIGN_LANG_ID, batch, load_golden)
+from tests.release_golden_files import assert_close
 from tests.s3d_golden import seeded_clip, seeded_weights
 
 GOLDEN = load_golden()
 GLOSS_ROWS = 'translation_network.gloss_embedding.weight'  # see the module docstring
-
-
-def assert_close(actual, expected, rtol=1e-5):
-  """Equal to float32 precision relative to the golden's scale."""
-  expected = np.asarray(expected, np.float64)
-  scale = max(np.abs(expected).max(), 1e-12)
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=rtol * scale)
 
 
 def release_s3d(frozen_layers: int) -> S3D:

@@ -28,6 +28,7 @@ from sltjax.models.systems.sign2gpt import (AdaptorConfig, FrameEncoderConfig, P
                                             pseudo_gloss_loss)
 from sltjax.models.xglm import XGLMConfig
 from tests import sign2gpt_stage2_release_golden as stage2_golden
+from tests.release_golden_files import assert_close
 from tests.sign2gpt_release_golden import CLASSES, DIM, HEADS, HIDDEN, load_golden
 
 GOLDEN = load_golden()
@@ -46,12 +47,6 @@ def release_stage1() -> Stage1:
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Stage1(rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, sign2gpt_state(GOLDEN['state'], abstract, jnp.float32,
                                             stage='pseudo_gloss'))
-
-
-def assert_close(actual, expected, rtol=1e-5):
-  expected = np.asarray(expected, np.float64)
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0,
-                             atol=rtol * max(np.abs(expected).max(), 1e-12))
 
 
 def test_encoder_head_loss_and_every_gradient_match_the_release():
