@@ -8,19 +8,22 @@ r"""Does IP-SLT's iterative prototype refinement help? Its ablation on real text
              started from its Sign2Gloss and Gloss2Text stages, trained here once): K = 0 and
              K = 3, best dev checkpoint scored on test, per seed
   phoenix    PHOENIX-2014T Gloss2Text on the real text files (configs/ipslt.py:gloss2text: the
-             from-scratch 2+2-layer d256 transformer), --steps (1,500) at --batch_size (32),
-             scored on dev at the last step (the test split is never read): K = 0 (the base
-             system), K = 1 and K = 3 with KL distillation, K = 3 with MSE on prototypes, per
-             seed. (600 steps left the base at dev BLEU-4 4.3: too early to compare anything.)
+             from-scratch 2+2-layer d256 transformer) at the base's own default schedule
+             (--steps 3,000 at --batch_size 64, where K = 0 reaches ~24.8 dev BLEU-4), dev
+             BLEU-4 of the best of the dev evaluations every --eval_every steps (the text files
+             have no test split): K = 0 (the base system); the parameter-matched control (K = 0
+             with one more encoder layer and two more decoder layers, as many as E2 and D2 add);
+             K = 3 (the unofficial reimplementation's K) and K = 1, KL distillation, per seed.
 
 Every run has its own workdir (WORKDIR/<part>/seed<N>/<run>, PHOENIX's part named with its
 steps and batch); finished runs are recorded in
 WORKDIR/results.json and skipped by a rerun, and an interrupted run resumes from its last
-checkpoint, so the ablation can span sessions. Each row gives BLEU-4, the median training step
-time (log windows after the first, which holds compilation) and the evaluation time per sentence
-of a second, warm pass over the scored split (beam search; for video also the visual encoder),
-and the table divides both by K = 0's of the same part. Run it on an idle machine: the times
-are only comparable when nothing else shares the cores.
+checkpoint, so the ablation can span sessions. Each row gives BLEU-4, the step it was reached
+at, the trained parameters, the median training step time (log windows after the first, which
+holds compilation) and the evaluation time per sentence of a second, warm pass over the scored
+split (beam search; for video also the visual encoder), and the table divides both times by
+K = 0's of the same part. Run it on an idle machine: the times are only comparable when nothing
+else shares the cores.
 """
 import argparse
 import json
@@ -37,10 +40,17 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 from benchmarks.learning_table import load_rows, save_rows  # pylint: disable=wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# name -> model.prototype overrides (iterations 0 is the base system)
-PHOENIX_RUNS = {'K=0 (base)': {'iterations': 0}, 'K=1 KL': {'iterations': 1},
-                'K=3 KL': {'iterations': 3}, 'K=3 MSE': {'iterations': 3, 'distillation': 'mse'}}
-SYNTHETIC_RUNS = {'K=0 (base)': {'iterations': 0}, 'K=3 KL': {'iterations': 3}}
+# name -> (workdir name, model.prototype overrides, other config.model overrides); iterations 0
+# is the base system. The control adds E2's one layer to the encoder and D2's two to the decoder.
+PHOENIX_RUNS = {
+    'K=0 (base)': ('K0', {'iterations': 0}, {}),
+    'K=0, 3+4 layers (parameter-matched control)': (
+        'K0_3+4_layers', {'iterations': 0}, {'encoder_layers': 3, 'decoder_layers': 4}),
+    'K=3 KL': ('K3_KL', {'iterations': 3}, {}),
+    'K=1 KL': ('K1_KL', {'iterations': 1}, {}),
+}
+SYNTHETIC_RUNS = {'K=0 (base)': ('K0', {'iterations': 0}, {}),
+                  'K=3 KL': ('K3_KL', {'iterations': 3}, {})}
 
 
 def parse_args():
@@ -51,22 +61,25 @@ def parse_args():
   parser.add_argument('--data_dir', default='data', help='Where synthetic_signs is (or is built).')
   parser.add_argument('--parts', default='synthetic,phoenix', help='Run in this order.')
   parser.add_argument('--seeds', default='0,1')
-  parser.add_argument('--steps', type=int, default=1500, help='PHOENIX Gloss2Text steps.')
-  parser.add_argument('--batch_size', type=int, default=32, help='PHOENIX Gloss2Text batch.')
+  parser.add_argument('--steps', type=int, default=3000, help='PHOENIX Gloss2Text steps.')
+  parser.add_argument('--batch_size', type=int, default=64, help='PHOENIX Gloss2Text batch.')
+  parser.add_argument('--eval_every', type=int, default=500,
+                      help='PHOENIX Gloss2Text: dev evaluations (and checkpoints) every N steps.')
   return parser.parse_args()
 
 
-def phoenix_config(args, seed: int, prototype: dict):
+def phoenix_config(args, seed: int, prototype: dict, model: dict):
   from configs import ipslt  # pylint: disable=import-outside-toplevel
   c = ipslt.get_config('gloss2text')
   c.data.path = args.phoenix
   c.seed = seed
   c.total_steps = args.steps
   c.batch_size = args.batch_size
-  c.eval_every_steps = args.steps
-  c.checkpoint_every_steps = min(500, args.steps)  # a killed run resumes near where it stopped
+  c.eval_every_steps = min(args.eval_every, args.steps)
+  c.checkpoint_every_steps = c.eval_every_steps  # a killed run resumes near where it stopped
   c.log_every_steps = 50
   c.schedule.warmup_steps = args.steps // 10
+  c.model.update(model)
   c.model.prototype.update(prototype)
   return c
 
@@ -82,11 +95,12 @@ def synthetic_configs(args, root: str):
     config.data.data_dir = args.data_dir
     stages[name] = (config, os.path.join(root, 'stages', name))
 
-  def sign2text(seed: int, prototype: dict):
+  def sign2text(seed: int, prototype: dict, model: dict):
     c = ipslt.get_config('mmtlb_sign2text,runlocal')
     c.data.data_dir = args.data_dir
     c.init.visual, c.init.translation = stages['sign2gloss'][1], stages['gloss2text'][1]
     c.seed = seed
+    c.model.translation.update(model)
     c.model.prototype.update(prototype)
     return c
 
@@ -104,7 +118,9 @@ def step_seconds(workdir: str) -> float:
 def run(config, workdir: str, split: str) -> dict:
   """Trains (or resumes) `config`, scores its best checkpoint on `split` and times a second,
   warm evaluation of it."""
+  import jax  # pylint: disable=import-outside-toplevel
   from sltjax import train  # pylint: disable=import-outside-toplevel
+  from sltjax.optim import frozen_mask  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   train.train_and_evaluate(config, workdir)
   scored = config.copy_and_resolve_references()
@@ -115,7 +131,11 @@ def run(config, workdir: str, split: str) -> dict:
   timer = time.perf_counter()
   exp.evaluate(params, rest, split)
   eval_seconds = time.perf_counter() - timer
+  trained = jax.tree.leaves(jax.tree.map(lambda x, frozen: 0 if frozen else x.size,
+                                         exp.abstract_params,
+                                         frozen_mask(scored, exp.abstract_params)))
   return {'split': split, 'best_step': int(step), 'bleu4': metrics['bleu4'],
+          'trained_parameters_m': round(sum(trained) / 1e6, 3),
           'step_s': step_seconds(workdir),
           'eval_ms_per_sentence': 1000 * eval_seconds / len(predictions['text']),
           'minutes': round((time.perf_counter() - start) / 60, 1)}
@@ -130,15 +150,17 @@ def print_table(rows: list[dict], part: str, title: str) -> None:
   mean = lambda run, key: statistics.mean(r[key] for r in rows if r['run'] == run)
   base = names[0]
   print(f'\n{title}')
-  print('| run | seeds | BLEU-4 mean [per seed] | spread (max - min) | train step s (x K=0) '
-        '| eval ms / sentence (x K=0) |')
-  print('|---|---|---|---|---|---|')
+  print('| run | trained parameters | seeds | BLEU-4 mean [per seed] (at step) '
+        '| spread (max - min) | train step s (x K=0) | eval ms / sentence (x K=0) |')
+  print('|---|---|---|---|---|---|---|')
   for name in names:
     group = [r for r in rows if r['run'] == name]
     bleu = [r['bleu4'] for r in group]
     step, decode = mean(name, 'step_s'), mean(name, 'eval_ms_per_sentence')
-    print(f'| {name} | {len(group)} | {statistics.mean(bleu):.2f} '
-          f'[{", ".join(f"{b:.2f}" for b in bleu)}] | {max(bleu) - min(bleu):.2f} '
+    per_seed = ', '.join(f'{r["bleu4"]:.2f} ({r["best_step"]})' for r in group)
+    parameters = group[0].get('trained_parameters_m')
+    print(f'| {name} | {f"{parameters:.2f}M" if parameters else "-"} | {len(group)} '
+          f'| {statistics.mean(bleu):.2f} [{per_seed}] | {max(bleu) - min(bleu):.2f} '
           f'| {step:.3f} ({step / mean(base, "step_s"):.2f}x) '
           f'| {decode:.1f} ({decode / mean(base, "eval_ms_per_sentence"):.2f}x) |')
 
@@ -154,29 +176,30 @@ def main():
   parts = args.parts.split(',')
   phoenix = f'phoenix_{args.steps}x{args.batch_size}'  # the part, named by its schedule
   stages, sign2text = synthetic_configs(args, os.path.join(args.workdir, 'synthetic'))
-  plans = []  # (part, seed, run name, config, scored split)
+  plans = []  # (part, seed, run name, workdir name, config, scored split)
   for part in parts:
     for seed in seeds:
       if part == 'phoenix':
-        plans += [(phoenix, seed, name, phoenix_config(args, seed, prototype), 'dev')
-                  for name, prototype in PHOENIX_RUNS.items()]
+        plans += [(phoenix, seed, name, directory, phoenix_config(args, seed, *overrides), 'dev')
+                  for name, (directory, *overrides) in PHOENIX_RUNS.items()]
       elif part == 'synthetic':
-        plans += [('synthetic', seed, name, sign2text(seed, prototype), 'test')
-                  for name, prototype in SYNTHETIC_RUNS.items()]
+        plans += [('synthetic', seed, name, directory, sign2text(seed, *overrides), 'test')
+                  for name, (directory, *overrides) in SYNTHETIC_RUNS.items()]
       else:
         raise SystemExit(f'--parts: unknown part {part!r}; use synthetic and phoenix.')
   plans = [plan for plan in plans if plan[:3] not in done]
   if any(plan[0] == 'synthetic' for plan in plans):
     for stage_config, stage_workdir in stages.values():  # resumed where a run stopped
       train.train_and_evaluate(stage_config, stage_workdir)
-  for part, seed, name, config, split in plans:
-    workdir = os.path.join(args.workdir, part, f'seed{seed}',
-                           name.split(' (')[0].replace('=', '').replace(' ', '_'))
+  for part, seed, name, directory, config, split in plans:
+    workdir = os.path.join(args.workdir, part, f'seed{seed}', directory)
     rows.append({'part': part, 'seed': seed, 'run': name, **run(config, workdir, split)})
     save_rows(rows, args.workdir)
     print(json.dumps(rows[-1]), flush=True)
-  print_table(rows, phoenix, f'PHOENIX-2014T Gloss2Text, dev BLEU-4 at step {args.steps} '
-              f'(batch {args.batch_size}; from scratch, d256 2+2 layers, E2 1 layer)')
+  print_table(rows, phoenix, f'PHOENIX-2014T Gloss2Text, {args.steps} steps at batch '
+              f'{args.batch_size}, dev BLEU-4 of the best dev evaluation (every '
+              f'{min(args.eval_every, args.steps)} steps; from scratch, d256 2+2 layers, '
+              'E2 1 layer)')
   print_table(rows, 'synthetic', 'synthetic_signs Sign2Text (the README main job\'s base, '
               'started from its stages), test BLEU-4 of the best dev checkpoint')
 
