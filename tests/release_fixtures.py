@@ -32,11 +32,12 @@ def write_image(path, frame: np.ndarray) -> None:
 
 
 def write_video(path, num_frames: int, height: int = 96, width: int = 128, fps: int = 25) -> None:
-  """An H.264 mp4 of moving patterns."""
+  """An H.264 mp4 of moving patterns (num_frames 0: a valid mp4 with no frame in it)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with av.open(str(path), 'w') as container:
     stream = container.add_stream('libx264', rate=fps)
     stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+    container.start_encoding()  # writes the header even when no frame follows
     for i in range(num_frames):
       frame = av.VideoFrame.from_ndarray(pattern_frame(height, width, i), format='rgb24')
       container.mux(stream.encode(frame))

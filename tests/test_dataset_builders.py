@@ -204,6 +204,28 @@ def test_video_problems_are_listed_with_their_files(tmp_path):
   assert summary['splits']['train']['examples'] == 2 and len(summary['skipped']) == 4
 
 
+def test_how2sign_leaves_out_sentences_past_the_end_of_their_video(tmp_path, capsys):
+  release = fx.make_how2sign_release(tmp_path / 'release')
+  fx.write_video(fx.how2sign_clip(release, 'train', 'vidB_1-1-rgb_front'), 2)  # 2 frames left
+  fx.write_video(fx.how2sign_clip(release, 'val', 'vidC_0-1-rgb_front'), 0)  # starts past the end
+  summary = build.build('how2sign', tmp_path / 'data', release)
+  assert {s: v['examples'] for s, v in summary['splits'].items()} == {'train': 1, 'test': 1}
+  assert summary['skipped'] == []
+  assert summary['too_short']['ids'] == {'train': ['vidB_1-1-rgb_front'],
+                                         'dev': ['vidC_0-1-rgb_front']}
+  assert set(read_split(tmp_path / 'data', 'how2sign', 'train')) == {'vidA_0-1-rgb_front'}
+  build.print_summary(summary)
+  assert re.search(r'2 left out with fewer than 3 frames \(the subtitle runs past the end of its '
+                   r'video.*\), train 1, dev 1\n', capsys.readouterr().out)
+  # Off, the release's rows come back: the 2-frame clip is built, the empty one is a problem.
+  with pytest.raises(BuildError, match=r'\[dev\] vidC_0-1-rgb_front .*has no video stream'):
+    build.build('how2sign', tmp_path / 'all', release, options={'drop_short_clips': 'false'})
+  summary = build.build('how2sign', tmp_path / 'all', release, on_error='skip',
+                        options={'drop_short_clips': 'false'})
+  assert summary['too_short'] == {} and len(summary['skipped']) == 1
+  assert read_split(tmp_path / 'all', 'how2sign', 'train')['vidB_1-1-rgb_front']['num_frames'] == 2
+
+
 def test_zero_length_and_garbage_mp4_clips_in_how2sign(tmp_path):
   release = fx.make_how2sign_release(tmp_path / 'release')
   with open(fx.how2sign_clip(release, 'val', 'vidC_0-1-rgb_front'), 'wb') as f:

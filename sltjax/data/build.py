@@ -32,7 +32,8 @@ FLAGS = flags.FLAGS
 
 
 def summarize(builder: clip_builder.SignVideoBuilder, seconds: float) -> dict:
-  """Examples, frames and bytes on disk per split, plus the skipped examples."""
+  """Examples, frames and bytes on disk per split, plus the skipped examples and those left out
+  as too short (the builder's SHORT_CLIPS)."""
   splits = {}
   for name, split in builder.info.splits.items():
     frames = sum(builder.info.metadata['index'][name]['num_frames'])
@@ -46,6 +47,7 @@ def summarize(builder: clip_builder.SignVideoBuilder, seconds: float) -> dict:
       'frame_size': builder.info.metadata['frame_size'],
       'jpeg_quality': builder.info.metadata['jpeg_quality'],
       'splits': splits, 'skipped': builder.info.metadata['skipped'],
+      'too_short': builder.info.metadata['too_short'],
       'clips_reused_from_cache': builder.info.metadata['clips_reused_from_cache'],
       'seconds': round(seconds, 1), 'frames_per_second': round(total_frames / max(seconds, 1e-9), 1),
   }
@@ -58,6 +60,11 @@ def print_summary(summary: dict) -> None:
     print(f"  {name:>6}: {s['examples']:7d} examples {s['frames']:9d} frames "
           f"{s['bytes'] / 2**20:9.1f} MiB ({s['bytes_per_frame']:.0f} B/frame)")
   print(f"  {len(summary['skipped'])} skipped" + ''.join(f'\n    {p}' for p in summary['skipped']))
+  too_short = summary.get('too_short') or {}
+  if too_short:
+    counts = {split: len(ids) for split, ids in too_short['ids'].items()}
+    print(f"  {sum(counts.values())} left out with fewer than {too_short['fewest_frames']} frames "
+          f"({too_short['reason']})" + ''.join(f', {s} {n}' for s, n in counts.items()))
   print(f"  {summary['seconds']} s, {summary['frames_per_second']} frames/s"
         f" ({summary['clips_reused_from_cache']} clips reused from an interrupted build)")
 

@@ -5,8 +5,11 @@ plus every annotation problem it finds). This base then
   1. drops duplicate ids,
   2. decodes, resizes and JPEG-encodes every clip in worker processes into a cache beside the
      dataset (`DATA_DIR/<name>/.build-cache-<version>/`), so an interrupted build resumes,
-  3. stops before writing anything if any clip has a problem and on_error='fail', listing them all,
-  4. lets TFDS write ArrayRecord shards into a temporary directory that is renamed only when
+  3. leaves out the clips a dataset's papers leave out for being too short (`SHORT_CLIPS`: How2Sign's
+     sentences whose subtitle runs past the video; option `drop_short_clips`), counted in the
+     build summary,
+  4. stops before writing anything if any clip has a problem and on_error='fail', listing them all,
+  5. lets TFDS write ArrayRecord shards into a temporary directory that is renamed only when
      complete, with an index of every field but the frames (in record order) in its metadata,
      plus each frame's gloss where the builder knows it (`frame_glosses`: synthetic_signs).
 Records: id, signer, gloss, text (str), fps (float32), num_frames (int32) and frames, a sequence
@@ -76,12 +79,18 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   DESCRIPTION = ''
   HOMEPAGE = ''
   CITATION = ''
+  # (fewest frames, why): a clip with fewer frames, or a readable but empty video, is expected
+  # in the release and left out (counted in the summary, not a problem). None: every clip counts.
+  SHORT_CLIPS: tuple[int, str] | None = None
 
   def __init__(self, *, frame_size: str | None = None, jpeg_quality: int | None = None,
                num_workers: int = 1, on_error: str = 'fail', show_progress: bool = False,
-               **kwargs):
+               drop_short_clips: bool | str = True, **kwargs):
     if on_error not in ON_ERROR_CHOICES:
       raise ValueError(f'on_error={on_error!r}; expected one of {ON_ERROR_CHOICES}.')
+    if str(drop_short_clips).lower() not in ('true', 'false'):
+      raise ValueError(f'drop_short_clips={drop_short_clips!r}; expected true or false.')
+    self.short_clips = self.SHORT_CLIPS if str(drop_short_clips).lower() == 'true' else None
     quality = self.DEFAULT_JPEG_QUALITY if jpeg_quality is None else int(jpeg_quality)
     if not 1 <= quality <= 100:
       raise ValueError(f'jpeg_quality={quality}; expected 1..100.')
@@ -140,11 +149,25 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     order = {(split, spec.id): i for i, (split, spec, _, _) in enumerate(tasks)}
     return sorted(results, key=lambda r: order[r.split, r.spec.id])
 
+  def _drop_short(self, results: list[clips.EncodeResult]):
+    """(the results kept, {'reason', 'fewest_frames', 'ids': {split: [id]}} of those
+    SHORT_CLIPS leaves out; {} when it is off)."""
+    if self.short_clips is None:
+      return results, {}
+    fewest, reason = self.short_clips
+    short = lambda r: r.empty or (r.problem is None and r.num_frames < fewest)
+    ids = {}
+    for r in filter(short, results):
+      ids.setdefault(r.split, []).append(r.spec.id)
+    return ([r for r in results if not short(r)],
+            {'reason': reason, 'fewest_frames': fewest, 'ids': ids})
+
   def _split_generators(self, dl_manager):
     manual_dir = os.fspath(dl_manager.manual_dir) if self.MANUAL_DOWNLOAD_INSTRUCTIONS else None
     splits, problems = self.list_clips(manual_dir)
     splits, duplicates = drop_duplicates(splits)
     results = self._encode_all(splits)
+    results, too_short = self._drop_short(results)
     problems += duplicates + [r.problem for r in results if r.problem]
     if problems and self.on_error == 'fail':
       raise BuildError(self.name, problems)
@@ -154,6 +177,7 @@ class SignVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'frame_size': str(self.settings.frame_size),
         'jpeg_quality': self.settings.jpeg_quality,
         'skipped': [str(p) for p in problems],
+        'too_short': too_short,
         'clips_reused_from_cache': sum(r.reused for r in results),
     })
     # Per-frame glosses (a rendered dataset's), by id until the index puts them in record order.

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from sltjax.data import frames as frame_lib
-from sltjax.data.video_files import VideoError, read_video
+from sltjax.data.video_files import EmptyVideoError, VideoError, read_video
 
 
 NO_SIGN = '-'  # in ClipSpec.frame_glosses: a frame between signs
@@ -139,6 +139,7 @@ class EncodeResult:
   num_frames: int = 0
   problem: Problem | None = None
   reused: bool = False  # found in the cache of an earlier, interrupted build
+  empty: bool = False  # the source is readable but holds no frame (`problem` says so)
 
 
 def _where(spec: ClipSpec) -> str:
@@ -159,10 +160,11 @@ def encode_clip(task: tuple[str, ClipSpec, EncodingSettings, str]) -> EncodeResu
       frames, fps = spec.source.load()
     except (frame_lib.FrameError, VideoError, OSError) as e:
       message = str(e) if isinstance(e, (frame_lib.FrameError, VideoError)) else repr(e)
-      return EncodeResult(split, spec, problem=Problem(split, spec.id, _where(spec), message))
+      return EncodeResult(split, spec, problem=Problem(split, spec.id, _where(spec), message),
+                          empty=isinstance(e, EmptyVideoError))
     if not frames:
-      return EncodeResult(split, spec, problem=Problem(split, spec.id, _where(spec),
-                                                       'the clip has no frames.'))
+      return EncodeResult(split, spec, empty=True, problem=Problem(split, spec.id, _where(spec),
+                                                                   'the clip has no frames.'))
     clip = EncodedClip(
         frames=[frame_lib.encode_jpeg(frame_lib.resize(f, settings.frame_size),
                                       settings.jpeg_quality) for f in frames], fps=fps)

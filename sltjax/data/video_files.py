@@ -7,6 +7,11 @@ class VideoError(ValueError):
   """A video that cannot be decoded, has no frames, or lacks the requested time range."""
 
 
+class EmptyVideoError(VideoError):
+  """A readable file that holds no video frame (in the requested time range), as a cut made
+  past the end of a video gives."""
+
+
 def _upright(frame: 'av.VideoFrame') -> np.ndarray:
   """[h, w, 3] uint8 of a decoded frame, turned by the rotation the container asks for."""
   array = frame.to_ndarray(format='rgb24')
@@ -29,7 +34,7 @@ def read_video(path: str, start: float | None = None,
     raise VideoError(f'{path}: not a readable video ({e}).') from e
   with container:
     if not container.streams.video:
-      raise VideoError(f'{path}: the file has no video stream.')
+      raise EmptyVideoError(f'{path}: the file has no video stream.')
     stream = container.streams.video[0]
     stream.thread_type = 'AUTO'
     fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
@@ -55,5 +60,5 @@ def read_video(path: str, start: float | None = None,
       raise VideoError(f'{path}: decoding failed after {len(frames)} frames ({e}).') from e
   if not frames:
     where = '' if start is None and end is None else f' between {start}s and {end}s'
-    raise VideoError(f'{path}: no frames could be decoded{where}.')
+    raise EmptyVideoError(f'{path}: no frames could be decoded{where}.')
   return frames, fps

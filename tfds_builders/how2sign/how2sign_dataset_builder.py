@@ -6,8 +6,18 @@ Reads the sentence-level release:
   {train,val,test}_rgb_front_clips/raw_videos/<SENTENCE_NAME>.mp4   (one clip per sentence)
 The clips are already cut to the re-aligned times; START/END are checked for sanity only. The
 `val` split is called `dev` here.
+
+Sentences whose subtitle runs past the end of their video are left out (option
+`drop_short_clips`, default true; counted in the build summary): CiCo's release cuts each
+sentence from its video and skips it when at most 2 frames of the video fall in it (CiCo
+data_preparation/reaglined_and_crop.py), and C2RL uses CiCo's list (31,085 / 1,739 / 2,348 of the
+release's 31,128 / 1,741 / 2,357; the 9 test sentences it leaves out are the last sentences of
+two videos, 8 of them in a row). Here a sentence clip with fewer than 3 frames, or a readable
+file with none, is that case. `--option=drop_short_clips=false` keeps every clip with a frame.
 """
 import os
+
+import tensorflow_datasets as tfds
 
 from sltjax.data.annotations import read_table
 from sltjax.data.clip_builder import SignVideoBuilder
@@ -18,7 +28,10 @@ _SPLITS = {'train': 'train', 'dev': 'val', 'test': 'test'}
 
 class Builder(SignVideoBuilder):
   """How2Sign sentence clips; frames brought to a short side of 256 by default."""
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'Sentences whose subtitle runs past their video are left out.'}
   DESCRIPTION = __doc__
+  SHORT_CLIPS = (3, 'the subtitle runs past the end of its video; CiCo and C2RL leave these out')
   HOMEPAGE = 'https://how2sign.github.io/'
   CITATION = ('Duarte et al. How2Sign: A Large-scale Multimodal Dataset for Continuous American '
               'Sign Language. CVPR 2021.')
