@@ -44,7 +44,8 @@ DATASETS = {
                             longest_video=475, mbart_pieces=3000, pseudo_glosses=2306),
     'csl_daily': Dataset(18401, 'zh_CN', char_level=True, sacrebleu_tokenize='zh', glosses=2004,
                          longest_video=900, mbart_pieces=4500, pseudo_glosses=3000),
-    'how2sign': Dataset(31085, 'en_XX',  # the release's 31,128 less the too-short clips has_glosses=False, longest_video=1500,
+    # How2Sign: the release's 31,128 training sentences less those past their video's end
+    'how2sign': Dataset(31085, 'en_XX', has_glosses=False, longest_video=1500,
                         mbart_pieces=12000, pseudo_glosses=6000),
     'openasl': Dataset(96476, 'en_XX', has_glosses=False, longest_video=1500,
                        mbart_pieces=16000, pseudo_glosses=8000),
