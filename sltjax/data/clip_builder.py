@@ -5,9 +5,9 @@ plus every annotation problem it finds). This base then
   1. drops duplicate ids,
   2. decodes, resizes and JPEG-encodes every clip in worker processes into a cache beside the
      dataset (`DATA_DIR/<name>/.build-cache-<version>/`), so an interrupted build resumes,
-  3. leaves out the clips a dataset's papers leave out for being too short (`SHORT_CLIPS`: How2Sign's
-     sentences whose subtitle runs past the video; option `drop_short_clips`), counted in the
-     build summary,
+  3. leaves out the clips a dataset's papers leave out for being too short (`SHORT_CLIPS`:
+     How2Sign's sentences whose subtitle runs past the video; option `drop_short_clips`),
+     counted in the build summary,
   4. stops before writing anything if any clip has a problem and on_error='fail', listing them all,
   5. lets TFDS write ArrayRecord shards into a temporary directory that is renamed only when
      complete, with an index of every field but the frames (in record order) in its metadata,
