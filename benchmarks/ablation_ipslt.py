@@ -118,9 +118,8 @@ def step_seconds(workdir: str) -> float:
 def run(config, workdir: str, split: str) -> dict:
   """Trains (or resumes) `config`, scores its best checkpoint on `split` and times a second,
   warm evaluation of it."""
-  import jax  # pylint: disable=import-outside-toplevel
   from sltjax import train  # pylint: disable=import-outside-toplevel
-  from sltjax.optim import frozen_mask  # pylint: disable=import-outside-toplevel
+  from sltjax.optim import trained_parameter_count  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   train.train_and_evaluate(config, workdir)
   scored = config.copy_and_resolve_references()
@@ -131,11 +130,9 @@ def run(config, workdir: str, split: str) -> dict:
   timer = time.perf_counter()
   exp.evaluate(params, rest, split)
   eval_seconds = time.perf_counter() - timer
-  trained = jax.tree.leaves(jax.tree.map(lambda x, frozen: 0 if frozen else x.size,
-                                         exp.abstract_params,
-                                         frozen_mask(scored, exp.abstract_params)))
   return {'split': split, 'best_step': int(step), 'bleu4': metrics['bleu4'],
-          'trained_parameters_m': round(sum(trained) / 1e6, 3),
+          'trained_parameters_m': round(trained_parameter_count(scored, exp.abstract_params) / 1e6,
+                                        3),
           'step_s': step_seconds(workdir),
           'eval_ms_per_sentence': 1000 * eval_seconds / len(predictions['text']),
           'minutes': round((time.perf_counter() - start) / 60, 1)}

@@ -39,7 +39,7 @@ from jax.extend import core as jax_core
 from sltjax import sharding, train
 from sltjax.errors import UserError
 from sltjax.experiments import shapes_only
-from sltjax.optim import frozen_mask, make_optimizer
+from sltjax.optim import frozen_mask, make_optimizer, trained_parameter_count
 from sltjax.tpu_slices import GiB, Slice
 
 COLLECTIVES = ('all-gather', 'reduce-scatter', 'all-reduce', 'all-to-all', 'collective-permute')
@@ -89,9 +89,7 @@ def compile_report(config, topology: str, evaluation: bool = True) -> dict:
         'mesh': dict(exp.mesh.shape), 'global_batch': config.batch_size,
         'batch_shapes': {k: list(v.shape) for k, v in batch.items()},
         'parameters': int(sum(x.size for x in jax.tree.leaves(exp.abstract_params))),
-        'trained_parameters': int(sum(
-            x.size for x, f in zip(jax.tree.leaves(exp.abstract_params), jax.tree.leaves(frozen))
-            if not f)),
+        'trained_parameters': trained_parameter_count(config, exp.abstract_params),
         'hbm_capacity_bytes': target.chip.hbm_bytes, 'argument_breakdown': per_chip,
         'chip_source': target.chip.source}
     compiled = _compile(step.lower(state, batch))

@@ -100,6 +100,13 @@ def frozen_mask(config, params):
   return jax.tree.map(lambda m: m == 0, learning_rate_multipliers(config, params))
 
 
+def trained_parameter_count(config, params) -> int:
+  """How many parameter entries config.optimizer trains (params may be abstract)."""
+  return int(sum(x.size for x, frozen in zip(jax.tree.leaves(params),
+                                             jax.tree.leaves(frozen_mask(config, params)))
+                 if not frozen))
+
+
 def make_optimizer(config, params: nnx.State) -> tuple[optax.GradientTransformation,
                                                        optax.Schedule]:
   """The full gradient transformation (clipping, groups, optimizer) and the base lr schedule."""

@@ -19,7 +19,7 @@ from sltjax.checkpointing import Preempted, PreemptionWatcher
 from sltjax.errors import UserError
 from sltjax.experiments.base import EXTRACT_FEATURES, log
 from sltjax.metric_writers import MetricWriter
-from sltjax.optim import frozen_mask, make_optimizer
+from sltjax.optim import frozen_mask, make_optimizer, trained_parameter_count
 
 # Step metrics that also get a per-second rate in the logs.
 RATE_METRICS = ('tokens', 'frames')
@@ -119,10 +119,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   writer = MetricWriter(workdir, resume_step=start_step)
   if start_step == 0:
     sizes = jax.tree.leaves(jax.tree.map(lambda x: x.size, exp.abstract_params))
-    trainable = jax.tree.leaves(jax.tree.map(lambda x, f: 0 if f else x.size,
-                                             exp.abstract_params,
-                                             frozen_mask(config, exp.abstract_params)))
-    log(f'Model: {sum(sizes) / 1e6:.2f}M parameters, {sum(trainable) / 1e6:.2f}M trained.')
+    trained = trained_parameter_count(config, exp.abstract_params)
+    log(f'Model: {sum(sizes) / 1e6:.2f}M parameters, {trained / 1e6:.2f}M trained.')
   # ---------------------------------------------------------------- Loop
   def run_eval(step, state):
     metrics, predictions = exp.evaluate(state['params'], state['rest'], config.eval.split)
