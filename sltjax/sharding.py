@@ -24,10 +24,9 @@ LOGICAL_AXIS_RULES = (
     ('positions', None),
     ('norm', None),
     ('length', None),
-    # Convolution kernels stay whole (data parallel): split over fsdp, they got wrong gradients
-    # on an fsdp x tensor mesh (docs/pods.md), and they are small (ResNet-18: 11.7M).
+    # Convolution kernels are split by output channel and gathered at use (layers/conv.py).
     ('conv_in', None),
-    ('conv_out', None),
+    ('conv_out', 'fsdp'),
 )
 
 

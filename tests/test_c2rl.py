@@ -308,9 +308,10 @@ def test_two_processes_pretrain_as_one_with_negatives_from_the_global_batch(synt
 def test_fsdp_and_tensor_parallel_pretrain_as_one_device(synthetic_signs_dir, pretraining_workdir,
                                                          tmp_path):
   """8 fake devices, fsdp 2 x tensor 4, each device's ResNet on its eighth of the frames
-  (sharding.constrain_frames): the losses and dev retrieval scores are the one-device run's.
-  (With convolution kernels split over fsdp, step 4's ICL was 1.4101 against 1.4083: ResNet's
-  gradients came out ~4x too large and gradient clipping shrank the rest.)"""
+  (sharding.constrain_frames), convolution kernels split over fsdp: the losses and dev retrieval
+  scores are the one-device run's. (Without the kernels gathered at use, layers/conv.py's
+  whole_kernel_conv, XLA made ResNet's gradients 4x too large: step 4's loss 4.8601 against
+  4.8577.)"""
   *_, logs = pretraining_workdir
   result = run_main(tiny_c2rl_config(synthetic_signs_dir), tmp_path, '--config.mesh.data=1',
                     '--config.mesh.fsdp=2', '--config.mesh.tensor=4', devices=8,

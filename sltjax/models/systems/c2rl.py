@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sltjax.models.backbones import registry as backbones
-from sltjax.models.layers.conv import BatchNorm
+from sltjax.models.layers.conv import BatchNorm, temporal_conv
 from sltjax.models.layers.dense import dense, embedding, layer_norm
 from sltjax.models.mbart import EncoderLayer, MBart, MBartConfig
 from sltjax.models.systems.ipslt import PrototypeConfig, translation_network
@@ -79,11 +79,7 @@ class VisualEncoder(nnx.Module):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
     self.backbone = backbones.build(cfg.backbone, cfg.backbone_options, rngs)
     width = backbones.output_dim(cfg.backbone, cfg.backbone_options)
-    self.temporal_conv = nnx.Conv(
-        width, width, (cfg.conv_kernel,), padding='SAME', **kw,
-        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
-                                          (None, 'conv_in', 'conv_out')),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros, ('conv_out',)))
+    self.temporal_conv = temporal_conv(width, width, cfg.conv_kernel, padding='SAME', **kw)
     self.temporal_bn = BatchNorm(width, momentum=0.9, **kw)
     self.projection = dense(width, cfg.d_model, ('conv_in', 'embed'), **kw)
     self.embed_positions = embedding(cfg.max_frames, cfg.d_model, ('positions', 'embed'), **kw)

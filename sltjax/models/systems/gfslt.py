@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sltjax.models.backbones import registry as backbones
-from sltjax.models.layers.conv import BatchNorm, max_pool
+from sltjax.models.layers.conv import BatchNorm, max_pool, temporal_conv
 from sltjax.models.mbart import MBart, MBartConfig
 
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's start; GFSLT-VLP never clamps it
@@ -96,11 +96,8 @@ class TemporalConv(nnx.Module):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
     self.kernel = cfg.conv_kernel
     self.convs = nnx.List([
-        nnx.Conv(in_features if i == 0 else out_features, out_features, (cfg.conv_kernel,),
-                 padding='VALID', **kw,
-                 kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
-                                                   (None, 'conv_in', 'conv_out')),
-                 bias_init=nnx.with_partitioning(nnx.initializers.zeros, ('conv_out',)))
+        temporal_conv(in_features if i == 0 else out_features, out_features, cfg.conv_kernel,
+                      padding='VALID', **kw)
         for i in range(cfg.conv_blocks)])
     self.norms = nnx.List([BatchNorm(out_features, momentum=0.9, **kw)
                            for _ in range(cfg.conv_blocks)])
