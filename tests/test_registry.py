@@ -14,7 +14,8 @@ from sltjax import main as main_module
 from sltjax.config_validation import validate
 from sltjax.errors import UserError
 from sltjax.experiments.base import TRANSLATE_VIDEOS
-from tests.conftest import COMPILATION_CACHE, REPO, read_metrics
+from tests.conftest import (COMPILATION_CACHE, MBART_DIR, REPO, SHARED_DATA, needs_shared_data,
+                            read_metrics)
 
 PLUGIN_CONFIG = 'tests/plugin/linear_regression_config.py'
 
@@ -275,6 +276,27 @@ def test_the_dataset_choice_sets_names_languages_and_the_metric_protocol():
                        ('runlocal_gloss2text', 'is now configs/gloss2text.py:mmtlb,runlocal')):
     with pytest.raises(ValueError, match=message):
       mmtlb.get_config(bad)
+
+
+@needs_shared_data
+def test_phoenix_sizes_the_compile_check_assumes_are_the_real_corpus_and_tokenizer():
+  """--mode=compile builds PHOENIX-2014T's models from DATASETS, without the data: its sizes must
+  be the real corpus's (steps per epoch, the longest frame bucket, CTC's classes) and the trimmed
+  mBART's (embedding and classifier rows)."""
+  from configs.common import DATASETS  # pylint: disable=import-outside-toplevel
+  from transformers import MBartTokenizer  # pylint: disable=import-outside-toplevel
+
+  from sltjax.data.tokenizers import GlossVocabulary  # pylint: disable=import-outside-toplevel
+  phoenix = DATASETS['phoenix2014t']
+  splits = {}
+  for split in ('train', 'dev'):
+    with open(SHARED_DATA / 'phoenix2014t' / f'{split}.jsonl', encoding='utf-8') as f:
+      splits[split] = [json.loads(line) for line in f]
+  assert phoenix.train_videos == len(splits['train']) == 7096
+  assert phoenix.longest_video == max(row['num_frames'] for rows in splits.values()
+                                      for row in rows)
+  assert phoenix.glosses == GlossVocabulary.build(row['gloss'] for row in splits['train']).size
+  assert phoenix.mbart_pieces == len(MBartTokenizer.from_pretrained(str(MBART_DIR)))
 
 
 def test_the_stage_and_runlocal_are_separate_parts_and_old_spellings_say_the_new_one(capsys):
