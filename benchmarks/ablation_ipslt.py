@@ -1,7 +1,8 @@
 r"""Does IP-SLT's iterative prototype refinement help? Its ablation on real text and on video.
 
   .venv/bin/python benchmarks/ablation_ipslt.py --workdir=/tmp/ipslt_ablation \
-      [--phoenix=../shared/data/phoenix2014t] [--data_dir=data] [--parts=phoenix,synthetic]
+      [--phoenix=../shared/data/phoenix2014t] [--data_dir=data] [--parts=phoenix,synthetic] \
+      [--seeds=0,1] [--runs=K0_3+4_layers,K1_KL]
 
   synthetic  synthetic_signs Sign2Text on the README main job's base
              (configs/ipslt.py:mmtlb_sign2text,runlocal = configs/mmtlb.py:staged,runlocal,
@@ -16,13 +17,13 @@ r"""Does IP-SLT's iterative prototype refinement help? Its ablation on real text
              K = 3 (the unofficial reimplementation's K) and K = 1, KL distillation, per seed.
 
 Every run has its own workdir (WORKDIR/<part>/seed<N>/<run>, PHOENIX's part named with its
-steps and batch); finished runs are recorded in
-WORKDIR/results.json and skipped by a rerun, and an interrupted run resumes from its last
-checkpoint, so the ablation can span sessions. Each row gives BLEU-4, the step it was reached
-at, the trained parameters, the median training step time (log windows after the first, which
-holds compilation) and the evaluation time per sentence of a second, warm pass over the scored
-split (beam search; for video also the visual encoder), and the table divides both times by
-K = 0's of the same part. Run it on an idle machine: the times are only comparable when nothing
+steps and batch); finished runs are recorded in WORKDIR/results.json and skipped by a rerun, and
+an interrupted run resumes from its last checkpoint, so the ablation can span sessions; --runs
+picks runs by workdir name (where a machine keeps nothing between sittings, one run a sitting).
+Each row gives BLEU-4, the step it was reached at, the trained parameters, the median training
+step time (log windows after the first, which holds compilation) and the evaluation time per
+sentence of a second, warm pass over the scored split (beam search; for video also the visual
+encoder), and the table divides both times by K = 0's of the same part. Run it on an idle machine: the times are only comparable when nothing
 else shares the cores.
 """
 import argparse
@@ -61,6 +62,9 @@ def parse_args():
   parser.add_argument('--data_dir', default='data', help='Where synthetic_signs is (or is built).')
   parser.add_argument('--parts', default='synthetic,phoenix', help='Run in this order.')
   parser.add_argument('--seeds', default='0,1')
+  parser.add_argument('--runs', default='',
+                      help='Only these runs, by workdir name (e.g. K0_3+4_layers,K1_KL); '
+                           'default all.')
   parser.add_argument('--steps', type=int, default=3000, help='PHOENIX Gloss2Text steps.')
   parser.add_argument('--batch_size', type=int, default=64, help='PHOENIX Gloss2Text batch.')
   parser.add_argument('--eval_every', type=int, default=500,
@@ -184,7 +188,12 @@ def main():
                   for name, (directory, *overrides) in SYNTHETIC_RUNS.items()]
       else:
         raise SystemExit(f'--parts: unknown part {part!r}; use synthetic and phoenix.')
-  plans = [plan for plan in plans if plan[:3] not in done]
+  runs = set(args.runs.split(',')) if args.runs else {plan[3] for plan in plans}
+  unknown = runs - {plan[3] for plan in plans}
+  if unknown:
+    raise SystemExit(f'--runs: unknown run(s) {sorted(unknown)}; the parts asked for have '
+                     f'{sorted({plan[3] for plan in plans})}.')
+  plans = [plan for plan in plans if plan[:3] not in done and plan[3] in runs]
   if any(plan[0] == 'synthetic' for plan in plans):
     for stage_config, stage_workdir in stages.values():  # resumed where a run stopped
       train.train_and_evaluate(stage_config, stage_workdir)
