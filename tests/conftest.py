@@ -191,6 +191,18 @@ def train_killed_and_resumed(config, workdir, last_step: int = 4):
   return best, uninterrupted, logs
 
 
+def assert_same_metrics(workdir, logs: str, keys) -> None:
+  """workdir's metrics.jsonl has the steps of `logs` (another run's metrics.jsonl, e.g. on one
+  device) and the same values of `keys` where they appear, to float32 rounding."""
+  multi = timeless((pathlib.Path(workdir) / 'metrics.jsonl').read_text())
+  ref = timeless(logs)
+  assert [m['step'] for m in multi] == [m['step'] for m in ref]
+  for m, r in zip(multi, ref):
+    for key in keys:
+      if key in r:
+        assert m[key] == pytest.approx(r[key], rel=2e-5, abs=1e-6), (m['step'], key)
+
+
 def assert_resumed_bitwise(workdir, uninterrupted: dict, logs: str) -> None:
   """The resumed run of `train_killed_and_resumed` ended with the same model and logs."""
   from sltjax.checkpointing import read_best_variables  # pylint: disable=import-outside-toplevel

@@ -25,8 +25,9 @@ from sltjax.models.systems.c2rl import (C2RLPretraining, SignRetriever, SignTran
                                         VisualEncoderConfig)
 from sltjax.optim import make_optimizer
 from tests.conftest import (MBART_DIR, REPO, SHARED_DATA, apply_overrides,
-                            assert_resumed_bitwise, run_main, save_mbart_with_tokenizer,
-                            shrink_video_config, timeless, train_killed_and_resumed)
+                            assert_resumed_bitwise, assert_same_metrics, run_main,
+                            save_mbart_with_tokenizer, shrink_video_config, timeless,
+                            train_killed_and_resumed)
 
 pytestmark = pytest.mark.xdist_group('c2rl')  # one worker builds the shared workdirs once
 VIDEOS = SHARED_DATA / 'videos'
@@ -301,7 +302,7 @@ def test_two_processes_pretrain_as_one_with_negatives_from_the_global_batch(synt
   outputs = [w.communicate(timeout=600)[0] for w in workers]
   assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:]
   assert 'over 2 devices in 2 processes' in outputs[0]
-  assert_same_metrics(tmp_path, logs)
+  assert_same_metrics(tmp_path, logs, ('loss', 'icl', 'ecl', *RETRIEVAL_METRIC_NAMES))
 
 
 @pytest.mark.slow
@@ -317,19 +318,7 @@ def test_fsdp_and_tensor_parallel_pretrain_as_one_device(synthetic_signs_dir, pr
                     '--config.mesh.fsdp=2', '--config.mesh.tensor=4', devices=8,
                     base_argument='configs/c2rl.py:runlocal')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert_same_metrics(tmp_path, logs)
-
-
-def assert_same_metrics(workdir, logs):
-  """workdir's metrics.jsonl has the steps, losses and retrieval scores of `logs` (the one-device
-  run's), to float32 rounding."""
-  multi = timeless((workdir / 'metrics.jsonl').read_text())
-  ref = timeless(logs)
-  assert [m['step'] for m in multi] == [m['step'] for m in ref]
-  for m, r in zip(multi, ref):
-    for key in ('loss', 'icl', 'ecl', *RETRIEVAL_METRIC_NAMES):
-      if key in r:
-        assert m[key] == pytest.approx(r[key], rel=2e-5, abs=1e-6), (m['step'], key)
+  assert_same_metrics(tmp_path, logs, ('loss', 'icl', 'ecl', *RETRIEVAL_METRIC_NAMES))
 
 
 @pytest.mark.skipif(not MBART_DIR.exists(), reason=f'mBART tokenizer not found at {MBART_DIR}')

@@ -158,14 +158,12 @@ def _max_pool(x, window, strides, padding):
 
 
 def _max_pool_fwd(x, window, strides, padding):
-  pooled = _max_pool(x, window, strides, padding)
-  return pooled, (x, pooled)
+  return _max_pool(x, window, strides, padding), x
 
 
-def _max_pool_bwd(window, strides, padding, residuals, grad_out):
-  x, pooled = residuals
+def _max_pool_bwd(window, strides, padding, x, grad_out):
   return (lax.platform_dependent(
-      cpu=lambda: _max_pool_grad_by_taps(x, pooled, grad_out, window, strides, padding),
+      cpu=lambda: _max_pool_grad_by_taps(x, grad_out, window, strides, padding),
       default=lambda: jax.vjp(lambda x: nnx.max_pool(x, window, strides, padding), x)[1](
           grad_out)[0]),)
 
@@ -173,24 +171,33 @@ def _max_pool_bwd(window, strides, padding, residuals, grad_out):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def _max_pool_grad_by_taps(x, pooled, grad_out, window, strides, padding):
+def _max_pool_grad_by_taps(x, grad_out, window, strides, padding):
   """The input gradient [batch, *spatial, channels] of max pooling, one window tap at a time.
 
-  Each tap's strided view of the padded input is compared with the pooled maxima; the first tap
-  (row-major) equal to a window's maximum takes that window's gradient, placed back at the
-  tap's positions by an interior-padded copy. pooled, grad_out: [batch, *out_spatial, channels].
+  A running maximum over each tap's strided view of the padded input marks, per window, the
+  first tap (row-major) holding its maximum; that tap takes the window's gradient, placed back
+  at its positions by an interior-padded copy. The winner is found here from x alone, not by
+  comparing x with the forward's pooled values: XLA may compute x twice (fused into each
+  consumer) with different rounding, and a window whose recomputed maximum no longer equalled
+  the stored one lost its gradient (GFSLT's temporal convolutions on 8 CPU devices: 30% of the
+  input gradient). grad_out: [batch, *out_spatial, channels].
   """
   padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-  out_spatial = pooled.shape[1:-1]
-  claimed = jnp.zeros(pooled.shape, bool)
-  grad = jnp.zeros(padded.shape, grad_out.dtype)
+  out_spatial = grad_out.shape[1:-1]
+  views = []  # (tap's strided slice of padded, its placement back into padded's shape)
   for offsets in itertools.product(*map(range, window)):
     ends = [o + s * (n - 1) + 1 for o, s, n in zip(offsets, strides, out_spatial)]
-    seen = padded[(slice(None), *(slice(o, e, s) for o, e, s in zip(offsets, ends, strides)))]
-    takes = (seen == pooled) & ~claimed
-    claimed = claimed | takes
-    placement = [(0, 0, 0), *((o, size - e, s - 1) for o, e, s, size in
-                              zip(offsets, ends, strides, padded.shape[1:-1])), (0, 0, 0)]
-    grad = grad + lax.pad(jnp.where(takes, grad_out, 0), jnp.zeros((), grad.dtype), placement)
+    views.append((padded[(slice(None), *(slice(o, e, s) for o, e, s in
+                                         zip(offsets, ends, strides)))],
+                  [(0, 0, 0), *((o, size - e, s - 1) for o, e, s, size in
+                                zip(offsets, ends, strides, padded.shape[1:-1])), (0, 0, 0)]))
+  best, winner = views[0][0], jnp.zeros(grad_out.shape, jnp.int32)
+  for tap, (seen, _) in enumerate(views[1:], start=1):
+    better = seen > best  # strictly: a tie stays with the earlier tap
+    best, winner = jnp.where(better, seen, best), jnp.where(better, tap, winner)
+  grad = jnp.zeros(padded.shape, grad_out.dtype)
+  for tap, (_, placement) in enumerate(views):
+    grad = grad + lax.pad(jnp.where(winner == tap, grad_out, 0), jnp.zeros((), grad.dtype),
+                          placement)
   return grad[(slice(None), *(slice(lo, size - hi) for (lo, hi), size in
                               zip(padding, padded.shape[1:-1])))]
