@@ -23,8 +23,8 @@ picks runs by workdir name (where a machine keeps nothing between sittings, one 
 Each row gives BLEU-4, the step it was reached at, the trained parameters, the median training
 step time (log windows after the first, which holds compilation) and the evaluation time per
 sentence of a second, warm pass over the scored split (beam search; for video also the visual
-encoder), and the table divides both times by K = 0's of the same part. Run it on an idle machine: the times are only comparable when nothing
-else shares the cores.
+encoder), and the table divides both times by K = 0's of the same part. Run it on an idle
+machine: the times are only comparable when nothing else shares the cores.
 """
 import argparse
 import json
