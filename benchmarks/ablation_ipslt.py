@@ -188,11 +188,11 @@ def main():
                   for name, (directory, *overrides) in SYNTHETIC_RUNS.items()]
       else:
         raise SystemExit(f'--parts: unknown part {part!r}; use synthetic and phoenix.')
-  runs = set(args.runs.split(',')) if args.runs else {plan[3] for plan in plans}
-  unknown = runs - {plan[3] for plan in plans}
-  if unknown:
-    raise SystemExit(f'--runs: unknown run(s) {sorted(unknown)}; the parts asked for have '
-                     f'{sorted({plan[3] for plan in plans})}.')
+  names = {plan[3] for plan in plans}
+  runs = set(args.runs.split(',')) if args.runs else names
+  if runs - names:
+    raise SystemExit(f'--runs: unknown run(s) {sorted(runs - names)}; the parts asked for have '
+                     f'{sorted(names)}.')
   plans = [plan for plan in plans if plan[:3] not in done and plan[3] in runs]
   if any(plan[0] == 'synthetic' for plan in plans):
     for stage_config, stage_workdir in stages.values():  # resumed where a run stopped
