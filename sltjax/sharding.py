@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -51,8 +52,14 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> jax.sharding.Mesh
   if int(np.prod(list(sizes.values()))) != num_devices:
     raise ValueError(f'config.mesh={dict(mesh_config)} needs {int(np.prod(list(sizes.values())))} '
                      f'devices but {num_devices} are available.')
-  return jax.make_mesh(tuple(sizes.values()), MESH_AXES,
-                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  shape, axis_types = tuple(sizes.values()), (AxisType.Auto,) * len(MESH_AXES)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  except NotImplementedError:
+    # A TPU torus whose physical axes no product of matches an axis size (8 over v5p's 4x4x4):
+    # lay the mesh out with physical axes split (what jax.make_mesh does on v5e by default).
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def named_shardings(abstract_state, mesh: jax.sharding.Mesh):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import c2rl
-from sltjax import compile_check
+from sltjax import compile_check, sharding
 from sltjax.errors import UserError
 from sltjax.tpu_slices import GiB, Slice
 
@@ -38,6 +38,17 @@ def test_slice_names_count_chips_as_cloud_tpu_does(name, jax_name, chips):
 def test_a_name_that_is_no_slice_says_why(name, message):
   with pytest.raises(UserError, match=message):
     Slice.parse(name)
+
+
+def test_mesh_axes_that_split_a_torus_axis_still_lay_out():
+  """8 x 8 over v5p-128's 4x4x4 torus: no product of physical axes is 8, which jax.make_mesh
+  refuses on v5p (it splits physical axes only on v5e); the mesh splits one."""
+  devices = Slice.parse('v5p-128').devices()
+  with pytest.raises(NotImplementedError):
+    jax.make_mesh((1, 8, 8), sharding.MESH_AXES, devices=devices)
+  mesh = sharding.make_mesh({'data': 1, 'fsdp': 8, 'tensor': -1}, devices)
+  assert dict(mesh.shape) == {'data': 1, 'fsdp': 8, 'tensor': 8}
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
 
 
 def test_model_flops_count_products_and_convolutions_exactly():
