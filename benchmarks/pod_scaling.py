@@ -49,14 +49,31 @@ def point(system: str, generation: str, chips: int, batch: int) -> dict:
   start = time.perf_counter()
   report = compile_check.compile_report(config, target.jax_name, evaluation=False)
   args = report['argument_breakdown']
-  return {
-      'system': system, 'slice': report['topology'], 'chips': chips,
-      'global_batch': batch, 'mesh': report['mesh'],
-      'params_opt_gib': (args['parameters'] + args['optimizer_state']) / GiB,
-      'hbm_gib': report['hbm_bytes_per_chip'] / GiB, 'fits': report['fits'],
-      'collective_gib': sum(report['collective_bytes'].values()) / GiB,
-      'step_ms': report['estimated_step_seconds'] * 1e3, 'bound': report['bound'],
-      'mfu': report['estimated_mfu'], 'compile_s': time.perf_counter() - start}
+  row = {'system': system, 'slice': report['topology'], 'chips': chips,
+         'global_batch': batch, 'mesh': report['mesh'],
+         'params_opt_gib': (args['parameters'] + args['optimizer_state']) / GiB,
+         'hbm_gib': report['hbm_bytes_per_chip'] / GiB, 'fits': report['fits'],
+         'compiler_refused': report['compiler_refused'],
+         'compile_s': time.perf_counter() - start}
+  if report['compiler_refused']:  # XLA stopped at the temporaries: no program to read
+    return row
+  return {**row, 'collective_gib': sum(report['collective_bytes'].values()) / GiB,
+          'step_ms': report['estimated_step_seconds'] * 1e3, 'bound': report['bound'],
+          'mfu': report['estimated_mfu']}
+
+
+def markdown_row(r: dict) -> str:
+  """A point's table row; one XLA refused shows the HBM it asked for (at least) and dashes."""
+  mesh = r['mesh']
+  if r['compiler_refused']:
+    hbm, rest = f'>= {r["hbm_gib"]:.2f}', '- | - | - |'
+  else:
+    hbm = f'{r["hbm_gib"]:.2f}'
+    rest = (f'{r["collective_gib"]:.2f} | {r["step_ms"]:.0f} ({r["bound"]}) | '
+            f'{r["mfu"]:.0%} |')
+  return (f'| {r["system"]} | {r["slice"]} | {r["scaling"]} | {r["global_batch"]} | '
+          f'{mesh["data"]}, {mesh["fsdp"]}, {mesh["tensor"]} | {r["params_opt_gib"]:.3f} | '
+          f'{hbm} | {"yes" if r["fits"] else "no"} | {rest}')
 
 
 def main(argv):
@@ -76,12 +93,7 @@ def main(argv):
             compiled[key] = point(*key)
           r = dict(compiled[key], scaling=scaling)
           rows.append(r)
-          mesh = r['mesh']
-          print(f'| {system} | {r["slice"]} | {scaling} | {r["global_batch"]} | '
-                f'{mesh["data"]}, {mesh["fsdp"]}, {mesh["tensor"]} | {r["params_opt_gib"]:.3f} | '
-                f'{r["hbm_gib"]:.2f} | {"yes" if r["fits"] else "no"} | '
-                f'{r["collective_gib"]:.2f} | {r["step_ms"]:.0f} ({r["bound"]}) | '
-                f'{r["mfu"]:.0%} |', flush=True)
+          print(markdown_row(r), flush=True)
   print(json.dumps(rows))
 
 

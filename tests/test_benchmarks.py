@@ -108,3 +108,18 @@ def run_benchmark(script: str, *args: str, devices: int = 1) -> list[str]:
                        check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout.strip().splitlines()
+
+
+def test_pod_scaling_prints_a_point_xla_refused_as_the_hbm_it_asked_for():
+  from benchmarks import pod_scaling  # pylint: disable=import-outside-toplevel
+  refused = {'system': 'sign2gpt_translation', 'slice': 'v5e-256', 'scaling': 'weak',
+             'global_batch': 256, 'mesh': {'data': 1, 'fsdp': 256, 'tensor': 1},
+             'params_opt_gib': 0.0312, 'hbm_gib': 17.204, 'fits': False, 'compiler_refused': True}
+  assert pod_scaling.markdown_row(refused) == (
+      '| sign2gpt_translation | v5e-256 | weak | 256 | 1, 256, 1 | 0.031 | >= 17.20 | no '
+      '| - | - | - |')
+  compiled = dict(refused, hbm_gib=5.881, fits=True, compiler_refused=False, collective_gib=13.29,
+                  step_ms=182.4, bound='hbm', mfu=0.131)
+  assert pod_scaling.markdown_row(compiled) == (
+      '| sign2gpt_translation | v5e-256 | weak | 256 | 1, 256, 1 | 0.031 | 5.88 | yes '
+      '| 13.29 | 182 (hbm) | 13% |')
