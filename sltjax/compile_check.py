@@ -193,10 +193,12 @@ def collectives(hlo_text: str) -> list[tuple[str, int, str]]:
   """(kind, bytes, source op) of each collective in an optimised HLO module, counted by its
   full buffer (the larger of its operands and its result; an async -start's tuple counts its
   output). TPU's collective fusions (a fusion calling %all-reduce-scatter.N, XLA:TPU's
-  reduce-scatter) count their computation's inputs. Collectives inside loops count once."""
+  reduce-scatter) count their computation's inputs. Collectives inside loops count once, and so
+  does one collective that XLA:TPU spreads over a chain of async collective fusions (each link
+  repeats the op with the whole buffer and the same channel_id)."""
   fused_inputs = {name: sum(_array_bytes(m) for m in _ARRAY.finditer(params))
                   for name, params in _FUSED_COLLECTIVE.findall(hlo_text)}
-  found = []
+  found, channels = [], set()
   for line in hlo_text.splitlines():
     source = re.search(r'op_name="([^"]*)"', line)
     source = source[1] if source else ''
@@ -210,6 +212,11 @@ def collectives(hlo_text: str) -> list[tuple[str, int, str]]:
     match = _COLLECTIVE.search(line)
     if not match:
       continue
+    channel = re.search(r'\bchannel_id=(\d+)', line)
+    if channel:
+      if channel[1] in channels:
+        continue
+      channels.add(channel[1])
     result = [_array_bytes(m) for m in _ARRAY.finditer(match['result'])]
     operands = [_array_bytes(m) for m in _ARRAY.finditer(match['operands'])]
     if match['start'] and len(result) > 1:
