@@ -44,7 +44,7 @@ class LoRALinear(nnx.Linear):
     # A throwaway kernel is initialised here and replaced by the base's (under jit, XLA drops it).
     super().__init__(base.in_features, base.out_features, use_bias=base.use_bias,
                      dtype=base.dtype, param_dtype=base.param_dtype, precision=base.precision,
-                     rngs=rngs)
+                     dot_general=base.dot_general, rngs=rngs)
     self.kernel, self.bias = base.kernel, base.bias
     in_axis, out_axis = base.kernel.get_metadata().get('out_sharding') or (None, None)
     self.lora_a = nnx.Param(nnx.with_partitioning(nnx.initializers.normal(cfg.init_std),
@@ -124,7 +124,8 @@ def merge_lora(model: nnx.Module) -> list[str]:
       continue
     plain = nnx.eval_shape(lambda layer=layer: nnx.Linear(
         layer.in_features, layer.out_features, use_bias=layer.use_bias, dtype=layer.dtype,
-        param_dtype=layer.param_dtype, precision=layer.precision, rngs=nnx.Rngs(0)))
+        param_dtype=layer.param_dtype, precision=layer.precision,
+        dot_general=layer.dot_general, rngs=nnx.Rngs(0)))
     plain.kernel = layer.kernel.replace(layer.merged_kernel())
     plain.bias = layer.bias
     _replace(parent, key, plain)

@@ -37,6 +37,7 @@ from flax import nnx
 
 from sltjax.models.backbones import registry as backbones
 from sltjax.models.layers.conv import BatchNorm, max_pool, temporal_conv
+from sltjax.models.layers.dense import dense
 from sltjax.models.mbart import MBart, MBartConfig
 
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's start; GFSLT-VLP never clamps it
@@ -126,9 +127,8 @@ class VisualEncoder(nnx.Module):
     self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (encoder.d_model,),
                                                  jnp.dtype(cfg.param_dtype)))
     self.encoder = MBart(dataclasses.replace(encoder, decoder_layers=0), rngs=rngs)
-    self.head = nnx.Linear(encoder.d_model, encoder.d_model, use_bias=False, **kw,
-                           kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
-                                                             ('embed', 'mlp')))
+    self.head = dense(encoder.d_model, encoder.d_model, ('embed', 'mlp'), use_bias=False, **kw,
+                      kernel_init=nnx.initializers.lecun_normal())
 
   def __call__(self, frames, frame_mask, rngs=None):
     """frames [B, T, H, W, 3] normalised (or features [B, T, C]), frame_mask [B, T] -> [B, d]."""

@@ -108,10 +108,8 @@ class GlossProbabilityMapper(nnx.Module):
   initialised from the glosses' mBART embeddings."""
 
   def __init__(self, num_glosses: int, d_model: int, cfg: MMTLBConfig, *, rngs: nnx.Rngs):
-    self.linear = nnx.Linear(num_glosses, d_model, use_bias=False, dtype=cfg.dtype,
-                             param_dtype=cfg.param_dtype, rngs=rngs,
-                             kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02),
-                                                               ('vocab', 'embed')))
+    self.linear = dense(num_glosses, d_model, ('vocab', 'embed'), use_bias=False,
+                        dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, init_std=0.02)
 
   def __call__(self, z, gloss_logits):  # pylint: disable=unused-argument
     return self.linear(jax.nn.softmax(gloss_logits, axis=-1).astype(self.linear.kernel.dtype))

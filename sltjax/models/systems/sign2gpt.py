@@ -124,10 +124,8 @@ class SignEncoderConfig:
 
 def _xavier_dense(in_features: int, out_features: int, axes, cfg, rngs):
   """Linear with the release's Xavier-uniform kernel and zero bias."""
-  return nnx.Linear(in_features, out_features, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    rngs=rngs,
-                    kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)))
+  return dense(in_features, out_features, axes, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+               rngs=rngs, kernel_init=nnx.initializers.xavier_uniform())
 
 
 def drop_path(x, rate: float, rngs):
