@@ -74,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'vocab_size': common.XGLM_VOCABULARY, 'd_model': 2048, 'num_layers': 24,
       'attention_heads': 16, 'ffn_dim': 8192, 'max_position_embeddings': 2048})
   c.model.lm_dropout = 0.1  # XGLM's dropout and attention dropout while adapted
+  if stage != 'pseudo_gloss':
+    # 'none' | 'full' | 'dots': XGLM's layers recomputed in the backward pass, trading FLOPs
+    # for the HBM their activations and gathered weights hold
+    c.model.remat = 'none'
   c.model.frames = ml_collections.ConfigDict({
       'lora_last_layers': 3, 'lora_rank': 4, 'lora_alpha': 4.0, 'lora_dropout': 0.1,
       'lora_init_std': 0.02, 'dim': 512})

@@ -256,10 +256,11 @@ def test_stage1_resumes_bitwise_keeps_dinov2_frozen_and_draws_where_glosses_are(
 
 @pytest.fixture(scope='module')
 def stage2_workdir(stage1_workdir, synthetic_signs_dir, pretrained_dir, tmp_path_factory):
-  """4 translation steps from stage 1, killed after step 2's checkpoint and resumed."""
+  """4 translation steps from stage 1, killed after step 2's checkpoint and resumed, with XGLM's
+  layers rematerialised (the adapters' cross-attention inside them)."""
   workdir = tmp_path_factory.mktemp('sign2gpt_stage2')
   config = tiny_config(synthetic_signs_dir, pretrained_dir, 'runlocal_translation',
-                       **{'init.pretraining': str(stage1_workdir[0])})
+                       **{'init.pretraining': str(stage1_workdir[0]), 'model.remat': 'full'})
   workdirs.prepare(str(workdir), config, 'train')  # config.json, as sltjax.main writes it
   return workdir, *train_killed_and_resumed(config, workdir)
 
@@ -280,7 +281,9 @@ def test_stage2_starts_from_stage1_keeps_the_lm_frozen_and_resumes_bitwise(
   assert not any(k[1] == 'head' for k in uninterrupted)  # the prototype head is dropped
   # Stage 2 starts from stage 1's frame and sign encoders, values included.
   config = workdirs.load_config(str(workdir))
-  params, _ = train.build_experiment(config, str(workdir)).init_variables()
+  exp = train.build_experiment(config, str(workdir))
+  params, _ = exp.init_variables()
+  assert exp.lm_config.remat == 'full'
   started = {('params', *map(str, path)): np.asarray(v.get_value())
              for path, v in nnx.to_flat_state(params)}
   copied = [k for k in start if k[0] == 'params' and k[1] in ('frames', 'sign_encoder')]

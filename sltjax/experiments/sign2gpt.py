@@ -380,7 +380,9 @@ class Translation(Sign2GPTExperiment):
             'lm': {k: v for k, v in vars(lm).items() if k not in ('dtype', 'param_dtype', 'remat')}}
 
   def model_factory(self):
-    self.lm_config = XGLMConfig(**self.architectures()['lm'], **self.precision)
+    # model.remat is absent from the workdirs saved before it existed, which ran without.
+    self.lm_config = XGLMConfig(**self.architectures()['lm'], **self.precision,
+                                remat=self.config.model.get('remat', 'none'))
     if self.lm_config.vocab_size != self.tokenizer.vocab_size:
       raise UserError(f'The XGLM of {self.config.model.lm_weights} has '
                       f'{self.lm_config.vocab_size} token ids but its tokenizer '
