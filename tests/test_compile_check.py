@@ -23,6 +23,16 @@ pytest.importorskip('libtpu', reason='libtpu (pip install "sltjax[tpu]") compile
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope='module', autouse=True)
+def no_persistent_cache():
+  """Programs compiled for a TPU slice cannot be loaded back from JAX's persistent cache (no TPU
+  client): kept out of it, as --mode=compile does, instead of written and warned about."""
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  yield
+  jax.config.update('jax_enable_compilation_cache', enabled)
+
+
 @pytest.mark.parametrize('name,jax_name,chips', [
     ('v5e-64', 'v5e:8x8', 64), ('v5litepod-16', 'v5e:4x4', 16), ('v5p-128', 'v5p:4x4x4', 64),
     ('v5p-8', 'v5p:2x2x1', 4), ('v4-32', 'v4:2x2x4', 16), ('v6e-256', 'v6e:16x16', 256),
