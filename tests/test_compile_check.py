@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
 
 from configs import c2rl
 from sltjax import compile_check, sharding
@@ -29,8 +30,10 @@ def no_persistent_cache():
   client): kept out of it, as --mode=compile does, instead of written and warned about."""
   enabled = jax.config.jax_enable_compilation_cache
   jax.config.update('jax_enable_compilation_cache', False)
+  compilation_cache.reset_cache()  # JAX decides once per process whether it uses the cache
   yield
   jax.config.update('jax_enable_compilation_cache', enabled)
+  compilation_cache.reset_cache()
 
 
 @pytest.mark.parametrize('name,jax_name,chips', [
