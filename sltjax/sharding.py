@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
+from flax.linen import logical_to_mesh_axes
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
@@ -116,14 +117,13 @@ def fsdp_gathered(weight, axes: tuple[str | None, ...]):
   at a fixed batch per chip (Sign2GPT's XGLM held logits [global batch, 64, 256008] on every
   chip: 11.6 GiB per chip on v5e-64 at one video per chip, beyond 16 GiB on v5e-256).
   """
-  rules = dict(LOGICAL_AXIS_RULES)
-  split, gathered = [], []
-  for name in axes:
-    mesh_axes = rules.get(name) or ()
-    mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-    split.append(mesh_axes or None)
-    gathered.append(tuple(a for a in mesh_axes if a != 'fsdp') or None)
-  return _gathered(weight, tuple(split), tuple(gathered))
+  split = tuple(logical_to_mesh_axes(axes, LOGICAL_AXIS_RULES))
+  return _gathered(weight, split, tuple(_without_fsdp(mesh_axes) for mesh_axes in split))
+
+
+def _without_fsdp(mesh_axes: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+  names = (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes or ()
+  return tuple(a for a in names if a != 'fsdp') or None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -132,7 +132,7 @@ def _gathered(weight, split, gathered):
 
 
 def _gathered_forward(weight, split, gathered):
-  return constrain(weight, *gathered), None
+  return _gathered(weight, split, gathered), None
 
 
 def _gathered_backward(split, gathered, _, gradient):

@@ -69,10 +69,10 @@ def test_mesh_axes_that_split_a_torus_axis_still_lay_out():
 
 def test_fsdp_chips_compute_only_their_own_rows():
   """A 1-layer XGLM's gradient on v5e-8 over fsdp 8, one sentence per chip: every chip's program
-  holds its own row's activations and logits and gathers the weights (gradients reduce-scatter). Without the gathers at use
-  (sharding.fsdp_gathered), XLA contracted weights split over their input dimension against the
-  whole batch's activations: every layer held [8, 4, ...] on every chip (Sign2GPT's logits
-  [global batch, 64, 256008] reached 11.6 GiB per chip on v5e-64)."""
+  holds its own row's activations and logits and gathers the weights (gradients reduce-scatter).
+  Without the gathers at use (sharding.fsdp_gathered), XLA contracted weights split over their
+  input dimension against the whole batch's activations: every layer held [8, 4, ...] on every
+  chip (Sign2GPT's logits [global batch, 64, 256008] reached 11.6 GiB per chip on v5e-64)."""
   chips, length, vocab = 8, 4, 32768
   cfg = XGLMConfig(vocab_size=vocab, d_model=256, num_layers=1, attention_heads=4, ffn_dim=1024,
                    max_position_embeddings=64)
